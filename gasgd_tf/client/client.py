@@ -1,0 +1,239 @@
+"""ParameterClient: deadlines, retries and chunked streams for the parameter service.
+
+Numpy and grpc only, so evaluators, launchers and tools use it without
+TensorFlow. Every call has a deadline. Transport failures (UNAVAILABLE,
+DEADLINE_EXCEEDED) are retried with exponential backoff and jitter for at
+most ``retry_secs``; then the call raises ``ServerUnavailableError`` naming
+the address. Retrying a push is safe: it keeps its sequence number, and the
+server applies each (client_id, sequence) at most once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import grpc
+import numpy as np
+
+from gasgd_tf import wire
+from gasgd_tf.proto import parameter_service_pb2 as pb
+from gasgd_tf.proto import parameter_service_pb2_grpc as pb_grpc
+from gasgd_tf.tensors import FlatLayout, TensorSpec, ValidationError
+
+T = TypeVar("T")
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", wire.GRPC_MESSAGE_LIMIT),
+    ("grpc.max_send_message_length", wire.GRPC_MESSAGE_LIMIT),
+    # Reconnect quickly after a server restart instead of gRPC's default
+    # backoff of up to two minutes; our own retry loop bounds the total.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+class ServerUnavailableError(ConnectionError):
+    """The parameter server did not answer within the deadline and retries."""
+
+
+class RequestRejectedError(RuntimeError):
+    """The server refused a request (for example INVALID_ARGUMENT); retrying will not help."""
+
+    def __init__(self, message: str, code: grpc.StatusCode):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    initialized: bool
+    version: int
+    specs: tuple[TensorSpec, ...]
+    last_sequence: int
+    server_id: str
+    max_chunk_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PushAck:
+    version: int
+    staleness: int
+    duplicate: bool
+
+
+class ParameterClient:
+    """A client of one parameter server.
+
+    Args:
+      address: host:port of the server.
+      client_id: This client's identity, for example "worker_0".
+      timeout_secs: Deadline of each attempt of each call.
+      retry_secs: How long transport failures are retried before giving up.
+      chunk_bytes: Chunk size for Push and Initialize streams.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        client_id: str,
+        timeout_secs: float = 60.0,
+        retry_secs: float = 10.0,
+        chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES,
+    ):
+        self.address = address
+        self.client_id = client_id
+        self.timeout_secs = timeout_secs
+        self.retry_secs = retry_secs
+        self.chunk_bytes = min(chunk_bytes, wire.MAX_CHUNK_BYTES)
+        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.ParameterServiceStub(self._channel)
+        self._sequence = 0
+        self._specs: tuple[TensorSpec, ...] = ()
+
+    # -- Plumbing ------------------------------------------------------------
+
+    def _call(self, what: str, attempt: Callable[[float], T]) -> T:
+        """Runs ``attempt(timeout)``, retrying transport failures within ``retry_secs``."""
+        give_up = time.monotonic() + self.retry_secs
+        backoff = 0.05
+        while True:
+            try:
+                return attempt(self.timeout_secs)
+            except grpc.RpcError as e:
+                code = e.code()
+                if code not in RETRYABLE:
+                    raise RequestRejectedError(
+                        f"{what} to {self.address} refused: {code.name}: {e.details()}", code
+                    ) from None
+                if time.monotonic() + backoff > give_up:
+                    raise ServerUnavailableError(
+                        f"parameter server at {self.address} unreachable: {what} failed with "
+                        f"{code.name} ({e.details()}) and retries gave up after "
+                        f"{self.retry_secs:.0f}s"
+                    ) from None
+                time.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, 2.0)
+
+    def wait_for_server(self, timeout_secs: float) -> None:
+        """Blocks until the server's port accepts connections.
+
+        Raises:
+          ServerUnavailableError: Not within ``timeout_secs``.
+        """
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout_secs)
+        except grpc.FutureTimeoutError:
+            raise ServerUnavailableError(
+                f"parameter server at {self.address} not reachable within {timeout_secs:.0f}s"
+            ) from None
+
+    # -- Calls ---------------------------------------------------------------
+
+    def register(self, specs: Sequence[TensorSpec] = ()) -> Registration:
+        """Announces this client; with ``specs``, the server checks them against its own.
+
+        The push sequence continues after the server's last applied one for
+        this client id, so a restarted client is not mistaken for a retry.
+        """
+        request = pb.RegisterRequest(client_id=self.client_id, tensors=wire.specs_to_proto(specs))
+        response = self._call("Register", lambda t: self._stub.Register(request, timeout=t))
+        self._sequence = max(self._sequence, response.last_sequence)
+        reg = Registration(
+            initialized=response.initialized,
+            version=response.version,
+            specs=wire.specs_from_proto(response.tensors),
+            last_sequence=response.last_sequence,
+            server_id=response.server_id,
+            max_chunk_bytes=response.capabilities.max_chunk_bytes,
+        )
+        if reg.max_chunk_bytes:
+            self.chunk_bytes = min(self.chunk_bytes, reg.max_chunk_bytes)
+        if reg.specs:
+            self._specs = reg.specs
+        return reg
+
+    def initialize(self, specs: Sequence[TensorSpec], flat: np.ndarray) -> tuple[bool, int]:
+        """Offers initial parameters; returns (accepted, version). First complete offer wins."""
+        header = pb.InitializeHeader(client_id=self.client_id, tensors=wire.specs_to_proto(specs))
+
+        def attempt(timeout):
+            stream = wire.encode_stream(pb.InitializeRequest, header, flat, self.chunk_bytes)
+            return self._stub.Initialize(stream, timeout=timeout)
+
+        response = self._call("Initialize", attempt)
+        self._specs = tuple(specs)
+        return response.accepted, response.version
+
+    def fetch(self) -> tuple[int, tuple[TensorSpec, ...], np.ndarray]:
+        """Returns (version, specs, flat float32 parameters) of one consistent snapshot."""
+        request = pb.FetchRequest(client_id=self.client_id)
+
+        def attempt(timeout):
+            stream = self._stub.Fetch(request, timeout=timeout)
+            try:
+                header, flat = wire.decode_stream(stream, _fetch_layout)
+            except ValidationError as e:
+                raise RequestRejectedError(
+                    f"Fetch from {self.address}: malformed reply: {e}", grpc.StatusCode.INTERNAL
+                ) from None
+            return header.version, wire.specs_from_proto(header.tensors), flat
+
+        version, specs, flat = self._call("Fetch", attempt)
+        self._specs = specs
+        return version, specs, flat
+
+    def push(self, grad: np.ndarray, base_version: int, client_step: int = 0) -> PushAck:
+        """Pushes a flat float32 gradient computed from ``base_version``.
+
+        Uses the signature from the last register/initialize/fetch. A retried
+        attempt reuses the sequence number, so it is applied at most once.
+        """
+        if not self._specs:
+            raise RuntimeError("push before register, initialize or fetch: no signature known")
+        self._sequence += 1
+        header = pb.PushHeader(
+            client_id=self.client_id,
+            sequence=self._sequence,
+            base_version=base_version,
+            tensors=wire.specs_to_proto(self._specs),
+            client_step=client_step,
+        )
+
+        def attempt(timeout):
+            stream = wire.encode_stream(pb.PushRequest, header, grad, self.chunk_bytes)
+            return self._stub.Push(stream, timeout=timeout)
+
+        response = self._call("Push", attempt)
+        return PushAck(response.version, response.staleness, response.duplicate)
+
+    def leave(self) -> int:
+        """Tells the server this client has finished; returns the version."""
+        request = pb.LeaveRequest(client_id=self.client_id)
+        return self._call("Leave", lambda t: self._stub.Leave(request, timeout=t)).version
+
+    def status(self) -> pb.StatusResponse:
+        """The server's StatusResponse (version, updates, clients, staleness)."""
+        return self._call("Status", lambda t: self._stub.Status(pb.StatusRequest(), timeout=t))
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> ParameterClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _fetch_layout(header: pb.FetchHeader) -> FlatLayout:
+    layout = FlatLayout(wire.specs_from_proto(header.tensors))
+    if header.total_bytes != layout.nbytes:
+        raise ValidationError(
+            f"header says {header.total_bytes} bytes, tensors need {layout.nbytes}"
+        )
+    return layout

@@ -1,0 +1,164 @@
+"""Config defaults and validation: the one place that knows every field.
+
+Config files in configs/ start from ``get_base_config()`` and change what
+their experiment needs; ``finalize`` resolves derived fields (``n_push`` and
+``n_fetch`` from ``n_sync``) and checks everything before any process starts,
+so a bad value fails at once with the field's name instead of minutes later
+inside a worker.
+"""
+
+from __future__ import annotations
+
+import json
+
+import ml_collections
+from ml_collections import config_dict
+
+from gasgd_tf.data.registry import DATASETS
+from gasgd_tf.models.registry import MODELS
+from gasgd_tf.server.optimizers import OPTIMIZERS
+
+WORKER_OPTIMIZERS = ("sgd",)
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    """Defaults for every field; see configs/default.py for the default run."""
+    c = ml_collections.ConfigDict()
+    c.name = "default"  # Names the default workdir: runs/<name>.
+    c.seed = 0  # Model init (identical on every worker) and per-worker data seeds.
+
+    c.num_workers = 2
+    c.num_steps = 400  # Training steps per worker.
+    c.batch_size = 32  # Per worker.
+    # Paper semantics: push accumulated gradients every n_push steps, fetch
+    # fresh parameters every n_fetch steps; n_sync sets both when they are unset.
+    c.n_sync = 1
+    c.n_push = config_dict.placeholder(int)
+    c.n_fetch = config_dict.placeholder(int)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "sklearn_digits"  # See gasgd_tf/data/registry.py.
+    c.data.data_dir = config_dict.placeholder(str)  # tfds data_dir; None: tfds default.
+    c.data.shuffle_buffer = 2048
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "digits_cnn"  # See gasgd_tf/models/registry.py.
+    c.model.dropout = 0.25
+
+    # The local optimizer each worker applies every step between syncs.
+    c.worker = ml_collections.ConfigDict()
+    c.worker.optimizer = "sgd"
+    c.worker.learning_rate = 0.05
+    c.worker.momentum = 0.0
+    c.worker.cpu_threads = 0  # TF intra/inter-op threads on CPU; 0: TensorFlow's default.
+    c.worker.log_every_steps = 50  # TensorBoard train/* and the progress file.
+    c.worker.jit_compile = False  # XLA; slower on CPU here (DESIGN.md), try it on GPUs.
+
+    # The server-side optimizer that applies pushed gradients.
+    c.ps = ml_collections.ConfigDict()
+    c.ps.optimizer = "sgd"
+    c.ps.learning_rate = 0.05
+    c.ps.momentum = 0.0
+    c.ps.nesterov = False
+    c.ps.weight_decay = 0.0
+    c.ps.rpc_threads = 32
+    c.ps.summary_every_secs = 2.0
+
+    # Deadlines: every call gets timeout_secs per attempt; transport failures
+    # are retried for retry_secs, then the process exits naming the server.
+    c.client = ml_collections.ConfigDict()
+    c.client.timeout_secs = 60.0
+    c.client.retry_secs = 10.0
+    c.client.connect_timeout_secs = 60.0
+    c.client.chunk_bytes = 1 << 20
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every_secs = 5.0
+    c.eval.batch_size = 512
+
+    c.launcher = ml_collections.ConfigDict()
+    c.launcher.log_every_secs = 5.0
+    c.launcher.startup_timeout_secs = 120.0
+    return c
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(f"invalid config: {message}")
+
+
+def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Resolves derived fields and validates; returns the same, now locked, config.
+
+    Raises:
+      ValueError: Naming the offending field.
+    """
+    config.unlock()
+    if config.n_push is None:
+        config.n_push = config.n_sync
+    if config.n_fetch is None:
+        config.n_fetch = config.n_sync
+    for field in ("num_workers", "num_steps", "batch_size", "n_sync", "n_push", "n_fetch"):
+        value = config[field]
+        _check(
+            isinstance(value, int) and value >= 1, f"{field} must be an integer >= 1, got {value!r}"
+        )
+    _check(
+        config.data.name in DATASETS,
+        f"data.name {config.data.name!r} is not one of {sorted(DATASETS)}",
+    )
+    _check(
+        config.model.name in MODELS,
+        f"model.name {config.model.name!r} is not one of {sorted(MODELS)}",
+    )
+    _check(
+        0.0 <= config.model.dropout < 1.0,
+        f"model.dropout must be in [0, 1), got {config.model.dropout}",
+    )
+    _check(
+        config.worker.optimizer in WORKER_OPTIMIZERS,
+        f"worker.optimizer {config.worker.optimizer!r} is not one of {WORKER_OPTIMIZERS}",
+    )
+    _check(
+        config.ps.optimizer in OPTIMIZERS,
+        f"ps.optimizer {config.ps.optimizer!r} is not one of {sorted(OPTIMIZERS)}",
+    )
+    for section in ("worker", "ps"):
+        lr, momentum = config[section].learning_rate, config[section].momentum
+        _check(lr > 0, f"{section}.learning_rate must be > 0, got {lr}")
+        _check(0.0 <= momentum < 1.0, f"{section}.momentum must be in [0, 1), got {momentum}")
+    _check(
+        config.ps.weight_decay >= 0, f"ps.weight_decay must be >= 0, got {config.ps.weight_decay}"
+    )
+    _check(
+        64 << 10 <= config.client.chunk_bytes <= 4 << 20,
+        f"client.chunk_bytes must be in [64 KiB, 4 MiB], got {config.client.chunk_bytes}",
+    )
+    for field in ("timeout_secs", "retry_secs", "connect_timeout_secs"):
+        _check(config.client[field] > 0, f"client.{field} must be > 0")
+    _check(config.worker.log_every_steps >= 1, "worker.log_every_steps must be >= 1")
+    _check(config.eval.every_secs > 0, "eval.every_secs must be > 0")
+    config.lock()
+    return config
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    """The resolved config as JSON, as written to <workdir>/config.json."""
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+    """Reads a config written by ``to_json`` (for child processes and reruns)."""
+    base = get_base_config()
+    base.update_from_flattened_dict(_flatten(json.loads(text)))
+    return finalize(base)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -1,0 +1,301 @@
+"""The local launcher: one parameter server, N workers and an evaluator as processes.
+
+It starts the server first (on a free loopback port, which the server
+reports through a file, so there is no race for ports), then the workers and
+the evaluator, prints a progress line every ``launcher.log_every_secs``, and
+ends with a summary in ``<workdir>/summary.json``.
+
+Supervision: when any child fails, the launcher stops the others, names the
+failed role with the last lines of its log, and exits non-zero. Ctrl-C stops
+everything. Children run in their own process group (so Ctrl-C reaches only
+the launcher, which stops them in order) and, on Linux, receive SIGTERM if
+the launcher dies, so no orphan is left behind.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from gasgd_tf import progress
+
+# Outputs of a previous run in the same workdir, cleared before a new one.
+RUN_OUTPUTS = ("tb", "logs", "progress", "summary.json", "ps_0.port")
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # Runs in the child between fork and exec.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass  # Not Linux: the process-group cleanup still applies.
+
+
+def _raise_keyboard_interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+@dataclasses.dataclass
+class Child:
+    """One supervised process."""
+
+    role: str
+    argv: list[str]
+    log_path: str
+    process: subprocess.Popen | None = None
+
+    def start(self, env: dict[str, str]) -> None:
+        os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+
+    def poll(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(collections.deque(f, maxlen=lines))
+        except FileNotFoundError:
+            return "(no log)\n"
+
+
+class ChildFailed(RuntimeError):
+    def __init__(self, child: Child, code: int | None, reason: str):
+        super().__init__(f"{child.role} {reason}")
+        self.child = child
+        self.code = code
+
+
+def stop_all(children: Sequence[Child], grace_secs: float = 5.0) -> None:
+    """SIGTERM to every live child, SIGKILL to any still alive after ``grace_secs``."""
+    live = [c for c in children if c.process is not None and c.process.poll() is None]
+    for c in live:
+        c.process.terminate()
+    deadline = time.monotonic() + grace_secs
+    for c in live:
+        try:
+            c.process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            c.process.kill()
+            c.process.wait()
+
+
+def child_argv(role: str, config_json: str, workdir: str, **flags: object) -> list[str]:
+    """The command line of one role of this run."""
+    argv = [
+        sys.executable,
+        "-m",
+        "gasgd_tf.main",
+        f"--role={role}",
+        f"--config_json={config_json}",
+        f"--workdir={workdir}",
+    ]
+    return argv + [f"--{k}={v}" for k, v in flags.items()]
+
+
+def prepare_workdir(workdir: str) -> None:
+    """Creates ``workdir`` and removes a previous run's outputs from it."""
+    os.makedirs(workdir, exist_ok=True)
+    removed = []
+    for name in RUN_OUTPUTS:
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+            removed.append(name)
+        elif os.path.exists(path):
+            os.remove(path)
+            removed.append(name)
+    if removed:
+        print(f"cleared the previous run's {', '.join(removed)} in {workdir}", flush=True)
+
+
+class LocalLauncher:
+    """Runs one training job on this machine.
+
+    Args:
+      config: The resolved config.
+      workdir: Run folder (config.json must already be written there).
+      out: Where progress lines go.
+    """
+
+    def __init__(self, config, workdir: str, out: TextIO = sys.stdout):
+        self.config = config
+        self.workdir = workdir
+        self.out = out
+        self.config_json = os.path.join(workdir, "config.json")
+        self.children: list[Child] = []
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+        self._start = time.monotonic()
+        self._status_client = None
+
+    def _say(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def _child(self, role: str, **flags: object) -> Child:
+        child = Child(
+            role,
+            child_argv(role.split("_")[0], self.config_json, self.workdir, **flags),
+            os.path.join(self.workdir, "logs", f"{role}.log"),
+        )
+        child.start(self.env)
+        self.children.append(child)
+        return child
+
+    def _check_children(self) -> None:
+        for c in self.children:
+            code = c.poll()
+            if code is not None and code != 0:
+                raise ChildFailed(c, code, f"failed with exit code {code}")
+
+    def _wait_for(self, child: Child, done, what: str) -> None:
+        """Polls until ``done()``; fails if ``child`` exits first or time runs out."""
+        deadline = time.monotonic() + self.config.launcher.startup_timeout_secs
+        while not done():
+            code = child.poll()
+            if code is not None:
+                raise ChildFailed(child, code, f"exited with code {code} before {what}")
+            if time.monotonic() > deadline:
+                raise ChildFailed(child, None, f"did not finish {what} in time")
+            time.sleep(0.05)
+
+    def _prepare_data(self) -> None:
+        """Builds the dataset once, in a child process, before any worker reads it."""
+        self._say(
+            f"preparing data {self.config.data.name!r} (log: {self.workdir}/logs/prepare.log)"
+        )
+        prep = self._child("prepare")
+        self._wait_for(prep, lambda: prep.poll() == 0, "preparing the data")
+        self.children.remove(prep)
+
+    def _start_server(self) -> tuple[Child, str]:
+        port_file = os.path.join(self.workdir, "ps_0.port")
+        ps = self._child("ps_0", ps_address="127.0.0.1:0", port_file=port_file)
+        self._wait_for(ps, lambda: os.path.exists(port_file), "serving")
+        with open(port_file) as f:
+            address = f"127.0.0.1:{f.read().strip()}"
+        from gasgd_tf.client import ParameterClient  # grpc only; no TensorFlow.
+
+        # Progress lines must not stall the loop: short deadlines, few retries.
+        self._status_client = ParameterClient(address, "launcher", timeout_secs=5, retry_secs=1)
+        return ps, address
+
+    def run(self) -> int:
+        """Runs the job; returns the process exit code (0 on success)."""
+        cfg = self.config
+        # A polite kill (SIGTERM) of the launcher stops the run like Ctrl-C does.
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        try:
+            self._prepare_data()
+            ps, address = self._start_server()
+            self._say(
+                f"parameter server on {address} (loopback only); starting {cfg.num_workers} "
+                f"workers x {cfg.num_steps} steps and an evaluator; logs in {self.workdir}/logs"
+            )
+            workers = [
+                self._child(f"worker_{i}", task_index=i, ps_address=address)
+                for i in range(cfg.num_workers)
+            ]
+            evaluator = self._child("eval", ps_address=address)
+            next_line = time.monotonic() + cfg.launcher.log_every_secs
+            while not (all(w.poll() == 0 for w in workers) and evaluator.poll() == 0):
+                self._check_children()
+                if ps.poll() is not None:
+                    raise ChildFailed(ps, ps.poll(), "exited before training finished")
+                if time.monotonic() >= next_line:
+                    self._say(self.progress_line())
+                    next_line += cfg.launcher.log_every_secs
+                time.sleep(0.1)
+            summary = self.finish()
+        except ChildFailed as e:
+            stop_all(self.children)
+            self._say(f"error: {e}; last lines of {e.child.log_path}:\n{e.child.tail()}")
+            return 1
+        except KeyboardInterrupt:
+            stop_all(self.children)
+            self._say("interrupted: stopped all processes")
+            return 130
+        finally:
+            stop_all(self.children)
+            if self._status_client is not None:
+                self._status_client.close()
+        self._say(
+            f"done in {summary['wall_secs']:.1f}s: test accuracy {summary['test_accuracy']:.4f}, "
+            f"loss {summary['test_loss']:.4f} at version {summary['server_version']}; "
+            f"{cfg.num_workers} workers x {cfg.num_steps} steps, "
+            f"{summary['images_per_sec']:.0f} images/s; staleness mean "
+            f"{summary['staleness_mean']:.2f}, max {summary['staleness_max']}\n"
+            f"summary: {os.path.join(self.workdir, 'summary.json')}\n"
+            f"TensorBoard: tensorboard --logdir {os.path.join(self.workdir, 'tb')}"
+        )
+        return 0
+
+    def _read_progress(self) -> tuple[list[dict], dict | None]:
+        workers = [
+            progress.read_json(progress.progress_path(self.workdir, f"worker_{i}")) or {}
+            for i in range(self.config.num_workers)
+        ]
+        return workers, progress.read_json(progress.progress_path(self.workdir, "eval"))
+
+    def progress_line(self) -> str:
+        workers, ev = self._read_progress()
+        steps = " ".join(str(w.get("step", 0)) for w in workers)
+        losses = [w["loss"] for w in workers if "loss" in w]
+        speed = sum(w.get("images_per_sec", 0.0) for w in workers if not w.get("done"))
+        from gasgd_tf.client import RequestRejectedError, ServerUnavailableError
+
+        try:
+            version = self._status_client.status().version
+        except (ServerUnavailableError, RequestRejectedError):
+            version = "?"  # A progress line must not fail the run; the loop checks the ps.
+        elapsed = time.monotonic() - self._start
+        line = f"[{elapsed:6.1f}s] version {version} | steps {steps} of {self.config.num_steps}"
+        if losses:
+            line += f" | loss {sum(losses) / len(losses):.4f} | {speed:.0f} images/s"
+        if ev:
+            line += f" | test accuracy {ev['accuracy']:.4f} (version {ev['version']})"
+        return line
+
+    def finish(self) -> dict:
+        """Collects the final numbers, stops the server and writes summary.json."""
+        status = self._status_client.status()
+        workers, ev = self._read_progress()
+        wall = time.monotonic() - self._start
+        summary = {
+            "config_name": self.config.name,
+            "test_accuracy": ev["accuracy"],
+            "test_loss": ev["loss"],
+            "eval_version": ev["version"],
+            "test_examples": ev["examples"],
+            "server_version": status.version,
+            "updates_applied": status.updates_applied,
+            "pushes_rejected": status.pushes_rejected,
+            "staleness_mean": status.staleness.mean,
+            "staleness_max": status.staleness.max,
+            "steps_per_worker": [w.get("steps", 0) for w in workers],
+            "worker_images_per_sec": [w.get("images_per_sec", 0.0) for w in workers],
+            # Workers train side by side, so their own rates add up.
+            "images_per_sec": sum(w.get("images_per_sec", 0.0) for w in workers),
+            "wall_secs": wall,
+        }
+        stop_all(self.children)
+        progress.write_json(os.path.join(self.workdir, "summary.json"), summary)
+        return summary

@@ -1,0 +1,115 @@
+"""The gasgd_tf command line: parse flags, write config.json, run one role.
+
+Usage:
+  python -m gasgd_tf.main --config=configs/default.py           # everything, locally
+  python -m gasgd_tf.main --config=configs/default.py --config.num_workers=4
+  python -m gasgd_tf.main --config=configs/default.py --role=ps --ps_address=0.0.0.0:50051
+  python -m gasgd_tf.main --config=configs/default.py --role=worker --task_index=0 \\
+      --ps_address=HOST:50051
+  python -m gasgd_tf.main --config=configs/default.py --role=eval --ps_address=HOST:50051
+
+Roles: ``local`` starts a server, ``num_workers`` workers and an evaluator on
+this machine; ``ps``, ``worker`` and ``eval`` run one process each, for
+several hosts; ``prepare`` builds the dataset in its data_dir and exits (the
+launcher runs it once before the workers, so they do not race to build it).
+"""
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from gasgd_tf import config_base
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/default.py; override fields with --config.a.b=value."
+)
+flags.DEFINE_string(
+    "config_json", None, "A resolved config.json to run instead of --config (e.g. a past run's)."
+)
+flags.DEFINE_string("workdir", None, "Run folder. Default: runs/<config file name>.")
+flags.DEFINE_enum(
+    "role", "local", ["local", "ps", "worker", "eval", "prepare"], "What this process runs."
+)
+flags.DEFINE_integer("task_index", 0, "Worker index (role=worker).")
+flags.DEFINE_string(
+    "ps_address",
+    None,
+    "role=ps: host:port to listen on (default 127.0.0.1:50051; 0.0.0.0:PORT for other hosts). "
+    "role=worker/eval: the server's host:port.",
+)
+flags.DEFINE_string("port_file", None, "role=ps: write the bound port here (for launchers).")
+
+
+def load_config():
+    """The resolved config from --config_json or --config, with its name set."""
+    if FLAGS.config_json:
+        with open(FLAGS.config_json) as f:
+            return config_base.from_json(f.read())
+    if FLAGS.config is None:
+        raise app.UsageError("pass --config=configs/<name>.py (or --config_json=PATH)")
+    config = FLAGS.config
+    config.unlock()
+    path = config_flags.get_config_filename(FLAGS["config"])
+    config.name = os.path.splitext(os.path.basename(path))[0]
+    return config_base.finalize(config)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        config = load_config()
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    workdir = FLAGS.workdir or os.path.join("runs", config.name)
+    role = FLAGS.role
+
+    if role == "ps":
+        from gasgd_tf.server import server  # No TensorFlow in this process.
+
+        os.makedirs(workdir, exist_ok=True)
+        server.run(config, workdir, FLAGS.ps_address or "127.0.0.1:50051", FLAGS.port_file)
+        return 0
+    if role == "local":
+        from gasgd_tf import launch  # No TensorFlow in the launcher either.
+        from gasgd_tf.progress import write_json
+
+        launch.prepare_workdir(workdir)
+        write_json(os.path.join(workdir, "config.json"), config.to_dict())
+        return launch.LocalLauncher(config, workdir).run()
+    if role == "prepare":
+        from gasgd_tf.data import pipeline
+
+        pipeline.prepare(config.data)
+        return 0
+
+    if not FLAGS.ps_address:
+        raise app.UsageError(f"--role={role} needs --ps_address=HOST:PORT of the server")
+    from gasgd_tf.client import RequestRejectedError, ServerUnavailableError
+
+    try:
+        if role == "worker":
+            from gasgd_tf import worker
+
+            worker.train(config, FLAGS.task_index, FLAGS.ps_address, workdir)
+        else:
+            from gasgd_tf import evaluation
+
+            evaluation.run(config, FLAGS.ps_address, workdir)
+    except (ServerUnavailableError, RequestRejectedError) as e:
+        print(f"error: {role}: {e}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def run():
+    """Console entry point."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # Hide TensorFlow's INFO lines.
+    app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+    run()

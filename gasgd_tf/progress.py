@@ -1,0 +1,37 @@
+"""Small JSON files written atomically: progress of each role, config.json, summary.json.
+
+Each role of a local run writes its latest progress to
+``<workdir>/progress/<role>.json``; the launcher reads them for its progress
+lines and the final summary. Writes go to a temporary file first and are
+renamed into place, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Writes ``data`` as JSON to ``path`` atomically."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The JSON object at ``path``, or None if it does not exist yet."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def progress_path(workdir: str, role: str) -> str:
+    return os.path.join(workdir, "progress", f"{role}.json")

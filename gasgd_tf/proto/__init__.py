@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for protos/gasgd_tf/proto/*.proto; regenerate, never edit."""

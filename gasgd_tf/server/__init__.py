@@ -1,0 +1,17 @@
+"""The framework-free parameter server: numpy, grpc and tensorboard's protos, never TensorFlow."""
+
+from gasgd_tf.server.optimizers import SGD, ServerOptimizer, make_optimizer
+from gasgd_tf.server.server import ParameterServer
+from gasgd_tf.server.servicer import ParameterServicer
+from gasgd_tf.server.store import NotInitializedError, ParameterStore, PushResult
+
+__all__ = [
+    "SGD",
+    "NotInitializedError",
+    "ParameterServer",
+    "ParameterServicer",
+    "ParameterStore",
+    "PushResult",
+    "ServerOptimizer",
+    "make_optimizer",
+]

@@ -1,0 +1,173 @@
+"""The parameter server process: a gRPC server over a ParameterStore, plus its summaries."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent import futures
+
+import grpc
+
+from gasgd_tf import wire
+from gasgd_tf.proto import parameter_service_pb2_grpc as pb_grpc
+from gasgd_tf.server.optimizers import ServerOptimizer, make_optimizer
+from gasgd_tf.server.servicer import ParameterServicer
+from gasgd_tf.server.store import STALENESS_BUCKETS, ParameterStore
+from gasgd_tf.summaries import MetricWriter
+
+log = logging.getLogger(__name__)
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", wire.GRPC_MESSAGE_LIMIT),
+    ("grpc.max_send_message_length", wire.GRPC_MESSAGE_LIMIT),
+    # Without this a second server can bind the same port silently and
+    # steal half the connections; with it, the bind fails loudly.
+    ("grpc.so_reuseport", 0),
+]
+
+
+class ParameterServer:
+    """A running gRPC ParameterService.
+
+    Args:
+      store: The parameters it serves.
+      address: host:port to listen on; port 0 picks a free port.
+      max_workers: Threads handling RPCs; each in-flight stream holds one.
+      fetch_chunk_bytes: Chunk size of Fetch streams.
+    """
+
+    def __init__(
+        self,
+        store: ParameterStore,
+        address: str = "127.0.0.1:0",
+        max_workers: int = 32,
+        fetch_chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES,
+    ):
+        self.store = store
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ps-rpc"),
+            options=SERVER_OPTIONS,
+        )
+        pb_grpc.add_ParameterServiceServicer_to_server(
+            ParameterServicer(store, fetch_chunk_bytes=fetch_chunk_bytes), self._server
+        )
+        host = address.rsplit(":", 1)[0]
+        try:
+            self.port = self._server.add_insecure_port(address)
+        except RuntimeError as e:
+            raise OSError(f"parameter server cannot listen on {address}: {e}") from None
+        if not self.port:
+            raise OSError(f"parameter server cannot listen on {address} (port in use?)")
+        self.address = f"{host}:{self.port}"
+
+    def start(self) -> ParameterServer:
+        self._server.start()
+        log.info("parameter server listening on %s", self.address)
+        return self
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        """Stops serving; in-flight calls get ``grace`` seconds to finish."""
+        self._server.stop(grace).wait()
+
+    def __enter__(self) -> ParameterServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop(grace=None)
+
+
+class SummaryLoop:
+    """Writes ps/* metrics to TensorBoard every ``interval`` seconds on a thread."""
+
+    def __init__(self, store: ParameterStore, writer: MetricWriter, interval: float):
+        self._store = store
+        self._writer = writer
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ps-summaries", daemon=True)
+        self._last = (time.monotonic(), 0)
+
+    def start(self) -> SummaryLoop:
+        self._thread.start()
+        return self
+
+    def write(self) -> None:
+        status = self._store.status()
+        now = time.monotonic()
+        then, applied_then = self._last
+        self._last = (now, status.updates_applied)
+        step = status.version
+        self._writer.scalars(
+            {
+                "ps/version": status.version,
+                "ps/updates_per_sec": (status.updates_applied - applied_then)
+                / max(now - then, 1e-9),
+                "ps/active_clients": sum(c.active for c in status.clients),
+                "ps/pushes_rejected": status.pushes_rejected,
+                "ps/staleness_mean": status.staleness.mean,
+            },
+            step,
+        )
+        recent = self._store.drain_staleness()
+        # Integer staleness: one bucket per value, edges at k + 0.5.
+        edges = [k + 0.5 for k in range(STALENESS_BUCKETS)]
+        self._writer.histogram("ps/staleness", recent, step, bucket_limits=edges)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.write()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.write()
+
+
+def build_optimizer(ps_config) -> ServerOptimizer:
+    """The server optimizer named by ``config.ps``."""
+    return make_optimizer(
+        ps_config.optimizer,
+        learning_rate=ps_config.learning_rate,
+        momentum=ps_config.momentum,
+        nesterov=ps_config.nesterov,
+        weight_decay=ps_config.weight_decay,
+    )
+
+
+def run(config, workdir: str, address: str, port_file: str | None = None) -> None:
+    """The ``ps`` role: serves until SIGTERM or SIGINT, then writes final summaries.
+
+    Args:
+      config: The resolved run config (uses ``config.ps``).
+      workdir: Run folder; events go to ``<workdir>/tb/ps_0``.
+      address: host:port to listen on (port 0: any free port).
+      port_file: If set, the bound port is written there (atomically) once
+        the server accepts calls, for a launcher that asked for port 0.
+    """
+    store = ParameterStore(build_optimizer(config.ps))
+    server = ParameterServer(store, address, max_workers=config.ps.rpc_threads).start()
+    writer = MetricWriter(os.path.join(workdir, "tb", "ps_0"))
+    summaries = SummaryLoop(store, writer, config.ps.summary_every_secs).start()
+    if port_file:
+        tmp = f"{port_file}.tmp"
+        with open(tmp, "w") as f:
+            f.write(str(server.port))
+        os.replace(tmp, port_file)
+    print(f"parameter server {store.server_id} listening on {server.address}", flush=True)
+
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    stopping.wait()
+    server.stop(grace=2.0)
+    summaries.stop()
+    writer.close()
+    status = store.status()
+    print(
+        f"parameter server stopped at version {status.version} "
+        f"({status.updates_applied} updates, {status.pushes_rejected} rejected)",
+        flush=True,
+    )

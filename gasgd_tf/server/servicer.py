@@ -1,0 +1,156 @@
+"""The gRPC servicer: a thin adapter from ParameterService messages to ParameterStore."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import grpc
+
+from gasgd_tf import wire
+from gasgd_tf.proto import parameter_service_pb2 as pb
+from gasgd_tf.proto import parameter_service_pb2_grpc as pb_grpc
+from gasgd_tf.server.store import NotInitializedError, ParameterStore, StalenessStats
+from gasgd_tf.tensors import ValidationError
+
+log = logging.getLogger(__name__)
+
+
+def _staleness_proto(stats: StalenessStats) -> pb.StalenessSummary:
+    # Trailing empty buckets carry nothing: after trimming, the last bucket
+    # still counts every push with staleness >= its index, as the proto says.
+    hist = stats.histogram.tolist()
+    while len(hist) > 1 and hist[-1] == 0:
+        hist.pop()
+    return pb.StalenessSummary(count=stats.count, mean=stats.mean, max=stats.max, histogram=hist)
+
+
+class ParameterServicer(pb_grpc.ParameterServiceServicer):
+    """Implements ParameterService over a ParameterStore.
+
+    Args:
+      store: The parameters.
+      fetch_chunk_bytes: Chunk size for Fetch streams.
+      max_chunk_bytes: Largest chunk accepted from clients.
+    """
+
+    def __init__(
+        self,
+        store: ParameterStore,
+        fetch_chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES,
+        max_chunk_bytes: int = wire.MAX_CHUNK_BYTES,
+    ):
+        self._store = store
+        self._fetch_chunk_bytes = fetch_chunk_bytes
+        self._max_chunk_bytes = max_chunk_bytes
+
+    @contextlib.contextmanager
+    def _errors(self, context: grpc.ServicerContext, what: str, is_push: bool = False):
+        """Maps store errors to status codes; ``context.abort`` raises, ending the RPC."""
+        try:
+            yield
+        except ValidationError as e:
+            if is_push:
+                self._store.note_rejected()
+            log.warning("%s rejected: %s", what, e)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {e}")
+        except NotInitializedError as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{what}: {e}")
+        except grpc.RpcError:
+            # The client went away while we read its stream: nothing to apply
+            # and nobody to answer.
+            if is_push:
+                self._store.note_rejected()
+            context.abort(grpc.StatusCode.CANCELLED, f"{what}: the client cancelled the stream")
+
+    def Register(self, request, context):
+        with self._errors(context, "Register"):
+            specs = wire.specs_from_proto(request.tensors)
+            info = self._store.register(request.client_id, specs or None)
+            return pb.RegisterResponse(
+                initialized=info.initialized,
+                version=info.version,
+                tensors=wire.specs_to_proto(info.specs),
+                last_sequence=info.last_sequence,
+                capabilities=pb.Capabilities(
+                    push_dtypes=[pb.DTYPE_FLOAT32],
+                    max_chunk_bytes=self._max_chunk_bytes,
+                    optimizer=self._store.optimizer.name,
+                ),
+                server_id=self._store.server_id,
+            )
+
+    def Initialize(self, request_iterator, context):
+        with self._errors(context, "Initialize"):
+            header, flat = wire.decode_stream(
+                request_iterator,
+                lambda h: self._store.layout_for(wire.specs_from_proto(h.tensors), initialize=True),
+                self._max_chunk_bytes,
+            )
+            accepted, version = self._store.initialize(
+                header.client_id, wire.specs_from_proto(header.tensors), flat
+            )
+            log.info(
+                "Initialize from %r: %s",
+                header.client_id,
+                "accepted" if accepted else "already set",
+            )
+            return pb.InitializeResponse(accepted=accepted, version=version)
+
+    def Fetch(self, request, context):
+        with self._errors(context, "Fetch"):
+            snap = self._store.snapshot(request.client_id)
+        header = pb.FetchHeader(
+            version=snap.version,
+            tensors=wire.specs_to_proto(snap.specs),
+            total_bytes=snap.flat.nbytes,
+        )
+        yield from wire.encode_stream(pb.FetchResponse, header, snap.flat, self._fetch_chunk_bytes)
+
+    def Push(self, request_iterator, context):
+        with self._errors(context, "Push", is_push=True):
+            header, grad = wire.decode_stream(
+                request_iterator,
+                lambda h: self._store.layout_for(
+                    wire.specs_from_proto(h.tensors), initialize=False
+                ),
+                self._max_chunk_bytes,
+            )
+            result = self._store.push(
+                header.client_id, header.sequence, header.base_version, grad, header.client_step
+            )
+            return pb.PushResponse(
+                version=result.version, staleness=result.staleness, duplicate=result.duplicate
+            )
+
+    def Leave(self, request, context):
+        with self._errors(context, "Leave"):
+            return pb.LeaveResponse(version=self._store.leave(request.client_id))
+
+    def Status(self, request, context):
+        status = self._store.status()
+        return pb.StatusResponse(
+            initialized=status.initialized,
+            version=status.version,
+            updates_applied=status.updates_applied,
+            pushes_rejected=status.pushes_rejected,
+            duplicate_pushes=status.duplicate_pushes,
+            num_parameters=status.num_parameters,
+            optimizer=status.optimizer,
+            server_id=status.server_id,
+            uptime_secs=status.uptime_secs,
+            staleness=_staleness_proto(status.staleness),
+            clients=[
+                pb.ClientStatus(
+                    client_id=c.client_id,
+                    active=c.active,
+                    pushes=c.pushes,
+                    fetches=c.fetches,
+                    last_sequence=c.last_sequence,
+                    last_step=c.last_step,
+                    last_seen_unix=c.last_seen,
+                    staleness=_staleness_proto(c.staleness),
+                )
+                for c in status.clients
+            ],
+        )

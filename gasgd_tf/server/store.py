@@ -1,0 +1,355 @@
+"""ParameterStore: versioned parameters, the server-side optimizer and client accounting.
+
+Plain Python and numpy: the gRPC servicer is a thin adapter over this class,
+and tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from gasgd_tf.server.optimizers import ServerOptimizer
+from gasgd_tf.tensors import FlatLayout, TensorSpec, ValidationError, check_same_specs
+
+# Staleness histogram buckets: 0, 1, ..., STALENESS_BUCKETS - 2, and ">= last".
+STALENESS_BUCKETS = 64
+
+
+class NotInitializedError(RuntimeError):
+    """Fetch or push before the parameters were initialized."""
+
+
+@dataclasses.dataclass
+class StalenessStats:
+    """Count, mean, max and a histogram of staleness values."""
+
+    count: int = 0
+    total: int = 0
+    max: int = 0
+    histogram: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.zeros(STALENESS_BUCKETS, np.int64)
+    )
+
+    def add(self, staleness: int) -> None:
+        self.count += 1
+        self.total += staleness
+        self.max = max(self.max, staleness)
+        self.histogram[min(staleness, STALENESS_BUCKETS - 1)] += 1
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PushResult:
+    version: int
+    staleness: int
+    duplicate: bool = False
+
+
+@dataclasses.dataclass
+class ClientRecord:
+    """What the store knows of one client id."""
+
+    client_id: str
+    active: bool = True
+    pushes: int = 0
+    fetches: int = 0
+    last_sequence: int = 0
+    last_step: int = 0
+    last_seen: float = 0.0
+    last_result: PushResult | None = None
+    staleness: StalenessStats = dataclasses.field(default_factory=StalenessStats)
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """A consistent, read-only copy of the parameters at one version."""
+
+    version: int
+    specs: tuple[TensorSpec, ...]
+    flat: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisterInfo:
+    initialized: bool
+    version: int
+    specs: tuple[TensorSpec, ...]
+    last_sequence: int
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreStatus:
+    initialized: bool
+    version: int
+    updates_applied: int
+    pushes_rejected: int
+    duplicate_pushes: int
+    num_parameters: int
+    optimizer: str
+    server_id: str
+    uptime_secs: float
+    staleness: StalenessStats
+    clients: tuple[ClientRecord, ...]
+
+
+class ParameterStore:
+    """Holds versioned float32 parameters and applies pushed gradients.
+
+    The parameters are one flat float32 buffer laid out by the signature
+    (names, shapes) the first initializer sent; each accepted push is applied
+    by the server optimizer and bumps the version by one.
+
+    Locking: one lock (``self._lock``) guards the parameters, optimizer slots,
+    version, counters and the client table. Everything expensive that does not
+    read shared state happens outside it: receiving chunks, checking shapes
+    and finiteness (the layout is immutable once set). Inside it: the
+    duplicate check, the optimizer update and the version bump, so concurrent
+    pushes apply one at a time, in arrival order, and each push is either
+    applied whole or not at all. A fetch copies the parameters under the lock
+    once per version (a cached read-only snapshot), then streams the copy
+    outside the lock, so streaming never blocks pushes.
+
+    Memory: parameters + optimizer slots + one snapshot + the gradients of
+    the pushes being received.
+
+    Args:
+      optimizer: Applies gradients to the flat buffer.
+      clock: Wall clock, for tests.
+    """
+
+    def __init__(self, optimizer: ServerOptimizer, clock: Callable[[], float] = time.time):
+        self.optimizer = optimizer
+        self.server_id = uuid.uuid4().hex[:12]
+        self._clock = clock
+        self._start = clock()
+        self._lock = threading.Lock()
+        self._layout: FlatLayout | None = None
+        self._params: np.ndarray | None = None
+        self._slots: dict[str, np.ndarray] = {}
+        self._version = 0
+        self._snapshot: Snapshot | None = None
+        self._clients: dict[str, ClientRecord] = {}
+        self._staleness = StalenessStats()
+        self._recent_staleness: list[int] = []
+        self._updates_applied = 0
+        self._pushes_rejected = 0
+        self._duplicate_pushes = 0
+
+    # -- Reads ---------------------------------------------------------------
+
+    @property
+    def initialized(self) -> bool:
+        return self._layout is not None
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def specs(self) -> tuple[TensorSpec, ...]:
+        return self._layout.specs if self._layout else ()
+
+    def snapshot(self, client_id: str = "") -> Snapshot:
+        """The current parameters as a consistent read-only copy.
+
+        Raises:
+          NotInitializedError: Before initialization.
+        """
+        with self._lock:
+            self._require_initialized()
+            if self._snapshot is None or self._snapshot.version != self._version:
+                flat = self._params.copy()
+                flat.flags.writeable = False
+                self._snapshot = Snapshot(self._version, self._layout.specs, flat)
+            if client_id:
+                record = self._touch(client_id)
+                record.fetches += 1
+            return self._snapshot
+
+    def status(self) -> StoreStatus:
+        with self._lock:
+            return StoreStatus(
+                initialized=self.initialized,
+                version=self._version,
+                updates_applied=self._updates_applied,
+                pushes_rejected=self._pushes_rejected,
+                duplicate_pushes=self._duplicate_pushes,
+                num_parameters=self._layout.size if self._layout else 0,
+                optimizer=self.optimizer.name,
+                server_id=self.server_id,
+                uptime_secs=self._clock() - self._start,
+                staleness=dataclasses.replace(
+                    self._staleness, histogram=self._staleness.histogram.copy()
+                ),
+                clients=tuple(
+                    dataclasses.replace(
+                        c,
+                        staleness=dataclasses.replace(
+                            c.staleness, histogram=c.staleness.histogram.copy()
+                        ),
+                    )
+                    for c in self._clients.values()
+                ),
+            )
+
+    def drain_staleness(self) -> list[int]:
+        """Staleness of the pushes applied since the last call (for summaries)."""
+        with self._lock:
+            recent, self._recent_staleness = self._recent_staleness, []
+            return recent
+
+    # -- Writes --------------------------------------------------------------
+
+    def register(self, client_id: str, specs: Sequence[TensorSpec] | None) -> RegisterInfo:
+        """Records a client and checks its signature when it sends one.
+
+        Raises:
+          ValidationError: Empty client id, or ``specs`` differ from the
+            server's parameters (or, before initialization, are invalid).
+        """
+        _check_client_id(client_id)
+        if specs and self._layout is not None:
+            check_same_specs(self._layout.specs, specs)
+        elif specs:
+            FlatLayout(specs)  # Validates names and dtypes early.
+        with self._lock:
+            record = self._touch(client_id)
+            record.active = True
+            return RegisterInfo(self.initialized, self._version, self.specs, record.last_sequence)
+
+    def layout_for(self, specs: Sequence[TensorSpec], *, initialize: bool) -> FlatLayout:
+        """Validates the signature of an Initialize or Push before its chunks arrive.
+
+        Raises:
+          ValidationError: An empty or invalid signature; for a push, one that
+            differs from the server's parameters.
+          NotInitializedError: A push before initialization.
+        """
+        if not specs:
+            raise ValidationError("no tensors in the header")
+        if initialize:
+            return FlatLayout(specs)
+        self._require_initialized()
+        check_same_specs(self._layout.specs, specs)
+        return self._layout
+
+    def initialize(
+        self, client_id: str, specs: Sequence[TensorSpec], flat: np.ndarray
+    ) -> tuple[bool, int]:
+        """Sets the parameters if nobody has; returns (accepted, version).
+
+        Takes ownership of ``flat``.
+
+        Raises:
+          ValidationError: Invalid signature or non-finite values.
+        """
+        _check_client_id(client_id)
+        layout = FlatLayout(specs)
+        layout.check_finite(flat)
+        with self._lock:
+            self._touch(client_id)
+            if self._layout is not None:
+                return False, self._version
+            self._layout = layout
+            self._params = np.ascontiguousarray(flat, dtype=np.float32)
+            self._slots = self.optimizer.init_slots(layout.size)
+            self._version = 0
+            return True, self._version
+
+    def push(
+        self,
+        client_id: str,
+        sequence: int,
+        base_version: int,
+        grad: np.ndarray,
+        client_step: int = 0,
+    ) -> PushResult:
+        """Validates and applies one gradient as one update.
+
+        Args:
+          client_id: The pushing client.
+          sequence: Per-client push number, >= 1. A sequence at or below the
+            client's last applied one is a retry: acknowledged, not applied.
+          base_version: The version the gradient was computed from.
+          grad: Flat float32 gradient in the server's layout.
+          client_step: The client's local step count, for status.
+
+        Raises:
+          ValidationError: Bad ids, a base version from the future, a wrong
+            size, or NaN/Inf values. Nothing is changed.
+          NotInitializedError: Before initialization.
+        """
+        _check_client_id(client_id)
+        if sequence < 1:
+            raise ValidationError(f"push sequence must be >= 1, got {sequence}")
+        self._require_initialized()
+        if grad.shape != (self._layout.size,) or grad.dtype != np.float32:
+            raise ValidationError(
+                f"gradient has shape {grad.shape} and dtype {grad.dtype}, "
+                f"expected ({self._layout.size},) float32"
+            )
+        self._layout.check_finite(grad)
+        with self._lock:
+            if base_version > self._version:
+                raise ValidationError(
+                    f"base_version {base_version} is ahead of the server version {self._version}"
+                )
+            record = self._touch(client_id)
+            record.last_step = max(record.last_step, int(client_step))
+            if sequence <= record.last_sequence:
+                self._duplicate_pushes += 1
+                last = record.last_result
+                if sequence == record.last_sequence and last is not None:
+                    return dataclasses.replace(last, duplicate=True)
+                return PushResult(self._version, 0, duplicate=True)
+            staleness = self._version - base_version
+            self.optimizer.apply(self._params, grad, self._slots)
+            self._version += 1
+            self._updates_applied += 1
+            result = PushResult(self._version, staleness)
+            record.pushes += 1
+            record.last_sequence = sequence
+            record.last_result = result
+            record.staleness.add(staleness)
+            self._staleness.add(staleness)
+            self._recent_staleness.append(staleness)
+            return result
+
+    def note_rejected(self) -> None:
+        """Counts a push rejected before it reached ``push`` (a malformed stream)."""
+        with self._lock:
+            self._pushes_rejected += 1
+
+    def leave(self, client_id: str) -> int:
+        """Marks a client as finished; returns the version."""
+        _check_client_id(client_id)
+        with self._lock:
+            self._touch(client_id).active = False
+            return self._version
+
+    # -- Internals -----------------------------------------------------------
+
+    def _touch(self, client_id: str) -> ClientRecord:
+        record = self._clients.get(client_id)
+        if record is None:
+            record = self._clients[client_id] = ClientRecord(client_id)
+        record.last_seen = self._clock()
+        return record
+
+    def _require_initialized(self) -> None:
+        if self._layout is None:
+            raise NotInitializedError("the parameters are not initialized yet")
+
+
+def _check_client_id(client_id: str) -> None:
+    if not client_id:
+        raise ValidationError("client_id is empty")

@@ -1,0 +1,284 @@
+"""The A-SGD worker: a Keras model replica that trains locally and syncs with the server.
+
+As in Paine et al. (2013) and Downpour SGD: every step the worker computes a
+gradient on its own minibatch, applies it to its local copy with its local
+optimizer, and adds it to an accumulator. Every ``n_push`` steps it pushes
+the accumulated gradient (the sum since the last push) to the parameter
+server; every ``n_fetch`` steps it replaces its weights with the server's.
+When both fall on one step, it pushes first, so the fetched weights include
+its own update.
+
+What to compute (``TrainStep``, ``VariableSync``) is kept apart from when to
+sync and log (``train``), after tensorflow/models' orbit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+
+import keras
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from gasgd_tf import devices, progress
+from gasgd_tf.client import ParameterClient
+from gasgd_tf.data import pipeline
+from gasgd_tf.models import build_model
+from gasgd_tf.summaries import MetricWriter
+from gasgd_tf.tensors import TensorSpec
+
+log = logging.getLogger(__name__)
+
+
+def client_id(task_index: int) -> str:
+    return f"worker_{task_index}"
+
+
+def build(config: ml_collections.ConfigDict) -> keras.Model:
+    """The config's model, with weights from ``config.seed`` (identical on every worker)."""
+    info = pipeline.dataset_info(config.data)
+    keras.utils.set_random_seed(config.seed)
+    return build_model(
+        config.model.name, info.image_shape, info.num_classes, dropout=config.model.dropout
+    )
+
+
+class VariableSync:
+    """Moves a list of variables to and from one flat float32 buffer.
+
+    The tensor names are the Keras variable paths, so every replica of a
+    model has the same signature.
+    """
+
+    def __init__(self, variables: list[tf.Variable]):
+        self.variables = list(variables)
+        self.specs = tuple(TensorSpec(v.path, tuple(v.shape), "float32") for v in self.variables)
+        self._sizes = [int(np.prod(v.shape)) for v in self.variables]
+        size = sum(self._sizes)
+
+        @tf.function(input_signature=[tf.TensorSpec([size], tf.float32)])
+        def assign(flat):
+            for v, part in zip(self.variables, tf.split(flat, self._sizes)):
+                v.assign(tf.reshape(part, v.shape))
+
+        @tf.function
+        def read():
+            return tf.concat([tf.reshape(v, [-1]) for v in self.variables], axis=0)
+
+        self._assign = assign
+        self._read = read
+
+    def read(self) -> np.ndarray:
+        return self._read().numpy()
+
+    def assign(self, flat: np.ndarray) -> None:
+        self._assign(flat)
+
+
+class TrainStep:
+    """One compiled training step that also accumulates gradients for the next push.
+
+    Args:
+      model: The local replica.
+      optimizer: The local optimizer, applied every step.
+      jit_compile: Compile the step with XLA.
+    """
+
+    def __init__(self, model: keras.Model, optimizer: keras.Optimizer, jit_compile: bool = False):
+        self.model = model
+        self.optimizer = optimizer
+        variables = model.trainable_variables
+        optimizer.build(variables)
+        self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self.accumulators = [
+            tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in variables
+        ]
+        # Running sums for the train/* metrics, read and reset when logging.
+        self.loss_sum = tf.Variable(0.0, trainable=False)
+        self.correct = tf.Variable(0.0, trainable=False)
+        self.count = tf.Variable(0.0, trainable=False)
+
+        @tf.function(jit_compile=jit_compile)
+        def step(images, labels):
+            with tf.GradientTape() as tape:
+                logits = model(images, training=True)
+                loss = self.loss_fn(labels, logits)
+                if model.losses:
+                    loss += tf.add_n(model.losses)
+            grads = tape.gradient(loss, variables)
+            optimizer.apply_gradients(zip(grads, variables))
+            for acc, g in zip(self.accumulators, grads):
+                acc.assign_add(g)
+            n = tf.cast(tf.shape(labels)[0], tf.float32)
+            self.loss_sum.assign_add(loss * n)
+            hits = tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels)
+            self.correct.assign_add(tf.reduce_sum(tf.cast(hits, tf.float32)))
+            self.count.assign_add(n)
+
+        @tf.function
+        def take_gradient():
+            flat = tf.concat([tf.reshape(a, [-1]) for a in self.accumulators], axis=0)
+            with tf.control_dependencies([flat]):
+                for a in self.accumulators:
+                    a.assign(tf.zeros_like(a))
+            return flat
+
+        self._step = step
+        self._take_gradient = take_gradient
+
+    def __call__(self, images: tf.Tensor, labels: tf.Tensor) -> None:
+        self._step(images, labels)
+
+    def take_gradient(self) -> np.ndarray:
+        """The gradient accumulated since the last call, flat; resets the accumulator."""
+        return self._take_gradient().numpy()
+
+    def take_metrics(self) -> tuple[float, float]:
+        """Mean loss and accuracy since the last call; resets them."""
+        count = max(float(self.count.numpy()), 1.0)
+        loss, acc = float(self.loss_sum.numpy()) / count, float(self.correct.numpy()) / count
+        for v in (self.loss_sum, self.correct, self.count):
+            v.assign(0.0)
+        return loss, acc
+
+
+@dataclasses.dataclass
+class WorkerResult:
+    steps: int
+    pushes: int
+    fetches: int
+    final_version: int
+    loss: float
+    accuracy: float
+    images_per_sec: float
+    wall_secs: float
+
+
+def join(client: ParameterClient, sync: VariableSync, timeout_secs: float) -> int:
+    """Registers, offers this replica's weights if the server has none, and fetches.
+
+    Returns:
+      The version of the fetched parameters.
+    """
+    client.wait_for_server(timeout_secs)
+    reg = client.register(sync.specs)
+    if not reg.initialized:
+        accepted, _ = client.initialize(sync.specs, sync.read())
+        log.info("%s initialization offer %s", client.client_id, "accepted" if accepted else "lost")
+    version, _, flat = client.fetch()
+    sync.assign(flat)
+    return version
+
+
+def train(
+    config: ml_collections.ConfigDict, task_index: int, address: str, workdir: str
+) -> WorkerResult:
+    """Runs worker ``task_index`` against the server at ``address`` for ``config.num_steps``.
+
+    Raises:
+      ServerUnavailableError: The server stopped answering (names the address).
+      RequestRejectedError: The server refused a push (for example NaN values).
+    """
+    device = devices.configure(task_index, config.worker.cpu_threads)
+    name = client_id(task_index)
+    model = build(config)
+    # Each replica sees its own dropout masks and data order.
+    keras.utils.set_random_seed(config.seed * 1000 + task_index + 1)
+    optimizer = keras.optimizers.SGD(
+        learning_rate=config.worker.learning_rate, momentum=config.worker.momentum
+    )
+    step_fn = TrainStep(model, optimizer, jit_compile=config.worker.jit_compile)
+    sync = VariableSync(model.trainable_variables)
+    data = iter(
+        pipeline.train_dataset(config.data, config.batch_size, seed=config.seed * 1000 + task_index)
+    )
+    writer = MetricWriter(os.path.join(workdir, "tb", name))
+    progress_file = progress.progress_path(workdir, name)
+
+    client = ParameterClient(
+        address,
+        name,
+        timeout_secs=config.client.timeout_secs,
+        retry_secs=config.client.retry_secs,
+        chunk_bytes=config.client.chunk_bytes,
+    )
+    base_version = join(client, sync, config.client.connect_timeout_secs)
+    print(
+        f"{name}: {model.count_params():,} parameters on {device}; "
+        f"joined at version {base_version}",
+        flush=True,
+    )
+
+    pushes = fetches = 0
+    ack = None
+    start = window_start = time.perf_counter()
+    window_images = 0
+    loss = accuracy = images_per_sec = float("nan")
+    for step in range(1, config.num_steps + 1):
+        images, labels = next(data)
+        step_fn(images, labels)
+        window_images += config.batch_size
+        last = step == config.num_steps
+        if step % config.n_push == 0 or last:
+            ack = client.push(step_fn.take_gradient(), base_version, client_step=step)
+            pushes += 1
+        if step % config.n_fetch == 0:
+            base_version, _, flat = client.fetch()
+            sync.assign(flat)
+            fetches += 1
+        if step % config.worker.log_every_steps == 0 or last:
+            loss, accuracy = step_fn.take_metrics()
+            now = time.perf_counter()
+            images_per_sec = window_images / max(now - window_start, 1e-9)
+            window_start, window_images = now, 0
+            server_version = ack.version if ack else base_version
+            writer.scalars(
+                {
+                    "train/loss": loss,
+                    "train/accuracy": accuracy,
+                    "train/images_per_sec": images_per_sec,
+                    "train/server_version": server_version,
+                    "train/staleness": ack.staleness if ack else 0,
+                },
+                step,
+            )
+            progress.write_json(
+                progress_file,
+                {
+                    "step": step,
+                    "num_steps": config.num_steps,
+                    "loss": loss,
+                    "accuracy": accuracy,
+                    "images_per_sec": images_per_sec,
+                    "server_version": server_version,
+                    "done": False,
+                },
+            )
+    final_version = client.leave()
+    client.close()
+    wall = time.perf_counter() - start
+    result = WorkerResult(
+        steps=config.num_steps,
+        pushes=pushes,
+        fetches=fetches,
+        final_version=final_version,
+        loss=loss,
+        accuracy=accuracy,
+        images_per_sec=config.num_steps * config.batch_size / wall,
+        wall_secs=wall,
+    )
+    progress.write_json(
+        progress_file,
+        {**dataclasses.asdict(result), "step": step, "num_steps": config.num_steps, "done": True},
+    )
+    writer.close()
+    print(
+        f"{name}: done, {result.steps} steps, {pushes} pushes, {fetches} fetches, "
+        f"loss {loss:.4f}, {result.images_per_sec:.0f} images/s",
+        flush=True,
+    )
+    return result

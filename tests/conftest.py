@@ -1,0 +1,47 @@
+"""Shared fixtures: in-process parameter servers and an offline dataset folder."""
+
+import os
+import pathlib
+import sys
+
+import pytest
+
+# Quieter TensorFlow in tests that import it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # For `configs.*` imports.
+
+
+@pytest.fixture
+def serve():
+    """Starts in-process ParameterServers on free loopback ports; stops them after the test.
+
+    Usage: ``server = serve(store)`` with a ``ParameterStore``.
+    """
+    from gasgd_tf.server import ParameterServer
+
+    servers = []
+
+    def start(store, **kwargs):
+        server = ParameterServer(store, "127.0.0.1:0", **kwargs).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop(grace=None)
+
+
+@pytest.fixture(scope="session")
+def digits_data_dir(tmp_path_factory):
+    """A tfds data_dir with sklearn_digits prepared once per test session (offline)."""
+    import ml_collections
+
+    from gasgd_tf.data import pipeline
+
+    data_dir = tmp_path_factory.mktemp("tfds")
+    pipeline.prepare(
+        ml_collections.ConfigDict({"name": "sklearn_digits", "data_dir": str(data_dir)})
+    )
+    return str(data_dir)

@@ -1,0 +1,150 @@
+"""The whole program, as a user runs it: processes, TensorBoard events, failures."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO_ROOT
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gasgd_tf.client import ParameterClient
+
+
+def main_command(*flags: str) -> list[str]:
+    return [sys.executable, "-m", "gasgd_tf.main", *flags]
+
+
+def events(logdir: str) -> EventAccumulator:
+    acc = EventAccumulator(logdir, size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    return acc
+
+
+def leftover_processes(marker: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+@pytest.mark.slow
+def test_local_run_trains_and_writes_summary_and_events(digits_data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    result = subprocess.run(
+        main_command(
+            "--config=configs/default.py",
+            f"--workdir={workdir}",
+            f"--config.data.data_dir={digits_data_dir}",
+            "--config.num_steps=150",
+            "--config.worker.log_every_steps=25",
+            "--config.eval.every_secs=1",
+            "--config.launcher.log_every_secs=1",
+        ),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "parameter server on 127.0.0.1:" in result.stdout
+    assert "test accuracy" in result.stdout and "done in" in result.stdout
+
+    with open(os.path.join(workdir, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["steps_per_worker"] == [150, 150]
+    assert summary["server_version"] == summary["updates_applied"] == 300
+    assert summary["eval_version"] == 300 and summary["test_examples"] == 359
+    assert summary["test_accuracy"] > 0.8  # 150 steps: well above chance (0.1).
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = json.load(f)
+    assert (config["name"], config["n_push"], config["n_fetch"]) == ("default", 1, 1)
+
+    # The final evaluation is in TensorBoard with the summary's number.
+    ev = events(os.path.join(workdir, "tb", "eval"))
+    final = ev.Scalars("eval/accuracy")[-1]
+    assert (final.step, final.value) == (300, pytest.approx(summary["test_accuracy"], abs=1e-6))
+    assert "eval/loss" in ev.Tags()["scalars"]
+    for i in range(2):
+        tags = events(os.path.join(workdir, "tb", f"worker_{i}")).Tags()["scalars"]
+        assert {"train/loss", "train/accuracy", "train/images_per_sec"} <= set(tags)
+    ps = events(os.path.join(workdir, "tb", "ps_0"))
+    assert ps.Scalars("ps/version")[-1].value == 300
+    assert "ps/updates_per_sec" in ps.Tags()["scalars"]
+    histograms = ps.Histograms("ps/staleness")
+    assert sum(h.histogram_value.num for h in histograms) == 300  # Every push, once.
+    assert not leftover_processes(workdir)
+
+
+def start_ps(workdir: str) -> tuple[subprocess.Popen, str]:
+    port_file = os.path.join(workdir, "port")
+    ps = subprocess.Popen(
+        main_command(
+            "--role=ps",
+            "--config=configs/default.py",
+            f"--workdir={workdir}",
+            "--ps_address=127.0.0.1:0",
+            f"--port_file={port_file}",
+        ),
+        cwd=REPO_ROOT,
+    )
+    deadline = time.monotonic() + 60
+    while not os.path.exists(port_file):
+        assert ps.poll() is None and time.monotonic() < deadline, "ps did not start"
+        time.sleep(0.05)
+    with open(port_file) as f:
+        return ps, f"127.0.0.1:{f.read()}"
+
+
+@pytest.mark.slow
+def test_worker_exits_with_clear_error_when_server_dies(digits_data_dir, tmp_path):
+    ps, address = start_ps(str(tmp_path))
+    retry, timeout = 3, 5
+    worker = subprocess.Popen(
+        main_command(
+            "--role=worker",
+            "--config=configs/default.py",
+            f"--workdir={tmp_path}",
+            f"--ps_address={address}",
+            f"--config.data.data_dir={digits_data_dir}",
+            "--config.num_steps=1000000",
+            f"--config.client.retry_secs={retry}",
+            f"--config.client.timeout_secs={timeout}",
+        ),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with ParameterClient(address, "test", retry_secs=5) as client:
+            deadline = time.monotonic() + 120
+            while client.status().version < 20:  # The worker is training.
+                assert worker.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        ps.send_signal(signal.SIGKILL)
+        ps.wait()
+        killed = time.monotonic()
+        _, stderr = worker.communicate(timeout=retry + timeout + 30)
+        elapsed = time.monotonic() - killed
+    finally:
+        ps.kill()
+        worker.kill()
+    assert worker.returncode == 1
+    assert f"error: worker: parameter server at {address} unreachable" in stderr
+    assert elapsed < retry + timeout + 5, f"took {elapsed:.1f}s to notice"
+
+
+@pytest.mark.slow
+def test_bad_override_fails_before_starting_anything(tmp_path):
+    result = subprocess.run(
+        main_command("--config=configs/default.py", f"--workdir={tmp_path}", "--config.n_push=0"),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "n_push must be an integer >= 1" in result.stderr
+    assert not os.path.exists(tmp_path / "config.json")

@@ -1,0 +1,123 @@
+"""The A-SGD worker and evaluator against in-process parameter servers."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from gasgd_tf import config_base, evaluation, progress, worker
+from gasgd_tf.client import ParameterClient
+from gasgd_tf.server import SGD, ParameterStore
+from gasgd_tf.summaries import MetricWriter
+
+
+def small_config(data_dir, **overrides) -> ml_collections.ConfigDict:
+    config = config_base.get_base_config()
+    config.data.data_dir = data_dir
+    config.num_workers = 1
+    config.num_steps = 7
+    config.batch_size = 16
+    config.worker.log_every_steps = 3
+    config.worker.cpu_threads = 1
+    config.update_from_flattened_dict(overrides)
+    return config_base.finalize(config)
+
+
+def test_push_and_fetch_follow_n_push_and_n_fetch(serve, digits_data_dir, tmp_path):
+    store = ParameterStore(SGD(learning_rate=0.05))
+    server = serve(store)
+    config = small_config(digits_data_dir, n_push=2, n_fetch=3)
+    result = worker.train(config, 0, server.address, str(tmp_path))
+
+    # Pushes at steps 2, 4, 6 and the last step 7; fetches at join, 3 and 6.
+    assert (result.pushes, result.fetches) == (4, 2)
+    status = store.status()
+    (record,) = status.clients
+    assert (record.client_id, record.pushes, record.fetches) == ("worker_0", 4, 3)
+    assert (record.last_step, record.active) == (7, False)
+    assert store.version == 4 == result.final_version
+    assert progress.read_json(progress.progress_path(str(tmp_path), "worker_0"))["done"]
+
+
+def test_server_parameters_move_by_the_pushed_gradients(serve, digits_data_dir, tmp_path):
+    # With n_fetch larger than the run, the worker never refreshes: the server's
+    # parameters must equal the initial ones minus lr times every gradient pushed.
+    store = ParameterStore(SGD(learning_rate=0.1))
+    server = serve(store)
+    pushed = []
+    original_push = ParameterClient.push
+
+    def recording_push(self, grad, base_version, client_step=0):
+        pushed.append(grad.copy())
+        return original_push(self, grad, base_version, client_step)
+
+    config = small_config(digits_data_dir, n_push=1, n_fetch=100, num_steps=5)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ParameterClient, "push", recording_push)
+        model = worker.build(config)
+        init = worker.VariableSync(model.trainable_variables).read()
+        worker.train(config, 0, server.address, str(tmp_path))
+    assert len(pushed) == 5
+    expected = init - np.float32(0.1) * np.sum(pushed, axis=0)
+    np.testing.assert_allclose(store.snapshot().flat, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_second_worker_fetches_the_first_workers_weights(serve, digits_data_dir, tmp_path):
+    store = ParameterStore(SGD(learning_rate=0.05))
+    server = serve(store)
+    config = small_config(digits_data_dir, num_steps=3)
+    worker.train(config, 0, server.address, str(tmp_path))
+    trained = store.snapshot().flat.copy()
+    # A different seed gives different initial weights; the server keeps its own.
+    other = small_config(digits_data_dir, num_steps=1, seed=5)
+    model = worker.build(other)
+    sync = worker.VariableSync(model.trainable_variables)
+    with ParameterClient(server.address, "worker_1") as client:
+        version = worker.join(client, sync, timeout_secs=10)
+    assert version == 3
+    np.testing.assert_array_equal(sync.read(), trained)
+
+
+def test_evaluator_matches_keras_evaluate(serve, digits_data_dir, tmp_path):
+    store = ParameterStore(SGD(learning_rate=0.05))
+    server = serve(store)
+    config = small_config(digits_data_dir, num_steps=20)
+    worker.train(config, 0, server.address, str(tmp_path))
+
+    result = evaluation.run(config, server.address, str(tmp_path))
+    assert result.version == store.version and result.examples == 359
+
+    import keras
+
+    from gasgd_tf.data import pipeline
+
+    model = worker.build(config)
+    worker.VariableSync(model.trainable_variables).assign(store.snapshot().flat)
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
+    loss, accuracy = model.evaluate(pipeline.eval_dataset(config.data, 512), verbose=0)
+    assert result.accuracy == pytest.approx(accuracy, abs=1e-6)
+    assert result.loss == pytest.approx(loss, rel=1e-4)
+    final = progress.read_json(progress.progress_path(str(tmp_path), "eval"))
+    assert final["final"] and final["version"] == store.version
+
+
+def test_nan_gradient_is_refused_and_named(serve, digits_data_dir, tmp_path):
+    from gasgd_tf.client import RequestRejectedError
+
+    store = ParameterStore(SGD(learning_rate=0.05))
+    server = serve(store)
+    # A learning rate this large makes the local replica diverge to NaN.
+    config = small_config(
+        digits_data_dir, num_steps=30, n_fetch=1000, **{"worker.learning_rate": 1e30}
+    )
+    with pytest.raises(RequestRejectedError, match="INVALID_ARGUMENT.*non-finite"):
+        worker.train(config, 0, server.address, str(tmp_path))
+    assert store.status().pushes_rejected == 1
+    assert np.isfinite(store.snapshot().flat).all()
+
+
+def test_metric_writer_import_keeps_worker_usable(tmp_path):
+    # The worker writes through the same TF-free writer as the server.
+    with MetricWriter(tmp_path) as writer:
+        writer.scalar("train/loss", 1.0, 1)
