@@ -150,7 +150,11 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 def from_json(text: str) -> ml_collections.ConfigDict:
     """Reads a config written by ``to_json`` (for child processes and reruns)."""
     base = get_base_config()
-    base.update_from_flattened_dict(_flatten(json.loads(text)))
+    base.lock()  # Unknown keys (a typo, a newer version's field) raise instead of adding.
+    try:
+        base.update_from_flattened_dict(_flatten(json.loads(text)))
+    except (KeyError, AttributeError) as e:
+        raise ValueError(f"invalid config: unknown field in config JSON: {e}") from None
     return finalize(base)
 
 

@@ -10,6 +10,12 @@ failed role with the last lines of its log, and exits non-zero. Ctrl-C stops
 everything. Children run in their own process group (so Ctrl-C reaches only
 the launcher, which stops them in order) and, on Linux, receive SIGTERM if
 the launcher dies, so no orphan is left behind.
+
+Children ask for that signal themselves (``die_with_parent_if_asked``, the
+first thing ``gasgd_tf.main`` does) rather than through a ``preexec_fn``:
+Python code between fork and exec forces a plain fork(), which runs gRPC's
+fork handlers in the child and can abort it once the launcher has a gRPC
+channel open (seen here: SIGABRT, "epoll_wait error: Bad file descriptor").
 """
 
 from __future__ import annotations
@@ -31,13 +37,25 @@ from gasgd_tf import progress
 # Outputs of a previous run in the same workdir, cleared before a new one.
 RUN_OUTPUTS = ("tb", "logs", "progress", "summary.json", "ps_0.port")
 _PR_SET_PDEATHSIG = 1
+# Set by the launcher in each child's environment: the launcher's pid.
+PARENT_PID_ENV = "GASGD_TF_PARENT_PID"
 
 
-def _die_with_parent() -> None:  # Runs in the child between fork and exec.
+def die_with_parent_if_asked() -> None:
+    """In a launcher's child: arranges SIGTERM for this process when the launcher dies.
+
+    Does nothing unless the launcher set ``GASGD_TF_PARENT_PID``, or off Linux
+    (there the launcher's own cleanup is what stops children).
+    """
+    parent = os.environ.pop(PARENT_PID_ENV, None)  # Not for our own children.
+    if not parent or not sys.platform.startswith("linux"):
+        return
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
-        pass  # Not Linux: the process-group cleanup still applies.
+        return
+    if os.getppid() != int(parent):  # The launcher died before prctl took effect.
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _raise_keyboard_interrupt(*_) -> None:
@@ -61,9 +79,8 @@ class Child:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=env,
+                env={**env, PARENT_PID_ENV: str(os.getpid())},
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
 
     def poll(self) -> int | None:
@@ -75,6 +92,12 @@ class Child:
                 return "".join(collections.deque(f, maxlen=lines))
         except FileNotFoundError:
             return "(no log)\n"
+
+
+def _tensorboard_command() -> str:
+    """The tensorboard script installed beside this Python (in .venv/bin), else the bare name."""
+    beside = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    return os.path.relpath(beside) if os.path.exists(beside) else "tensorboard"
 
 
 class ChildFailed(RuntimeError):
@@ -191,18 +214,13 @@ class LocalLauncher:
         ps = self._child("ps_0", ps_address="127.0.0.1:0", port_file=port_file)
         self._wait_for(ps, lambda: os.path.exists(port_file), "serving")
         with open(port_file) as f:
-            address = f"127.0.0.1:{f.read().strip()}"
-        from gasgd_tf.client import ParameterClient  # grpc only; no TensorFlow.
-
-        # Progress lines must not stall the loop: short deadlines, few retries.
-        self._status_client = ParameterClient(address, "launcher", timeout_secs=5, retry_secs=1)
-        return ps, address
+            return ps, f"127.0.0.1:{f.read().strip()}"
 
     def run(self) -> int:
         """Runs the job; returns the process exit code (0 on success)."""
         cfg = self.config
         # A polite kill (SIGTERM) of the launcher stops the run like Ctrl-C does.
-        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         try:
             self._prepare_data()
             ps, address = self._start_server()
@@ -215,6 +233,11 @@ class LocalLauncher:
                 for i in range(cfg.num_workers)
             ]
             evaluator = self._child("eval", ps_address=address)
+            # Only now, with every child started: see the module docstring on fork.
+            from gasgd_tf.client import ParameterClient  # grpc only; no TensorFlow.
+
+            # Progress lines must not stall the loop: short deadlines, few retries.
+            self._status_client = ParameterClient(address, "launcher", timeout_secs=5, retry_secs=1)
             next_line = time.monotonic() + cfg.launcher.log_every_secs
             while not (all(w.poll() == 0 for w in workers) and evaluator.poll() == 0):
                 self._check_children()
@@ -237,6 +260,7 @@ class LocalLauncher:
             stop_all(self.children)
             if self._status_client is not None:
                 self._status_client.close()
+            signal.signal(signal.SIGTERM, previous_handler)
         self._say(
             f"done in {summary['wall_secs']:.1f}s: test accuracy {summary['test_accuracy']:.4f}, "
             f"loss {summary['test_loss']:.4f} at version {summary['server_version']}; "
@@ -244,7 +268,7 @@ class LocalLauncher:
             f"{summary['images_per_sec']:.0f} images/s; staleness mean "
             f"{summary['staleness_mean']:.2f}, max {summary['staleness_max']}\n"
             f"summary: {os.path.join(self.workdir, 'summary.json')}\n"
-            f"TensorBoard: tensorboard --logdir {os.path.join(self.workdir, 'tb')}"
+            f"TensorBoard: {_tensorboard_command()} --logdir {os.path.join(self.workdir, 'tb')}"
         )
         return 0
 
@@ -259,7 +283,7 @@ class LocalLauncher:
         workers, ev = self._read_progress()
         steps = " ".join(str(w.get("step", 0)) for w in workers)
         losses = [w["loss"] for w in workers if "loss" in w]
-        speed = sum(w.get("images_per_sec", 0.0) for w in workers if not w.get("done"))
+        speed = sum(w.get("images_per_sec", 0.0) for w in workers)
         from gasgd_tf.client import RequestRejectedError, ServerUnavailableError
 
         try:

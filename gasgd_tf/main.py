@@ -107,6 +107,9 @@ def main(argv):
 
 def run():
     """Console entry point."""
+    from gasgd_tf.launch import die_with_parent_if_asked
+
+    die_with_parent_if_asked()  # Before anything slow: see gasgd_tf/launch.py.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # Hide TensorFlow's INFO lines.
     app.run(lambda argv: sys.exit(main(argv)))
 

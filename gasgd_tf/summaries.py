@@ -82,12 +82,14 @@ class MetricWriter:
 
         Args:
           tag: Name in TensorBoard.
-          values: The samples; nothing is written for none.
+          values: The samples; NaN and Inf are left out (TensorBoard cannot
+            bucket them). Nothing is written when no finite value remains.
           step: The x value.
           bucket_limits: Right edges of the buckets, increasing; the last
             bucket is open to +inf. Default: 30 equal buckets over the range.
         """
         values = np.asarray(values, dtype=np.float64).ravel()
+        values = values[np.isfinite(values)]
         if values.size == 0:
             return
         if bucket_limits is None:

@@ -133,6 +133,18 @@ class TrainStep:
     def __call__(self, images: tf.Tensor, labels: tf.Tensor) -> None:
         self._step(images, labels)
 
+    def warm_up(self, images: tf.Tensor, labels: tf.Tensor) -> None:
+        """Runs one step and forgets its gradient and metrics.
+
+        The first run of a tf.function traces and optimizes its graph, which
+        takes a second or more; doing it before fetching the server's weights
+        keeps that delay out of the first push's staleness. The step's change
+        to the local weights is overwritten by the fetch that follows.
+        """
+        self._step(images, labels)
+        self.take_gradient()
+        self.take_metrics()
+
     def take_gradient(self) -> np.ndarray:
         """The gradient accumulated since the last call, flat; resets the accumulator."""
         return self._take_gradient().numpy()
@@ -158,8 +170,19 @@ class WorkerResult:
     wall_secs: float
 
 
-def join(client: ParameterClient, sync: VariableSync, timeout_secs: float) -> int:
-    """Registers, offers this replica's weights if the server has none, and fetches.
+def join(
+    client: ParameterClient,
+    sync: VariableSync,
+    timeout_secs: float,
+    initial: np.ndarray | None = None,
+) -> int:
+    """Registers, offers initial weights if the server has none, and fetches.
+
+    Args:
+      client: A client of the server.
+      sync: The replica's variables, which receive the fetched parameters.
+      timeout_secs: How long to wait for the server to accept connections.
+      initial: Flat weights to offer; default: the variables' current values.
 
     Returns:
       The version of the fetched parameters.
@@ -167,7 +190,8 @@ def join(client: ParameterClient, sync: VariableSync, timeout_secs: float) -> in
     client.wait_for_server(timeout_secs)
     reg = client.register(sync.specs)
     if not reg.initialized:
-        accepted, _ = client.initialize(sync.specs, sync.read())
+        offer = sync.read() if initial is None else initial
+        accepted, _ = client.initialize(sync.specs, offer)
         log.info("%s initialization offer %s", client.client_id, "accepted" if accepted else "lost")
     version, _, flat = client.fetch()
     sync.assign(flat)
@@ -206,7 +230,9 @@ def train(
         retry_secs=config.client.retry_secs,
         chunk_bytes=config.client.chunk_bytes,
     )
-    base_version = join(client, sync, config.client.connect_timeout_secs)
+    initial = sync.read()  # The seeded weights: what this worker offers the server.
+    step_fn.warm_up(*next(data))
+    base_version = join(client, sync, config.client.connect_timeout_secs, initial)
     print(
         f"{name}: {model.count_params():,} parameters on {device}; "
         f"joined at version {base_version}",

@@ -1,0 +1,151 @@
+"""Tests for config defaults, resolution and validation (gasgd_tf.config_base, configs/default.py).
+
+A bad value must fail before any process starts, with the offending field's
+name in the message, both through the API and through the command line.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from configs import default
+from gasgd_tf import config_base
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _base(**overrides):
+    config = config_base.get_base_config()
+    for path, value in overrides.items():
+        node = config
+        *parents, leaf = path.split("__")
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
+
+
+def test_default_config_finalizes():
+    config = config_base.finalize(default.get_config())
+    assert config.num_workers == 2 and config.n_sync == 1
+    assert (config.n_push, config.n_fetch) == (1, 1)
+    assert config.worker.cpu_threads == 1
+    # finalize locks the config: a typo'd field can no longer be added by accident.
+    with pytest.raises(AttributeError):
+        config.num_worker = 3
+
+
+def test_finalize_returns_the_same_config():
+    config = config_base.get_base_config()
+    assert config_base.finalize(config) is config
+
+
+def test_n_sync_sets_unset_n_push_and_n_fetch():
+    config = config_base.finalize(_base(n_sync=4))
+    assert (config.n_push, config.n_fetch) == (4, 4)
+
+
+def test_explicit_n_push_and_n_fetch_are_kept():
+    config = config_base.finalize(_base(n_sync=4, n_push=2, n_fetch=8))
+    assert (config.n_sync, config.n_push, config.n_fetch) == (4, 2, 8)
+    # Only one set: the other still follows n_sync.
+    config = config_base.finalize(_base(n_sync=3, n_fetch=5))
+    assert (config.n_push, config.n_fetch) == (3, 5)
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(num_workers=0), "num_workers"),
+        (dict(num_steps=0), "num_steps"),
+        (dict(batch_size=-1), "batch_size"),
+        (dict(n_sync=0), "n_sync"),
+        (dict(n_push=0), "n_push"),
+        (dict(n_fetch=0), "n_fetch"),
+        (dict(data__name="imagenet"), "data.name"),
+        (dict(model__name="resnet"), "model.name"),
+        (dict(model__dropout=1.0), "model.dropout"),
+        (dict(worker__optimizer="adam"), "worker.optimizer"),
+        (dict(ps__optimizer="adagrad"), "ps.optimizer"),
+        (dict(worker__momentum=1.0), "worker.momentum"),
+        (dict(ps__momentum=1.0), "ps.momentum"),
+        (dict(ps__momentum=-0.1), "ps.momentum"),
+        (dict(worker__learning_rate=0.0), "worker.learning_rate"),
+        (dict(ps__learning_rate=0.0), "ps.learning_rate"),
+        (dict(ps__weight_decay=-1e-4), "ps.weight_decay"),
+        (dict(client__chunk_bytes=(4 << 20) + 1), "client.chunk_bytes"),
+        (dict(client__chunk_bytes=(64 << 10) - 1), "client.chunk_bytes"),
+        (dict(client__timeout_secs=0.0), "client.timeout_secs"),
+        (dict(client__retry_secs=-1.0), "client.retry_secs"),
+        (dict(worker__log_every_steps=0), "worker.log_every_steps"),
+        (dict(eval__every_secs=0.0), "eval.every_secs"),
+    ],
+)
+def test_invalid_value_names_its_field(overrides, field):
+    with pytest.raises(ValueError, match=rf"invalid config: {field}\b"):
+        config_base.finalize(_base(**overrides))
+
+
+def test_chunk_bytes_limits_are_inclusive():
+    for chunk in (64 << 10, 4 << 20):
+        assert config_base.finalize(_base(client__chunk_bytes=chunk)).client.chunk_bytes == chunk
+
+
+def test_json_round_trip_is_equal():
+    config = config_base.finalize(_base(n_sync=2, n_fetch=6, num_workers=3, ps__momentum=0.9))
+    text = config_base.to_json(config)
+    assert json.loads(text)["n_fetch"] == 6
+    restored = config_base.from_json(text)
+    assert restored.to_dict() == config.to_dict()
+    assert config_base.to_json(restored) == text
+
+
+def test_from_json_validates():
+    data = json.loads(config_base.to_json(config_base.finalize(config_base.get_base_config())))
+    data["num_workers"] = 0
+    with pytest.raises(ValueError, match="num_workers"):
+        config_base.from_json(json.dumps(data))
+
+
+@pytest.mark.parametrize("key", ["num_worker", "ps.momentun"])
+def test_from_json_rejects_unknown_key(key):
+    # A typo in a hand-edited config.json must not be silently ignored.
+    data = json.loads(config_base.to_json(config_base.finalize(config_base.get_base_config())))
+    section, _, leaf = key.rpartition(".")
+    (data[section] if section else data)[leaf] = 3
+    with pytest.raises(ValueError, match=f"unknown field.*{leaf}"):
+        config_base.from_json(json.dumps(data))
+
+
+def _run_main(tmp_path, *flags):
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gasgd_tf.main",
+            "--config=configs/default.py",
+            *flags,
+            f"--workdir={tmp_path / 'run'}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,  # Bad flags must fail at once, never start training.
+    )
+
+
+def test_command_line_rejects_unknown_field(tmp_path):
+    result = _run_main(tmp_path, "--config.nsync=2")
+    assert result.returncode != 0
+    assert "nsync" in result.stdout + result.stderr
+    assert not (tmp_path / "run").exists()  # Nothing was started.
+
+
+def test_command_line_rejects_invalid_value_naming_field(tmp_path):
+    result = _run_main(tmp_path, "--config.num_workers=0")
+    assert result.returncode != 0
+    assert "num_workers must be an integer >= 1" in result.stdout + result.stderr
+    assert not (tmp_path / "run").exists()

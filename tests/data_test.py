@@ -1,0 +1,159 @@
+"""Tests for the datasets: registry, offline sklearn_digits tfds builder, input pipelines."""
+
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from sklearn.datasets import load_digits
+
+from gasgd_tf.data import pipeline
+from gasgd_tf.data.registry import DATASETS
+
+BATCH = 32
+TRAIN_SIZE, TEST_SIZE = 1438, 359
+
+
+@pytest.fixture(scope="module")
+def data_config(tmp_path_factory):
+    # Built once per module in a private folder; nothing is downloaded.
+    data_dir = tmp_path_factory.mktemp("tfds_digits")
+    config = ml_collections.ConfigDict(
+        dict(name="sklearn_digits", data_dir=str(data_dir), shuffle_buffer=2048)
+    )
+    pipeline.prepare(config)
+    return config
+
+
+@pytest.fixture(scope="module")
+def splits(data_config):
+    """{split: (images uint8 [N, 8, 8, 1], labels [N])} as tfds serves them."""
+    import gasgd_tf.data.sklearn_digits  # noqa: F401 - registers the builder.
+
+    out = {}
+    for split in ("train", "test"):
+        ds = tfds.load(
+            "sklearn_digits", split=split, data_dir=data_config.data_dir, as_supervised=True
+        )
+        images, labels = zip(*tfds.as_numpy(ds))
+        out[split] = (np.stack(images), np.asarray(labels))
+    return out
+
+
+def _labels(dataset, batches):
+    return np.concatenate([y.numpy() for _, y in dataset.take(batches)])
+
+
+def _files(data_dir):
+    return {
+        os.path.join(root, f): os.stat(os.path.join(root, f)).st_mtime_ns
+        for root, _, files in os.walk(data_dir)
+        for f in files
+    }
+
+
+def test_registry_describes_sklearn_digits():
+    info = DATASETS["sklearn_digits"]
+    assert (info.tfds_name, info.image_shape, info.num_classes, info.offline) == (
+        "sklearn_digits",
+        (8, 8, 1),
+        10,
+        True,
+    )
+    assert pipeline.dataset_info(ml_collections.ConfigDict(dict(name="sklearn_digits"))) is info
+
+
+def test_prepare_builds_offline_into_data_dir(data_config):
+    version_dir = os.path.join(data_config.data_dir, "sklearn_digits", "1.0.0")
+    names = os.listdir(version_dir)
+    assert "dataset_info.json" in names
+    assert any(n.startswith("sklearn_digits-train.tfrecord") for n in names)
+    assert any(n.startswith("sklearn_digits-test.tfrecord") for n in names)
+
+
+def test_prepare_again_does_not_rebuild(data_config):
+    before = _files(data_config.data_dir)
+    assert before
+    pipeline.prepare(data_config)
+    assert _files(data_config.data_dir) == before  # Same files, same mtimes.
+
+
+def test_split_sizes(data_config):
+    builder = tfds.builder("sklearn_digits", data_dir=data_config.data_dir)
+    assert builder.info.splits["train"].num_examples == TRAIN_SIZE
+    assert builder.info.splits["test"].num_examples == TEST_SIZE
+
+
+def test_splits_are_disjoint_and_cover_all_sklearn_digits(splits):
+    digits = load_digits()
+    pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+
+    def examples(images, labels):
+        # Whole examples, as a sorted multiset, so that a duplicate or a missing one shows.
+        return sorted((int(y), x.tobytes()) for x, y in zip(images, labels))
+
+    train, test = splits["train"], splits["test"]
+    assert len(train[1]) + len(test[1]) == len(digits.target) == 1797
+    # Every sklearn example is in exactly one split: the two together are the whole set.
+    together = examples(train[0][..., 0], train[1]) + examples(test[0][..., 0], test[1])
+    assert sorted(together) == examples(pixels, digits.target)
+
+
+def test_images_are_8x8x1_uint8_and_labels_cover_all_classes(splits):
+    for split, (images, labels) in splits.items():
+        assert images.shape[1:] == (8, 8, 1) and images.dtype == np.uint8, split
+        assert images.max() == 255 and images.min() == 0, split
+        assert sorted(set(labels.tolist())) == list(range(10)), split
+
+
+def test_split_is_stratified(splits):
+    # About 20% of every digit is in the test split.
+    train_counts = np.bincount(splits["train"][1], minlength=10)
+    test_counts = np.bincount(splits["test"][1], minlength=10)
+    np.testing.assert_allclose(test_counts / (train_counts + test_counts), 0.2, atol=0.01)
+
+
+def test_train_dataset_batches_are_normalized_floats(data_config):
+    images, labels = next(iter(pipeline.train_dataset(data_config, BATCH, seed=0)))
+    assert images.shape == (BATCH, 8, 8, 1) and images.dtype.name == "float32"
+    assert labels.shape == (BATCH,)
+    x = images.numpy()
+    assert x.min() >= 0.0 and x.max() <= 1.0 and x.max() > 0.5
+
+
+def test_train_dataset_is_endless_with_full_batches(data_config):
+    batches = 2 * TRAIN_SIZE // BATCH + 3  # More than two epochs.
+    sizes = [
+        int(y.shape[0]) for _, y in pipeline.train_dataset(data_config, BATCH, seed=0).take(batches)
+    ]
+    assert len(sizes) == batches
+    assert set(sizes) == {BATCH}
+
+
+def test_train_dataset_sees_every_label(data_config):
+    labels = _labels(pipeline.train_dataset(data_config, BATCH, seed=0), TRAIN_SIZE // BATCH)
+    assert sorted(set(labels.tolist())) == list(range(10))
+
+
+def test_train_dataset_order_depends_on_seed(data_config):
+    a = _labels(pipeline.train_dataset(data_config, BATCH, seed=1), 4)
+    again = _labels(pipeline.train_dataset(data_config, BATCH, seed=1), 4)
+    other = _labels(pipeline.train_dataset(data_config, BATCH, seed=2), 4)
+    np.testing.assert_array_equal(a, again)
+    assert not np.array_equal(a, other)
+
+
+def test_eval_dataset_is_the_whole_test_split_in_fixed_order(data_config, splits):
+    ds = pipeline.eval_dataset(data_config, batch_size=100)
+    first = [(x.numpy(), y.numpy()) for x, y in ds]
+    second = [(x.numpy(), y.numpy()) for x, y in ds]
+    assert [len(y) for _, y in first] == [100, 100, 100, 59]  # Last batch is partial, not dropped.
+    images = np.concatenate([x for x, _ in first])
+    labels = np.concatenate([y for _, y in first])
+    assert images.dtype == np.float32 and images.min() >= 0.0 and images.max() <= 1.0
+    np.testing.assert_array_equal(labels, splits["test"][1])
+    np.testing.assert_allclose(images, splits["test"][0].astype(np.float32) / 255.0)
+    for (x1, y1), (x2, y2) in zip(first, second):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)

@@ -1,0 +1,519 @@
+"""Tests for the local launcher's supervision (gasgd_tf.launch), with fake child processes.
+
+No TensorFlow child is started: children are small ``python -c`` programs, and
+``LocalLauncher`` runs fake roles by replacing ``launch.child_argv``.
+"""
+
+import io
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import types
+
+import pytest
+
+from gasgd_tf import config_base, launch
+from gasgd_tf.launch import Child, LocalLauncher, prepare_workdir, stop_all
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+SLEEP = "import time; time.sleep(60)"
+# Installs the handler before saying so, so that the test knows SIGTERM is ignored.
+IGNORE_SIGTERM = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('ready', flush=True); time.sleep(60)"
+)
+
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only"
+)
+
+
+def _alive(pid: int) -> bool:
+    # A zombie (exited, not yet reaped by init) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+@pytest.fixture
+def children():
+    """Children started by a test; any left alive are killed afterwards."""
+    started: list[Child] = []
+    yield started
+    for c in started:
+        if c.process is not None and c.process.poll() is None:
+            c.process.kill()
+            c.process.wait()
+
+
+def _start(children, tmp_path, role, code) -> Child:
+    child = Child(role, [sys.executable, "-c", code], str(tmp_path / "logs" / f"{role}.log"))
+    child.start(dict(os.environ))
+    children.append(child)
+    return child
+
+
+def test_child_logs_stdout_and_stderr_and_reports_exit_code(tmp_path, children):
+    child = _start(
+        children,
+        tmp_path,
+        "w",
+        "import sys; print('out', flush=True); print('err', file=sys.stderr); sys.exit(4)",
+    )
+    assert child.process.wait(timeout=30) == 4
+    assert child.poll() == 4
+    assert child.tail().splitlines() == ["out", "err"]
+
+
+def test_poll_before_start_is_none(tmp_path):
+    assert Child("w", ["true"], str(tmp_path / "w.log")).poll() is None
+
+
+def test_tail_returns_last_lines(tmp_path):
+    log = tmp_path / "w.log"
+    log.write_text("".join(f"line {i}\n" for i in range(50)))
+    child = Child("w", ["true"], str(log))
+    assert child.tail(3) == "line 47\nline 48\nline 49\n"
+    assert child.tail().splitlines() == [f"line {i}" for i in range(30, 50)]  # Default: 20.
+    assert Child("w", ["true"], str(tmp_path / "missing.log")).tail() == "(no log)\n"
+
+
+def test_tail_survives_binary_garbage(tmp_path):
+    log = tmp_path / "w.log"
+    log.write_bytes(b"ok\n\xff\xfe bad\nlast\n")
+    assert Child("w", ["true"], str(log)).tail(2).splitlines()[-1] == "last"
+
+
+def test_stop_all_terminates_live_children(tmp_path, children):
+    a = _start(children, tmp_path, "a", SLEEP)
+    b = _start(children, tmp_path, "b", SLEEP)
+    done = _start(children, tmp_path, "done", "pass")
+    done.process.wait(timeout=30)
+    not_started = Child("never", ["true"], str(tmp_path / "never.log"))
+
+    start = time.monotonic()
+    stop_all([a, b, done, not_started], grace_secs=5.0)
+    assert time.monotonic() - start < 4.0  # SIGTERM suffices: no waiting out the grace.
+    assert a.poll() == -signal.SIGTERM and b.poll() == -signal.SIGTERM
+    assert done.poll() == 0
+
+
+def test_stop_all_kills_a_child_that_ignores_sigterm(tmp_path, children):
+    stubborn = _start(children, tmp_path, "stubborn", IGNORE_SIGTERM)
+    polite = _start(children, tmp_path, "polite", SLEEP)
+    assert _wait_for(lambda: "ready" in stubborn.tail(), 30), stubborn.tail()
+
+    start = time.monotonic()
+    stop_all([stubborn, polite], grace_secs=0.5)
+    elapsed = time.monotonic() - start
+    assert stubborn.poll() == -signal.SIGKILL
+    assert polite.poll() == -signal.SIGTERM
+    assert 0.4 <= elapsed < 5.0  # Waited the grace period, then killed.
+
+
+# Child side of the parent-death signal: what ``gasgd_tf.main`` runs first.
+ARMED_SLEEP = (
+    "from gasgd_tf.launch import die_with_parent_if_asked; die_with_parent_if_asked(); "
+    "import time; time.sleep(60)"
+)
+# Prints this process's parent-death signal (prctl PR_GET_PDEATHSIG) and whether the
+# launcher's variable is still set, after die_with_parent_if_asked().
+REPORT_PDEATHSIG = textwrap.dedent(
+    """
+    import ctypes, os, sys
+    from gasgd_tf import launch
+    launch.die_with_parent_if_asked()
+    sig = ctypes.c_int(0)
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(2, ctypes.byref(sig))
+    print(sig.value, launch.PARENT_PID_ENV in os.environ)
+    """
+)
+
+
+def _run_python(code, env_updates):
+    env = {k: v for k, v in os.environ.items() if k != launch.PARENT_PID_ENV}
+    env.update(env_updates)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_child_start_tells_the_child_its_launcher_pid(tmp_path, children):
+    env = dict(os.environ)
+    env.pop(launch.PARENT_PID_ENV, None)
+    child = Child(
+        "w",
+        [sys.executable, "-c", f"import os; print(os.environ.get({launch.PARENT_PID_ENV!r}))"],
+        str(tmp_path / "w.log"),
+    )
+    child.start(env)
+    children.append(child)
+    assert child.process.wait(timeout=30) == 0
+    assert child.tail().strip() == str(os.getpid())
+    assert launch.PARENT_PID_ENV not in env  # The caller's dict is left alone.
+
+
+@linux_only
+def test_die_with_parent_if_asked_arms_sigterm_and_hides_the_variable():
+    result = _run_python(
+        f"import os; os.environ[{launch.PARENT_PID_ENV!r}] = str(os.getppid()); "
+        + REPORT_PDEATHSIG,
+        {},
+    )
+    assert result.returncode == 0, result.stderr
+    # Armed with SIGTERM; the variable is gone, so this process's own children are not affected.
+    assert result.stdout.split() == [str(int(signal.SIGTERM)), "False"]
+
+
+@linux_only
+def test_die_with_parent_if_asked_does_nothing_unless_asked():
+    result = _run_python(REPORT_PDEATHSIG, {})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "False"]
+
+
+@linux_only
+def test_die_with_parent_if_asked_exits_if_the_launcher_is_already_gone():
+    # The launcher died (and the child was re-parented) before prctl took effect.
+    result = _run_python(ARMED_SLEEP, {launch.PARENT_PID_ENV: "999999999"})
+    assert result.returncode == -signal.SIGTERM
+
+
+def _kill_parent_and_check_child_dies(tmp_path, child_argv_code: str, timeout: float):
+    # An intermediate launcher starts a child, then is SIGKILLed (no cleanup can run in it).
+    code = textwrap.dedent(
+        f"""
+        import os, sys, time
+        from gasgd_tf.launch import Child
+        child = Child("child", {child_argv_code}, sys.argv[1])
+        child.start(dict(os.environ))
+        print(child.process.pid, flush=True)
+        time.sleep(60)
+        """
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "child.log")],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    pid = None
+    try:
+        pid = int(parent.stdout.readline())
+        assert _alive(pid)
+        time.sleep(0.3)  # Let the child get going (the race with prctl is tested above).
+        parent.kill()
+        parent.wait(timeout=30)
+        assert _wait_for(lambda: not _alive(pid), timeout), (
+            "child outlived its parent; its log:\n" + (tmp_path / "child.log").read_text()
+        )
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()
+        if pid is not None and _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@linux_only
+def test_child_dies_when_its_parent_dies(tmp_path):
+    _kill_parent_and_check_child_dies(tmp_path, f"[sys.executable, '-c', {ARMED_SLEEP!r}]", 5.0)
+
+
+@linux_only
+def test_main_process_dies_when_its_launcher_dies(tmp_path):
+    # A real role (the TensorFlow-free parameter server) through gasgd_tf.main.
+    argv = (
+        "[sys.executable, '-m', 'gasgd_tf.main', '--config=configs/default.py', '--role=ps', "
+        f"'--ps_address=127.0.0.1:0', '--workdir={tmp_path / 'run'}']"
+    )
+    _kill_parent_and_check_child_dies(tmp_path, argv, 15.0)
+
+
+def test_prepare_workdir_removes_only_previous_outputs(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    for name in ("tb", "logs", "progress", "checkpoints"):
+        (workdir / name).mkdir(parents=True)
+        (workdir / name / "file").write_text("x")
+    for name in ("summary.json", "ps_0.port", "notes.txt", "config.json"):
+        (workdir / name).write_text("x")
+
+    prepare_workdir(str(workdir))
+    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "notes.txt"]
+    assert (workdir / "checkpoints" / "file").read_text() == "x"
+    out = capsys.readouterr().out
+    assert "cleared" in out and "summary.json" in out
+
+
+def test_prepare_workdir_creates_missing_folder_quietly(tmp_path, capsys):
+    workdir = tmp_path / "a" / "b"
+    prepare_workdir(str(workdir))
+    prepare_workdir(str(workdir))  # Twice: nothing to clear, no error.
+    assert workdir.is_dir() and os.listdir(workdir) == []
+    assert capsys.readouterr().out == ""
+
+
+def test_child_argv_runs_main_with_role_and_flags():
+    argv = launch.child_argv("worker", "/w/config.json", "/w", task_index=1, ps_address="h:1")
+    assert argv[:3] == [sys.executable, "-m", "gasgd_tf.main"]
+    assert argv[3:] == [
+        "--role=worker",
+        "--config_json=/w/config.json",
+        "--workdir=/w",
+        "--task_index=1",
+        "--ps_address=h:1",
+    ]
+
+
+# --- LocalLauncher.run with fake roles -------------------------------------------------
+
+
+@pytest.fixture
+def restore_sigterm():
+    # run() installs a SIGTERM handler in this (pytest's) process; put the old one back.
+    old = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, old)
+
+
+def _config(num_workers=2):
+    config = config_base.finalize(config_base.get_base_config())
+    config.num_workers = num_workers
+    config.launcher.log_every_secs = 0.1
+    config.launcher.startup_timeout_secs = 30.0
+    return config
+
+
+def _fake_child_argv(scripts):
+    """A child_argv that runs ``scripts[role](flags)`` (Python source) for each role."""
+    calls = []
+
+    def child_argv(role, config_json, workdir, **flags):
+        calls.append((role, config_json, workdir, flags))
+        return [sys.executable, "-c", scripts[role](flags)]
+
+    return child_argv, calls
+
+
+def _ps_script(port: int):
+    # Reports a port through the file the launcher waits for, atomically, then serves "forever".
+    def script(flags):
+        return (
+            f"import os, time; p = {flags['port_file']!r}; "
+            f"open(p + '.tmp', 'w').write('{port}'); os.replace(p + '.tmp', p); time.sleep(60)"
+        )
+
+    return script
+
+
+def _launcher_pids(launcher):
+    return [c.process.pid for c in launcher.children if c.process is not None]
+
+
+def test_run_stops_everything_when_a_worker_fails(tmp_path, monkeypatch, restore_sigterm):
+    config = _config(num_workers=2)
+    scripts = {
+        "prepare": lambda flags: "pass",
+        "ps": _ps_script(1),  # Nothing listens there; no progress line is due before the failure.
+        "worker": lambda flags: (
+            "import sys, time; time.sleep(0.3); print('boom', flush=True); sys.exit(3)"
+            if flags["task_index"] == 0
+            else SLEEP
+        ),
+        "eval": lambda flags: SLEEP,
+    }
+    fake, calls = _fake_child_argv(scripts)
+    monkeypatch.setattr(launch, "child_argv", fake)
+    config.launcher.log_every_secs = 60.0  # A progress line would query the fake address.
+    out = io.StringIO()
+    launcher = LocalLauncher(config, str(tmp_path), out=out)
+
+    start = time.monotonic()
+    assert launcher.run() == 1
+    assert time.monotonic() - start < 20
+
+    text = out.getvalue()
+    assert re.search(r"error: worker_0 .*exit code 3", text), text
+    assert "boom" in text
+    assert str(tmp_path / "logs" / "worker_0.log") in text
+    # Every role was started, and none is left running.
+    assert [c[0] for c in calls] == ["prepare", "ps", "worker", "worker", "eval"]
+    assert {c[1] for c in calls} == {str(tmp_path / "config.json")}
+    assert [c.role for c in launcher.children] == ["ps_0", "worker_0", "worker_1", "eval"]
+    assert all(c.poll() is not None for c in launcher.children)
+    assert not any(_alive(pid) for pid in _launcher_pids(launcher))
+
+
+def test_run_fails_when_prepare_fails(tmp_path, monkeypatch, restore_sigterm):
+    scripts = {"prepare": lambda flags: "print('no data'); raise SystemExit(2)"}
+    fake, calls = _fake_child_argv(scripts)
+    monkeypatch.setattr(launch, "child_argv", fake)
+    out = io.StringIO()
+    assert LocalLauncher(_config(), str(tmp_path), out=out).run() == 1
+    assert [c[0] for c in calls] == ["prepare"]  # No server or worker was started.
+    assert re.search(r"error: prepare .*code 2", out.getvalue()), out.getvalue()
+    assert "no data" in out.getvalue()
+
+
+def test_run_fails_when_server_exits_before_serving(tmp_path, monkeypatch, restore_sigterm):
+    scripts = {
+        "prepare": lambda flags: "pass",
+        "ps": lambda flags: "print('cannot bind'); raise SystemExit(1)",
+    }
+    fake, calls = _fake_child_argv(scripts)
+    monkeypatch.setattr(launch, "child_argv", fake)
+    out = io.StringIO()
+    assert LocalLauncher(_config(), str(tmp_path), out=out).run() == 1
+    assert [c[0] for c in calls] == ["prepare", "ps"]
+    assert re.search(r"error: ps_0 .*code 1 before serving", out.getvalue()), out.getvalue()
+    assert "cannot bind" in out.getvalue()
+
+
+class _FakeClient:
+    """Stands in for gasgd_tf.client.ParameterClient: a fixed status, and a log of its use.
+
+    The launcher's status calls are answered here, without a real server, and
+    their order relative to child starts is recorded.
+    """
+
+    events: list = []
+
+    def __init__(self, address, name, **kwargs):
+        self.address = address
+        self.events.append(("open", address))
+
+    def status(self):
+        self.events.append(("status", self.address))
+        staleness = types.SimpleNamespace(mean=0.5, max=2)
+        return types.SimpleNamespace(
+            version=7, updates_applied=9, pushes_rejected=1, staleness=staleness
+        )
+
+    def close(self):
+        self.events.append(("close", self.address))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@pytest.fixture
+def fake_client(monkeypatch):
+    import gasgd_tf.client
+
+    _FakeClient.events = []
+    monkeypatch.setattr(gasgd_tf.client, "ParameterClient", _FakeClient)
+    monkeypatch.setattr(launch, "ParameterClient", _FakeClient, raising=False)
+    return _FakeClient
+
+
+def _success_scripts(tmp_path, port):
+    def progress(role, data):
+        path = os.path.join(str(tmp_path), "progress", f"{role}.json")
+        # Atomic, like the real roles, so that the launcher never reads half a file.
+        return (
+            "import time; time.sleep(0.5); from gasgd_tf.progress import write_json; "
+            f"write_json({path!r}, {data!r})"
+        )
+
+    return {
+        "prepare": lambda flags: "pass",
+        "ps": _ps_script(port),
+        "worker": lambda flags: progress(
+            f"worker_{flags['task_index']}",
+            {"step": 400, "steps": 400, "loss": 0.5, "images_per_sec": 100.0, "done": True},
+        ),
+        "eval": lambda flags: progress(
+            "eval", {"accuracy": 0.75, "loss": 0.25, "version": 7, "examples": 359}
+        ),
+    }
+
+
+def test_run_succeeds_and_writes_summary(tmp_path, monkeypatch, restore_sigterm, fake_client):
+    fake, calls = _fake_child_argv(_success_scripts(tmp_path, 4321))
+    monkeypatch.setattr(launch, "child_argv", fake)
+    out = io.StringIO()
+    launcher = LocalLauncher(_config(num_workers=2), str(tmp_path), out=out)
+
+    assert launcher.run() == 0, out.getvalue()
+    text = out.getvalue()
+    assert "parameter server on 127.0.0.1:4321" in text
+    assert {c[3].get("ps_address") for c in calls if c[0] in ("worker", "eval")} == {
+        "127.0.0.1:4321"
+    }
+    assert "version 7 | steps" in text  # At least one progress line while the children ran.
+    assert "test accuracy 0.7500" in text
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["test_accuracy"] == 0.75 and summary["test_examples"] == 359
+    assert summary["steps_per_worker"] == [400, 400]
+    assert summary["images_per_sec"] == 200.0
+    assert (summary["server_version"], summary["updates_applied"], summary["pushes_rejected"]) == (
+        7,
+        9,
+        1,
+    )
+    assert all(c.poll() is not None for c in launcher.children)  # The sleeping ps was stopped.
+    assert all(e[1] == "127.0.0.1:4321" for e in fake_client.events)
+
+
+def test_no_grpc_client_is_open_while_children_start(
+    tmp_path, monkeypatch, restore_sigterm, fake_client
+):
+    fake, _ = _fake_child_argv(_success_scripts(tmp_path, 4321))
+    monkeypatch.setattr(launch, "child_argv", fake)
+    real_start = Child.start
+
+    def recording_start(self, env):
+        fake_client.events.append(("start", self.role))
+        real_start(self, env)
+
+    monkeypatch.setattr(Child, "start", recording_start)
+    assert LocalLauncher(_config(num_workers=2), str(tmp_path), out=io.StringIO()).run() == 0
+
+    open_clients = 0
+    for event, what in fake_client.events:
+        open_clients += {"open": 1, "close": -1}.get(event, 0)
+        # The launcher opens its gRPC channel only after forking every child.
+        assert not (event == "start" and open_clients), (
+            f"{what} forked while a gRPC client was open"
+        )
+
+
+def test_children_start_cleanly_while_grpc_is_live(tmp_path, children, serve):
+    # gRPC's fork handlers abort a child forked through a plain fork() (which a preexec_fn
+    # forces) while a channel is live; seen as exit code -6 in a few percent of forks.
+    from gasgd_tf.client import ParameterClient
+    from gasgd_tf.server import ParameterStore, make_optimizer
+
+    server = serve(ParameterStore(make_optimizer("sgd", learning_rate=0.1)))
+    with ParameterClient(server.address, "test", timeout_secs=5.0, retry_secs=1.0) as client:
+        assert client.status().version == 0
+        started = [_start(children, tmp_path, f"c{i}", "pass") for i in range(40)]
+        client.status()
+    codes = [c.process.wait(timeout=60) for c in started]
+    assert codes == [0] * 40, [c.tail() for c in started if c.poll()]
