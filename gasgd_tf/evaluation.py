@@ -17,7 +17,7 @@ import ml_collections
 import tensorflow as tf
 
 from gasgd_tf import devices, progress, worker
-from gasgd_tf.client import ParameterClient, ServerUnavailableError
+from gasgd_tf.client import ServerUnavailableError
 from gasgd_tf.data import pipeline
 from gasgd_tf.summaries import MetricWriter
 
@@ -77,12 +77,7 @@ def run(config: ml_collections.ConfigDict, address: str, workdir: str) -> EvalRe
     evaluate = Evaluator(model, pipeline.eval_dataset(config.data, config.eval.batch_size))
     writer = MetricWriter(os.path.join(workdir, "tb", "eval"))
     progress_file = progress.progress_path(workdir, CLIENT_ID)
-    client = ParameterClient(
-        address,
-        CLIENT_ID,
-        timeout_secs=config.client.timeout_secs,
-        retry_secs=config.client.retry_secs,
-    )
+    client = worker.connect(config, address, CLIENT_ID)
     client.wait_for_server(config.client.connect_timeout_secs)
     deadline = time.monotonic() + config.client.connect_timeout_secs
     while not client.register().initialized:

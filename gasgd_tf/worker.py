@@ -38,6 +38,17 @@ def client_id(task_index: int) -> str:
     return f"worker_{task_index}"
 
 
+def connect(config: ml_collections.ConfigDict, address: str, name: str) -> ParameterClient:
+    """A client of the server at ``address`` with the deadlines of ``config.client``."""
+    return ParameterClient(
+        address,
+        name,
+        timeout_secs=config.client.timeout_secs,
+        retry_secs=config.client.retry_secs,
+        chunk_bytes=config.client.chunk_bytes,
+    )
+
+
 def build(config: ml_collections.ConfigDict) -> keras.Model:
     """The config's model, with weights from ``config.seed`` (identical on every worker)."""
     info = pipeline.dataset_info(config.data)
@@ -223,13 +234,7 @@ def train(
     writer = MetricWriter(os.path.join(workdir, "tb", name))
     progress_file = progress.progress_path(workdir, name)
 
-    client = ParameterClient(
-        address,
-        name,
-        timeout_secs=config.client.timeout_secs,
-        retry_secs=config.client.retry_secs,
-        chunk_bytes=config.client.chunk_bytes,
-    )
+    client = connect(config, address, name)
     initial = sync.read()  # The seeded weights: what this worker offers the server.
     step_fn.warm_up(*next(data))
     base_version = join(client, sync, config.client.connect_timeout_secs, initial)
@@ -271,6 +276,12 @@ def train(
                     "train/staleness": ack.staleness if ack else 0,
                 },
                 step,
+            )
+            print(
+                f"{name}: step {step}/{config.num_steps}, loss {loss:.4f}, "
+                f"accuracy {accuracy:.4f}, {images_per_sec:.0f} images/s, "
+                f"server version {server_version}",
+                flush=True,
             )
             progress.write_json(
                 progress_file,

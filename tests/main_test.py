@@ -148,3 +148,41 @@ def test_bad_override_fails_before_starting_anything(tmp_path):
     assert result.returncode != 0
     assert "n_push must be an integer >= 1" in result.stderr
     assert not os.path.exists(tmp_path / "config.json")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_stopping_the_launcher_leaves_no_process_behind(digits_data_dir, tmp_path, sig):
+    # Ctrl-C stops every child in order; even SIGKILL of the launcher takes
+    # them down (they asked Linux for SIGTERM when their parent dies).
+    workdir = str(tmp_path / "run")
+    launcher = subprocess.Popen(
+        main_command(
+            "--config=configs/default.py",
+            f"--workdir={workdir}",
+            f"--config.data.data_dir={digits_data_dir}",
+            "--config.num_steps=1000000",
+            "--config.worker.log_every_steps=10",
+        ),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        started = os.path.join(workdir, "progress", "worker_1.json")
+        deadline = time.monotonic() + 120
+        while not os.path.exists(started):  # Every role is up and training.
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        launcher.send_signal(sig)
+        out, _ = launcher.communicate(timeout=30)
+    finally:
+        launcher.kill()
+    if sig == signal.SIGINT:
+        assert launcher.returncode == 130
+        assert "interrupted: stopped all processes" in out
+    deadline = time.monotonic() + 10
+    while leftover_processes(workdir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not leftover_processes(workdir)
