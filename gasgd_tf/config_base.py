@@ -10,6 +10,7 @@ inside a worker.
 from __future__ import annotations
 
 import json
+import math
 
 import ml_collections
 from ml_collections import config_dict
@@ -63,6 +64,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.ps.weight_decay = 0.0
     c.ps.rpc_threads = 32
     c.ps.summary_every_secs = 2.0
+    c.ps.max_parameter_bytes = 16 << 30  # Initialize refuses larger models.
 
     # Deadlines: every call gets timeout_secs per attempt; transport failures
     # are retried for retry_secs, then the process exits naming the server.
@@ -78,13 +80,18 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     c.launcher = ml_collections.ConfigDict()
     c.launcher.log_every_secs = 5.0
-    c.launcher.startup_timeout_secs = 120.0
+    c.launcher.startup_timeout_secs = 120.0  # For the server to start serving.
+    c.launcher.prepare_timeout_secs = 3600.0  # Building the dataset may download it.
     return c
 
 
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(f"invalid config: {message}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -100,12 +107,20 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         config.n_fetch = config.n_sync
     for field in ("num_workers", "num_steps", "batch_size", "n_sync", "n_push", "n_fetch"):
         value = config[field]
-        _check(
-            isinstance(value, int) and value >= 1, f"{field} must be an integer >= 1, got {value!r}"
-        )
+        _check(_is_int(value) and value >= 1, f"{field} must be an integer >= 1, got {value!r}")
+    # Workers seed with seed * 1000 + task_index + 1; TensorFlow takes seeds below 2**31.
+    seed_limit = 2**31 // 1000 - config.num_workers
+    _check(
+        _is_int(config.seed) and 0 <= config.seed < seed_limit,
+        f"seed must be an integer in [0, {seed_limit}), got {config.seed!r}",
+    )
     _check(
         config.data.name in DATASETS,
         f"data.name {config.data.name!r} is not one of {sorted(DATASETS)}",
+    )
+    _check(
+        _is_int(config.data.shuffle_buffer) and config.data.shuffle_buffer >= 1,
+        f"data.shuffle_buffer must be an integer >= 1, got {config.data.shuffle_buffer!r}",
     )
     _check(
         config.model.name in MODELS,
@@ -124,20 +139,44 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         f"ps.optimizer {config.ps.optimizer!r} is not one of {sorted(OPTIMIZERS)}",
     )
     for section in ("worker", "ps"):
-        lr, momentum = config[section].learning_rate, config[section].momentum
-        _check(lr > 0, f"{section}.learning_rate must be > 0, got {lr}")
+        momentum = config[section].momentum
         _check(0.0 <= momentum < 1.0, f"{section}.momentum must be in [0, 1), got {momentum}")
     _check(
         config.ps.weight_decay >= 0, f"ps.weight_decay must be >= 0, got {config.ps.weight_decay}"
     )
     _check(
+        _is_int(config.worker.cpu_threads) and config.worker.cpu_threads >= 0,
+        f"worker.cpu_threads must be an integer >= 0, got {config.worker.cpu_threads!r}",
+    )
+    for section, field in (
+        ("worker", "log_every_steps"),
+        ("ps", "rpc_threads"),
+        ("ps", "max_parameter_bytes"),
+        ("eval", "batch_size"),
+    ):
+        value = config[section][field]
+        _check(
+            _is_int(value) and value >= 1,
+            f"{section}.{field} must be an integer >= 1, got {value!r}",
+        )
+    _check(
         64 << 10 <= config.client.chunk_bytes <= 4 << 20,
         f"client.chunk_bytes must be in [64 KiB, 4 MiB], got {config.client.chunk_bytes}",
     )
-    for field in ("timeout_secs", "retry_secs", "connect_timeout_secs"):
-        _check(config.client[field] > 0, f"client.{field} must be > 0")
-    _check(config.worker.log_every_steps >= 1, "worker.log_every_steps must be >= 1")
-    _check(config.eval.every_secs > 0, "eval.every_secs must be > 0")
+    for section, fields in (
+        ("worker", ("learning_rate",)),
+        ("ps", ("learning_rate",)),
+        ("client", ("timeout_secs", "retry_secs", "connect_timeout_secs")),
+        ("ps", ("summary_every_secs",)),
+        ("eval", ("every_secs",)),
+        ("launcher", ("log_every_secs", "startup_timeout_secs", "prepare_timeout_secs")),
+    ):
+        for field in fields:
+            value = config[section][field]
+            _check(
+                isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+                f"{section}.{field} must be a finite number > 0, got {value!r}",
+            )
     config.lock()
     return config
 
@@ -155,6 +194,8 @@ def from_json(text: str) -> ml_collections.ConfigDict:
         base.update_from_flattened_dict(_flatten(json.loads(text)))
     except (KeyError, AttributeError) as e:
         raise ValueError(f"invalid config: unknown field in config JSON: {e}") from None
+    except TypeError as e:  # A value of the wrong type for its field.
+        raise ValueError(f"invalid config: {e}") from None
     return finalize(base)
 
 

@@ -61,8 +61,9 @@ class Evaluator:
 
 
 def _workers_finished(status, num_workers: int) -> bool:
-    left = [c for c in status.clients if c.client_id.startswith("worker_") and not c.active]
-    return len(left) >= num_workers
+    """Whether worker_0 ... worker_{num_workers - 1} have all called Leave."""
+    left = {c.client_id for c in status.clients if not c.active}
+    return all(worker.client_id(i) in left for i in range(num_workers))
 
 
 def run(config: ml_collections.ConfigDict, address: str, workdir: str) -> EvalResult:
@@ -80,7 +81,8 @@ def run(config: ml_collections.ConfigDict, address: str, workdir: str) -> EvalRe
     client = worker.connect(config, address, CLIENT_ID)
     client.wait_for_server(config.client.connect_timeout_secs)
     deadline = time.monotonic() + config.client.connect_timeout_secs
-    while not client.register().initialized:
+    # With its signature, so that the server refuses a model that differs.
+    while not client.register(sync.specs).initialized:
         if time.monotonic() > deadline:
             raise ServerUnavailableError(
                 f"parameter server at {address} was not initialized by any worker within "

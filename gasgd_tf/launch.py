@@ -189,9 +189,9 @@ class LocalLauncher:
             if code is not None and code != 0:
                 raise ChildFailed(c, code, f"failed with exit code {code}")
 
-    def _wait_for(self, child: Child, done, what: str) -> None:
+    def _wait_for(self, child: Child, done, what: str, timeout_secs: float) -> None:
         """Polls until ``done()``; fails if ``child`` exits first or time runs out."""
-        deadline = time.monotonic() + self.config.launcher.startup_timeout_secs
+        deadline = time.monotonic() + timeout_secs
         while not done():
             code = child.poll()
             if code is not None:
@@ -206,13 +206,23 @@ class LocalLauncher:
             f"preparing data {self.config.data.name!r} (log: {self.workdir}/logs/prepare.log)"
         )
         prep = self._child("prepare")
-        self._wait_for(prep, lambda: prep.poll() == 0, "preparing the data")
+        self._wait_for(
+            prep,
+            lambda: prep.poll() == 0,
+            "preparing the data",
+            self.config.launcher.prepare_timeout_secs,
+        )
         self.children.remove(prep)
 
     def _start_server(self) -> tuple[Child, str]:
         port_file = os.path.join(self.workdir, "ps_0.port")
         ps = self._child("ps_0", ps_address="127.0.0.1:0", port_file=port_file)
-        self._wait_for(ps, lambda: os.path.exists(port_file), "serving")
+        self._wait_for(
+            ps,
+            lambda: os.path.exists(port_file),
+            "serving",
+            self.config.launcher.startup_timeout_secs,
+        )
         with open(port_file) as f:
             return ps, f"127.0.0.1:{f.read().strip()}"
 
@@ -220,7 +230,8 @@ class LocalLauncher:
         """Runs the job; returns the process exit code (0 on success)."""
         cfg = self.config
         # A polite kill (SIGTERM) of the launcher stops the run like Ctrl-C does.
-        previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        previous_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        previous_int = signal.getsignal(signal.SIGINT)
         try:
             self._prepare_data()
             ps, address = self._start_server()
@@ -247,12 +258,15 @@ class LocalLauncher:
                     self._say(self.progress_line())
                     next_line += cfg.launcher.log_every_secs
                 time.sleep(0.1)
-            summary = self.finish()
+            summary = self.finish(ps)
         except ChildFailed as e:
             stop_all(self.children)
             self._say(f"error: {e}; last lines of {e.child.log_path}:\n{e.child.tail()}")
             return 1
         except KeyboardInterrupt:
+            # A second Ctrl-C must not cut the cleanup short.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             stop_all(self.children)
             self._say("interrupted: stopped all processes")
             return 130
@@ -260,7 +274,8 @@ class LocalLauncher:
             stop_all(self.children)
             if self._status_client is not None:
                 self._status_client.close()
-            signal.signal(signal.SIGTERM, previous_handler)
+            signal.signal(signal.SIGTERM, previous_term)
+            signal.signal(signal.SIGINT, previous_int)
         self._say(
             f"done in {summary['wall_secs']:.1f}s: test accuracy {summary['test_accuracy']:.4f}, "
             f"loss {summary['test_loss']:.4f} at version {summary['server_version']}; "
@@ -298,9 +313,14 @@ class LocalLauncher:
             line += f" | test accuracy {ev['accuracy']:.4f} (version {ev['version']})"
         return line
 
-    def finish(self) -> dict:
+    def finish(self, ps: Child) -> dict:
         """Collects the final numbers, stops the server and writes summary.json."""
-        status = self._status_client.status()
+        from gasgd_tf.client import RequestRejectedError, ServerUnavailableError
+
+        try:
+            status = self._status_client.status()
+        except (ServerUnavailableError, RequestRejectedError) as e:
+            raise ChildFailed(ps, ps.poll(), f"did not answer the final Status call: {e}") from None
         workers, ev = self._read_progress()
         wall = time.monotonic() - self._start
         summary = {

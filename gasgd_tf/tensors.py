@@ -10,6 +10,7 @@ tests share one implementation.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -47,8 +48,8 @@ class TensorSpec:
 
     @property
     def size(self) -> int:
-        """Number of elements."""
-        return int(np.prod(self.shape, dtype=np.int64))
+        """Number of elements (exact: Python integers cannot overflow)."""
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -70,12 +71,15 @@ class FlatLayout:
     Args:
       specs: The signature. Names must be unique and dtypes float32 (the dtype
         of parameters and gradients on the server).
+      max_bytes: Largest accepted buffer; checked before anything is
+        allocated, so a header cannot make a server reserve terabytes.
 
     Raises:
-      ValidationError: On duplicate names or a dtype other than float32.
+      ValidationError: On duplicate names, a dtype other than float32, or a
+        total size above ``max_bytes``.
     """
 
-    def __init__(self, specs: Sequence[TensorSpec]):
+    def __init__(self, specs: Sequence[TensorSpec], max_bytes: int | None = None):
         self.specs = tuple(specs)
         seen = set()
         for spec in self.specs:
@@ -88,9 +92,18 @@ class FlatLayout:
                     f"expected {PARAMETER_DTYPE}"
                 )
         sizes = [s.size for s in self.specs]
-        self.offsets = tuple(int(o) for o in np.cumsum([0, *sizes]))
-        self.size = self.offsets[-1]
+        self.size = sum(sizes)
         self.nbytes = self.size * _ITEMSIZE[PARAMETER_DTYPE]
+        if max_bytes is not None and self.nbytes > max_bytes:
+            biggest = max(self.specs, key=lambda s: s.size)
+            raise ValidationError(
+                f"tensors of {self.nbytes} bytes exceed the limit of {max_bytes} bytes "
+                f"(largest: {biggest.describe()})"
+            )
+        offsets = [0]
+        for size in sizes:
+            offsets.append(offsets[-1] + size)
+        self.offsets = tuple(offsets)
 
     def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Shaped views (no copies) of each tensor inside ``flat``."""

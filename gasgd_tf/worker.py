@@ -145,14 +145,19 @@ class TrainStep:
         self._step(images, labels)
 
     def warm_up(self, images: tf.Tensor, labels: tf.Tensor) -> None:
-        """Runs one step and forgets its gradient and metrics.
+        """Runs one step, then puts every variable back as it was.
 
         The first run of a tf.function traces and optimizes its graph, which
         takes a second or more; doing it before fetching the server's weights
-        keeps that delay out of the first push's staleness. The step's change
-        to the local weights is overwritten by the fetch that follows.
+        keeps that delay out of the first push's staleness. Weights, optimizer
+        slots and counters are restored, and the gradient and metrics dropped,
+        so the run starts exactly as if the step had never happened.
         """
+        variables = [*self.model.variables, *self.optimizer.variables]
+        saved = [v.numpy() for v in variables]
         self._step(images, labels)
+        for v, value in zip(variables, saved):
+            v.assign(value)
         self.take_gradient()
         self.take_metrics()
 
@@ -235,9 +240,8 @@ def train(
     progress_file = progress.progress_path(workdir, name)
 
     client = connect(config, address, name)
-    initial = sync.read()  # The seeded weights: what this worker offers the server.
     step_fn.warm_up(*next(data))
-    base_version = join(client, sync, config.client.connect_timeout_secs, initial)
+    base_version = join(client, sync, config.client.connect_timeout_secs)
     print(
         f"{name}: {model.count_params():,} parameters on {device}; "
         f"joined at version {base_version}",
@@ -246,6 +250,10 @@ def train(
 
     pushes = fetches = 0
     ack = None
+    # The version the oldest gradient in the accumulator was computed from:
+    # with n_fetch < n_push a fetch lands between pushes, and the push must
+    # not claim the newer version for gradients computed before it.
+    push_base = base_version
     start = window_start = time.perf_counter()
     window_images = 0
     loss = accuracy = images_per_sec = float("nan")
@@ -254,13 +262,16 @@ def train(
         step_fn(images, labels)
         window_images += config.batch_size
         last = step == config.num_steps
-        if step % config.n_push == 0 or last:
-            ack = client.push(step_fn.take_gradient(), base_version, client_step=step)
+        pushed = step % config.n_push == 0 or last
+        if pushed:
+            ack = client.push(step_fn.take_gradient(), push_base, client_step=step)
             pushes += 1
         if step % config.n_fetch == 0:
             base_version, _, flat = client.fetch()
             sync.assign(flat)
             fetches += 1
+        if pushed:
+            push_base = base_version
         if step % config.worker.log_every_steps == 0 or last:
             loss, accuracy = step_fn.take_metrics()
             now = time.perf_counter()

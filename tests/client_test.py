@@ -97,3 +97,21 @@ def test_client_reconnects_after_server_restart_on_same_port():
     finally:
         client.close()
         restarted.stop(grace=None)
+
+
+def test_two_processes_with_one_client_id_are_caught(serve):
+    # Two workers started with the same --task_index: without this check the
+    # server would drop every other push as a "retry", silently.
+    from gasgd_tf.client import RequestRejectedError
+
+    server = serve(ParameterStore(SGD()))
+    first = ParameterClient(server.address, "worker_0")
+    second = ParameterClient(server.address, "worker_0")
+    first.register(SPECS)
+    first.initialize(SPECS, np.zeros(100, np.float32))
+    second.register(SPECS)
+    assert first.push(np.ones(100, np.float32), 0).version == 1
+    with pytest.raises(RequestRejectedError, match="another process uses the same client id"):
+        second.push(np.ones(100, np.float32), 0)
+    first.close()
+    second.close()

@@ -149,3 +149,36 @@ def test_command_line_rejects_invalid_value_naming_field(tmp_path):
     assert result.returncode != 0
     assert "num_workers must be an integer >= 1" in result.stdout + result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("ps.rpc_threads", 0, "ps.rpc_threads must be an integer >= 1"),
+        ("ps.summary_every_secs", 0.0, "ps.summary_every_secs must be a finite number > 0"),
+        ("eval.batch_size", 0, "eval.batch_size must be an integer >= 1"),
+        ("seed", -1, "seed must be an integer in"),
+        ("seed", 2**31, "seed must be an integer in"),
+        ("ps.learning_rate", float("inf"), "ps.learning_rate must be a finite number > 0"),
+        ("launcher.startup_timeout_secs", -1.0, "launcher.startup_timeout_secs"),
+        ("data.shuffle_buffer", 0, "data.shuffle_buffer must be an integer >= 1"),
+        ("worker.cpu_threads", -1, "worker.cpu_threads must be an integer >= 0"),
+        ("num_workers", True, "num_workers must be an integer >= 1"),
+    ],
+)
+def test_values_that_would_fail_later_are_refused_up_front(field, value, message):
+    config = config_base.get_base_config()
+    section, _, leaf = field.rpartition(".")
+    target = config[section] if section else config
+    # Bypass ml_collections' type check to reach our validation (as JSON can).
+    with target.ignore_type():
+        target[leaf] = value
+    with pytest.raises(ValueError, match=message):
+        config_base.finalize(config)
+
+
+def test_from_json_with_a_wrongly_typed_value_is_a_value_error():
+    data = json.loads(config_base.to_json(config_base.finalize(config_base.get_base_config())))
+    data["num_workers"] = "four"
+    with pytest.raises(ValueError, match="invalid config"):
+        config_base.from_json(json.dumps(data))

@@ -188,3 +188,45 @@ def test_status_reports_clients_and_staleness(small):
         2,
         10,
     )
+
+
+def initialize_stream(specs):
+    header = pb.InitializeHeader(client_id="attacker", tensors=wire.specs_to_proto(specs))
+    return iter([pb.InitializeRequest(header=header)])
+
+
+@pytest.mark.parametrize("shape", [(2**40,), (2**32, 2**32), (2**62, 2), (3, 2**62)])
+def test_initialize_with_absurd_shapes_is_invalid_argument(serve, shape):
+    # Sizes that overflow int64 or would make the server allocate terabytes
+    # before any byte arrives are refused from the header alone.
+    store = ParameterStore(SGD())
+    server = serve(store)
+    stub = pb_grpc.ParameterServiceStub(grpc.insecure_channel(server.address))
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Initialize(initialize_stream([TensorSpec("w", shape)]), timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "exceed the limit" in e.value.details() and "'w'" in e.value.details()
+    assert not store.initialized
+
+
+def test_initialize_after_initialization_is_answered_at_once(small):
+    _, client, stub, init = small
+    # Header only, no chunks: a server that waited for the data would reject
+    # the truncated stream instead of answering accepted=false.
+    response = stub.Initialize(initialize_stream(SPECS), timeout=10)
+    assert (response.accepted, response.version) == (False, 0)
+    assert_unchanged(client, init)
+
+
+def test_diverged_server_refuses_pushes_and_fetches(serve):
+    store = ParameterStore(SGD(learning_rate=1.0))
+    server = serve(store)
+    with ParameterClient(server.address, "worker_0", retry_secs=1) as client:
+        client.register(SPECS)
+        client.initialize(SPECS, np.zeros(SIZE, np.float32))
+        client.push(np.full(SIZE, 3e38, np.float32), 0)
+        with pytest.raises(RequestRejectedError, match="FAILED_PRECONDITION.*non-finite") as e:
+            client.push(np.full(SIZE, 3e38, np.float32), 1)
+        assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(RequestRejectedError, match="lower the learning rate"):
+            client.fetch()

@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from gasgd_tf.server import SGD, NotInitializedError, ParameterStore
+from gasgd_tf.server import SGD, DivergedError, NotInitializedError, ParameterStore
 from gasgd_tf.tensors import FlatLayout, TensorSpec, ValidationError
 
 SPECS = (TensorSpec("w", (4, 3)), TensorSpec("b", (3,)))
@@ -142,3 +142,37 @@ def test_leave_marks_the_client_inactive():
     assert store.leave("worker_1") == 0
     by_id = {c.client_id: c for c in store.status().clients}
     assert not by_id["worker_1"].active and by_id["worker_0"].active
+
+
+def test_initialize_checks_the_buffer_against_the_signature():
+    store = ParameterStore(SGD())
+    with pytest.raises(ValidationError, match=r"initial values have shape \(3,\)"):
+        store.initialize("worker_0", SPECS, np.zeros(3, np.float32))
+    with pytest.raises(ValidationError, match="exceed the limit"):
+        ParameterStore(SGD(), max_parameter_bytes=16).initialize(
+            "worker_0", SPECS, np.zeros(SIZE, np.float32)
+        )
+    assert not store.initialized
+
+
+def test_client_ids_are_bounded():
+    store, _ = make_store()
+    with pytest.raises(ValidationError, match="at most 128 printable characters"):
+        store.register("x" * 129, None)
+    with pytest.raises(ValidationError, match="printable"):
+        store.register("worker\n0", None)
+    assert store.register("w" * 128, None).initialized
+
+
+def test_update_that_overflows_the_parameters_stops_the_store():
+    # Finite gradients, but lr * g overflows float32: refuse to serve Inf.
+    store, init = make_store(lr=1.0)
+    big = np.full(SIZE, 3e38, np.float32)
+    store.push("worker_0", 1, 0, big)
+    with pytest.raises(DivergedError, match="non-finite .* at version 2, applying push 2 of 'w"):
+        store.push("worker_0", 2, 1, big)
+    with pytest.raises(DivergedError):
+        store.snapshot()
+    with pytest.raises(DivergedError):
+        store.push("worker_1", 1, 2, np.zeros(SIZE, np.float32))
+    assert store.version == 2

@@ -93,3 +93,12 @@ def test_assembler_rejects_gaps_oversize_overflow_and_truncation():
     # 64 of 72 bytes: the stream stopped inside tensor 'b'.
     with pytest.raises(ValidationError, match="truncated stream.*'b' is incomplete"):
         assembler.finish()
+
+
+def test_sizes_are_exact_and_bounded_before_allocation():
+    # 2**32 x 2**32 wraps to 0 in int64 arithmetic; Python integers do not.
+    huge = TensorSpec("w", (2**32, 2**32))
+    assert huge.size == 2**64
+    with pytest.raises(ValidationError, match=r"exceed the limit of 1024 bytes \(largest: 'w'"):
+        FlatLayout([huge], max_bytes=1024)
+    assert FlatLayout([TensorSpec("b", (16, 16))], max_bytes=1024).nbytes == 1024

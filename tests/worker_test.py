@@ -121,3 +121,40 @@ def test_metric_writer_import_keeps_worker_usable(tmp_path):
     # The worker writes through the same TF-free writer as the server.
     with MetricWriter(tmp_path) as writer:
         writer.scalar("train/loss", 1.0, 1)
+
+
+def test_evaluator_waits_for_exactly_its_workers():
+    from gasgd_tf.proto import parameter_service_pb2 as pb
+
+    def status(*left, active=()):
+        clients = [pb.ClientStatus(client_id=c, active=False) for c in left]
+        clients += [pb.ClientStatus(client_id=c, active=True) for c in active]
+        return pb.StatusResponse(clients=clients)
+
+    # A monitor named like a worker must not count as one of the workers.
+    assert not evaluation._workers_finished(
+        status("worker_monitor", "worker_0", active=["worker_1"]), 2
+    )
+    assert not evaluation._workers_finished(status("worker_0", "worker_2"), 2)
+    assert evaluation._workers_finished(status("worker_0", "worker_1", "eval"), 2)
+
+
+def test_warm_up_leaves_weights_and_optimizer_state_untouched(digits_data_dir):
+    import keras
+
+    from gasgd_tf.data import pipeline
+
+    config = small_config(digits_data_dir, **{"worker.momentum": 0.9})
+    model = worker.build(config)
+    optimizer = keras.optimizers.SGD(learning_rate=0.1, momentum=0.9)
+    step = worker.TrainStep(model, optimizer)
+    before = [v.numpy().copy() for v in [*model.variables, *optimizer.variables]]
+    images, labels = next(iter(pipeline.train_dataset(config.data, 16, seed=0)))
+    step.warm_up(images, labels)
+    after = [v.numpy() for v in [*model.variables, *optimizer.variables]]
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    assert not np.any(step.take_gradient())  # Nothing left to push.
+    # A real step does move the momentum slots: the comparison above can fail.
+    step(images, labels)
+    assert any(np.any(v.numpy()) for v in optimizer.momentums)

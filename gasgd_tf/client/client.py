@@ -204,11 +204,24 @@ class ParameterClient:
             client_step=client_step,
         )
 
+        attempts = 0
+
         def attempt(timeout):
+            nonlocal attempts
+            attempts += 1
             stream = wire.encode_stream(pb.PushRequest, header, grad, self.chunk_bytes)
             return self._stub.Push(stream, timeout=timeout)
 
         response = self._call("Push", attempt)
+        if response.duplicate and attempts == 1:
+            # Not a retry of ours: another process pushes under this client id,
+            # and half the pushes would be dropped without a word.
+            raise RequestRejectedError(
+                f"Push to {self.address}: push {self._sequence} of client {self.client_id!r} "
+                "was already applied: another process uses the same client id "
+                "(a duplicate --task_index?)",
+                grpc.StatusCode.ALREADY_EXISTS,
+            )
         return PushAck(response.version, response.staleness, response.duplicate)
 
     def leave(self) -> int:

@@ -3,10 +3,11 @@
 from gasgd_tf.server.optimizers import SGD, ServerOptimizer, make_optimizer
 from gasgd_tf.server.server import ParameterServer
 from gasgd_tf.server.servicer import ParameterServicer
-from gasgd_tf.server.store import NotInitializedError, ParameterStore, PushResult
+from gasgd_tf.server.store import DivergedError, NotInitializedError, ParameterStore, PushResult
 
 __all__ = [
     "SGD",
+    "DivergedError",
     "NotInitializedError",
     "ParameterServer",
     "ParameterServicer",

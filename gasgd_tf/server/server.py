@@ -147,7 +147,7 @@ def run(config, workdir: str, address: str, port_file: str | None = None) -> Non
       port_file: If set, the bound port is written there (atomically) once
         the server accepts calls, for a launcher that asked for port 0.
     """
-    store = ParameterStore(build_optimizer(config.ps))
+    store = ParameterStore(build_optimizer(config.ps), config.ps.max_parameter_bytes)
     server = ParameterServer(store, address, max_workers=config.ps.rpc_threads).start()
     writer = MetricWriter(os.path.join(workdir, "tb", "ps_0"))
     summaries = SummaryLoop(store, writer, config.ps.summary_every_secs).start()

@@ -10,7 +10,12 @@ import grpc
 from gasgd_tf import wire
 from gasgd_tf.proto import parameter_service_pb2 as pb
 from gasgd_tf.proto import parameter_service_pb2_grpc as pb_grpc
-from gasgd_tf.server.store import NotInitializedError, ParameterStore, StalenessStats
+from gasgd_tf.server.store import (
+    DivergedError,
+    NotInitializedError,
+    ParameterStore,
+    StalenessStats,
+)
 from gasgd_tf.tensors import ValidationError
 
 log = logging.getLogger(__name__)
@@ -54,8 +59,12 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
                 self._store.note_rejected()
             log.warning("%s rejected: %s", what, e)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {e}")
-        except NotInitializedError as e:
+        except (NotInitializedError, DivergedError) as e:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{what}: {e}")
+        except MemoryError:
+            if is_push:
+                self._store.note_rejected()
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{what}: server out of memory")
         except grpc.RpcError:
             # The client went away while we read its stream: nothing to apply
             # and nobody to answer.
@@ -81,6 +90,9 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
             )
 
     def Initialize(self, request_iterator, context):
+        if self._store.initialized:
+            # Answer at once instead of receiving a whole model only to drop it.
+            return pb.InitializeResponse(accepted=False, version=self._store.version)
         with self._errors(context, "Initialize"):
             header, flat = wire.decode_stream(
                 request_iterator,

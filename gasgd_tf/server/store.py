@@ -19,10 +19,17 @@ from gasgd_tf.tensors import FlatLayout, TensorSpec, ValidationError, check_same
 
 # Staleness histogram buckets: 0, 1, ..., STALENESS_BUCKETS - 2, and ">= last".
 STALENESS_BUCKETS = 64
+# Largest parameter set a store accepts by default: 16 GiB, 4 billion floats.
+DEFAULT_MAX_PARAMETER_BYTES = 16 << 30
+MAX_CLIENT_ID_LENGTH = 128
 
 
 class NotInitializedError(RuntimeError):
     """Fetch or push before the parameters were initialized."""
+
+
+class DivergedError(RuntimeError):
+    """An update made the parameters non-finite; the store refuses further work."""
 
 
 @dataclasses.dataclass
@@ -121,13 +128,27 @@ class ParameterStore:
     Memory: parameters + optimizer slots + one snapshot + the gradients of
     the pushes being received.
 
+    Divergence: finite gradients can still overflow float32 parameters. After
+    each update the store checks the parameters; if any became NaN or Inf it
+    refuses every later push and fetch with ``DivergedError`` naming the
+    version and the client, instead of serving garbage that would surface
+    later as workers' "non-finite gradient" errors.
+
     Args:
       optimizer: Applies gradients to the flat buffer.
+      max_parameter_bytes: Largest parameter set accepted by Initialize.
       clock: Wall clock, for tests.
     """
 
-    def __init__(self, optimizer: ServerOptimizer, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        optimizer: ServerOptimizer,
+        max_parameter_bytes: int = DEFAULT_MAX_PARAMETER_BYTES,
+        clock: Callable[[], float] = time.time,
+    ):
         self.optimizer = optimizer
+        self.max_parameter_bytes = max_parameter_bytes
+        self._diverged: str | None = None
         self.server_id = uuid.uuid4().hex[:12]
         self._clock = clock
         self._start = clock()
@@ -165,7 +186,7 @@ class ParameterStore:
           NotInitializedError: Before initialization.
         """
         with self._lock:
-            self._require_initialized()
+            self._require_healthy()
             if self._snapshot is None or self._snapshot.version != self._version:
                 flat = self._params.copy()
                 flat.flags.writeable = False
@@ -217,11 +238,11 @@ class ParameterStore:
             server's parameters (or, before initialization, are invalid).
         """
         _check_client_id(client_id)
-        if specs and self._layout is not None:
-            check_same_specs(self._layout.specs, specs)
-        elif specs:
-            FlatLayout(specs)  # Validates names and dtypes early.
-        with self._lock:
+        with self._lock:  # Under the lock: an Initialize may be landing right now.
+            if specs and self._layout is not None:
+                check_same_specs(self._layout.specs, specs)
+            elif specs:
+                FlatLayout(specs, self.max_parameter_bytes)  # Validates early.
             record = self._touch(client_id)
             record.active = True
             return RegisterInfo(self.initialized, self._version, self.specs, record.last_sequence)
@@ -237,8 +258,8 @@ class ParameterStore:
         if not specs:
             raise ValidationError("no tensors in the header")
         if initialize:
-            return FlatLayout(specs)
-        self._require_initialized()
+            return FlatLayout(specs, self.max_parameter_bytes)
+        self._require_healthy()
         check_same_specs(self._layout.specs, specs)
         return self._layout
 
@@ -253,7 +274,12 @@ class ParameterStore:
           ValidationError: Invalid signature or non-finite values.
         """
         _check_client_id(client_id)
-        layout = FlatLayout(specs)
+        layout = FlatLayout(specs, self.max_parameter_bytes)
+        if flat.shape != (layout.size,) or flat.dtype != np.float32:
+            raise ValidationError(
+                f"initial values have shape {flat.shape} and dtype {flat.dtype}, "
+                f"expected ({layout.size},) float32"
+            )
         layout.check_finite(flat)
         with self._lock:
             self._touch(client_id)
@@ -287,11 +313,13 @@ class ParameterStore:
           ValidationError: Bad ids, a base version from the future, a wrong
             size, or NaN/Inf values. Nothing is changed.
           NotInitializedError: Before initialization.
+          DivergedError: This or an earlier update made the parameters
+            non-finite.
         """
         _check_client_id(client_id)
         if sequence < 1:
             raise ValidationError(f"push sequence must be >= 1, got {sequence}")
-        self._require_initialized()
+        self._require_healthy()
         if grad.shape != (self._layout.size,) or grad.dtype != np.float32:
             raise ValidationError(
                 f"gradient has shape {grad.shape} and dtype {grad.dtype}, "
@@ -299,6 +327,7 @@ class ParameterStore:
             )
         self._layout.check_finite(grad)
         with self._lock:
+            self._require_healthy()
             if base_version > self._version:
                 raise ValidationError(
                     f"base_version {base_version} is ahead of the server version {self._version}"
@@ -312,8 +341,16 @@ class ParameterStore:
                     return dataclasses.replace(last, duplicate=True)
                 return PushResult(self._version, 0, duplicate=True)
             staleness = self._version - base_version
-            self.optimizer.apply(self._params, grad, self._slots)
+            with np.errstate(over="ignore", invalid="ignore"):  # Checked just below.
+                self.optimizer.apply(self._params, grad, self._slots)
             self._version += 1
+            if not np.isfinite(self._params).all():
+                self._diverged = (
+                    f"the parameters became non-finite (NaN or Inf) at version {self._version}, "
+                    f"applying push {sequence} of {client_id!r}; the server refuses further "
+                    "pushes and fetches (lower the learning rate and start again)"
+                )
+                raise DivergedError(self._diverged)
             self._updates_applied += 1
             result = PushResult(self._version, staleness)
             record.pushes += 1
@@ -349,7 +386,17 @@ class ParameterStore:
         if self._layout is None:
             raise NotInitializedError("the parameters are not initialized yet")
 
+    def _require_healthy(self) -> None:
+        self._require_initialized()
+        if self._diverged:
+            raise DivergedError(self._diverged)
+
 
 def _check_client_id(client_id: str) -> None:
     if not client_id:
         raise ValidationError("client_id is empty")
+    if len(client_id) > MAX_CLIENT_ID_LENGTH or not client_id.isprintable():
+        raise ValidationError(
+            f"client_id must be at most {MAX_CLIENT_ID_LENGTH} printable characters, "
+            f"got {len(client_id)} characters"
+        )
