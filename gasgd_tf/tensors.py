@@ -60,11 +60,6 @@ class TensorSpec:
         return f"{self.name!r} {list(self.shape)} {self.dtype}"
 
 
-def specs_of(arrays: Mapping[str, np.ndarray]) -> tuple[TensorSpec, ...]:
-    """The signature of named float32 arrays, in mapping order."""
-    return tuple(TensorSpec(name, a.shape, str(a.dtype)) for name, a in arrays.items())
-
-
 class FlatLayout:
     """Where each tensor of a signature lies in the flat float32 buffer.
 
