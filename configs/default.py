@@ -4,7 +4,7 @@ One parameter server, 2 workers and an evaluator on this machine; the digits
 CNN (151k parameters), n_sync=1 as in the paper's cold-start runs.
 
 Command:   python -m gasgd_tf.main --config=configs/default.py   (make train)
-Expected:  test accuracy 0.972 to 0.983 on the 359 test digits in eight runs
+Expected:  test accuracy 0.972 to 0.986 on the 359 test digits in nine runs
            here (BUILD_NOTES.md, "The default run").
 Runtime:   17 to 25 s on 2 CPU cores without a GPU, about 9 s of it start-up.
 """
