@@ -94,6 +94,40 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# Fields checked by kind, as dotted paths into the config.
+_POSITIVE_INTS = (
+    "num_workers",
+    "num_steps",
+    "batch_size",
+    "n_sync",
+    "n_push",
+    "n_fetch",
+    "data.shuffle_buffer",
+    "worker.log_every_steps",
+    "ps.rpc_threads",
+    "ps.max_parameter_bytes",
+    "eval.batch_size",
+)
+_POSITIVE_FINITE = (
+    "worker.learning_rate",
+    "ps.learning_rate",
+    "ps.summary_every_secs",
+    "client.timeout_secs",
+    "client.retry_secs",
+    "client.connect_timeout_secs",
+    "eval.every_secs",
+    "launcher.log_every_secs",
+    "launcher.startup_timeout_secs",
+    "launcher.prepare_timeout_secs",
+)
+
+
+def _get(config: ml_collections.ConfigDict, path: str):
+    for key in path.split("."):
+        config = config[key]
+    return config
+
+
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Resolves derived fields and validates; returns the same, now locked, config.
 
@@ -105,9 +139,15 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         config.n_push = config.n_sync
     if config.n_fetch is None:
         config.n_fetch = config.n_sync
-    for field in ("num_workers", "num_steps", "batch_size", "n_sync", "n_push", "n_fetch"):
-        value = config[field]
+    for field in _POSITIVE_INTS:
+        value = _get(config, field)
         _check(_is_int(value) and value >= 1, f"{field} must be an integer >= 1, got {value!r}")
+    for field in _POSITIVE_FINITE:
+        value = _get(config, field)
+        _check(
+            isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+            f"{field} must be a finite number > 0, got {value!r}",
+        )
     # Workers seed with seed * 1000 + task_index + 1; TensorFlow takes seeds below 2**31.
     seed_limit = 2**31 // 1000 - config.num_workers
     _check(
@@ -117,10 +157,6 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check(
         config.data.name in DATASETS,
         f"data.name {config.data.name!r} is not one of {sorted(DATASETS)}",
-    )
-    _check(
-        _is_int(config.data.shuffle_buffer) and config.data.shuffle_buffer >= 1,
-        f"data.shuffle_buffer must be an integer >= 1, got {config.data.shuffle_buffer!r}",
     )
     _check(
         config.model.name in MODELS,
@@ -148,35 +184,10 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _is_int(config.worker.cpu_threads) and config.worker.cpu_threads >= 0,
         f"worker.cpu_threads must be an integer >= 0, got {config.worker.cpu_threads!r}",
     )
-    for section, field in (
-        ("worker", "log_every_steps"),
-        ("ps", "rpc_threads"),
-        ("ps", "max_parameter_bytes"),
-        ("eval", "batch_size"),
-    ):
-        value = config[section][field]
-        _check(
-            _is_int(value) and value >= 1,
-            f"{section}.{field} must be an integer >= 1, got {value!r}",
-        )
     _check(
         64 << 10 <= config.client.chunk_bytes <= 4 << 20,
         f"client.chunk_bytes must be in [64 KiB, 4 MiB], got {config.client.chunk_bytes}",
     )
-    for section, fields in (
-        ("worker", ("learning_rate",)),
-        ("ps", ("learning_rate",)),
-        ("client", ("timeout_secs", "retry_secs", "connect_timeout_secs")),
-        ("ps", ("summary_every_secs",)),
-        ("eval", ("every_secs",)),
-        ("launcher", ("log_every_secs", "startup_timeout_secs", "prepare_timeout_secs")),
-    ):
-        for field in fields:
-            value = config[section][field]
-            _check(
-                isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
-                f"{section}.{field} must be a finite number > 0, got {value!r}",
-            )
     config.lock()
     return config
 

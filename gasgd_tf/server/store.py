@@ -344,13 +344,6 @@ class ParameterStore:
             with np.errstate(over="ignore", invalid="ignore"):  # Checked just below.
                 self.optimizer.apply(self._params, grad, self._slots)
             self._version += 1
-            if not np.isfinite(self._params).all():
-                self._diverged = (
-                    f"the parameters became non-finite (NaN or Inf) at version {self._version}, "
-                    f"applying push {sequence} of {client_id!r}; the server refuses further "
-                    "pushes and fetches (lower the learning rate and start again)"
-                )
-                raise DivergedError(self._diverged)
             self._updates_applied += 1
             result = PushResult(self._version, staleness)
             record.pushes += 1
@@ -359,6 +352,13 @@ class ParameterStore:
             record.staleness.add(staleness)
             self._staleness.add(staleness)
             self._recent_staleness.append(staleness)
+            if not np.isfinite(self._params).all():
+                self._diverged = (
+                    f"the parameters became non-finite (NaN or Inf) at version {self._version}, "
+                    f"applying push {sequence} of {client_id!r}; the server refuses further "
+                    "pushes and fetches (lower the learning rate and start again)"
+                )
+                raise DivergedError(self._diverged)
             return result
 
     def note_rejected(self) -> None:
