@@ -5,10 +5,11 @@ import os
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits
 
-from gasgd_tf.data import pipeline
+from gasgd_tf.data import augment, pipeline
 from gasgd_tf.data.registry import DATASETS
 
 BATCH = 32
@@ -157,3 +158,145 @@ def test_eval_dataset_is_the_whole_test_split_in_fixed_order(data_config, splits
     for (x1, y1), (x2, y2) in zip(first, second):
         np.testing.assert_array_equal(x1, x2)
         np.testing.assert_array_equal(y1, y2)
+
+
+def _with(data_config, **fields):
+    """A copy of the data config with augmentation (or other) fields set."""
+    return ml_collections.ConfigDict({**data_config.to_dict(), **fields})
+
+
+def _shifts(image, pad):
+    """Every copy of ``image`` shifted by up to ``pad`` pixels, zeros filling in, [n, H, W, C]."""
+    height, width, _ = image.shape
+    padded = np.pad(image, [(pad, pad), (pad, pad), (0, 0)])
+    return np.stack(
+        [
+            padded[top : top + height, left : left + width]
+            for top in range(2 * pad + 1)
+            for left in range(2 * pad + 1)
+        ]
+    )
+
+
+def test_registry_describes_imagenet2012():
+    info = DATASETS["imagenet2012"]
+    assert (info.tfds_name, info.image_shape, info.num_classes) == (
+        "imagenet2012",
+        (None, None, 3),
+        1000,
+    )
+    assert (info.test_split, info.cache, info.offline) == ("validation", False, False)
+    assert (DATASETS["sklearn_digits"].test_split, DATASETS["sklearn_digits"].cache) == (
+        "test",
+        True,
+    )
+    config = ml_collections.ConfigDict(dict(name="imagenet2012", resize=256, crop=224))
+    assert pipeline.input_shape(config) == (224, 224, 3)
+    with pytest.raises(ValueError, match="varies"):
+        pipeline.input_shape(ml_collections.ConfigDict(dict(name="imagenet2012")))
+
+
+def test_input_shape_of_digits(data_config):
+    assert pipeline.input_shape(data_config) == (8, 8, 1)
+    assert pipeline.input_shape(_with(data_config, pad=2, flip=True)) == (8, 8, 1)
+    assert pipeline.input_shape(_with(data_config, pad=1, crop=6)) == (6, 6, 1)
+    with pytest.raises(ValueError, match="crop=9 exceeds"):
+        pipeline.input_shape(_with(data_config, crop=9))
+    with pytest.raises(ValueError, match="crop=9 exceeds"):
+        pipeline.train_dataset(_with(data_config, crop=9), BATCH, seed=0)
+
+
+def test_prepare_passes_manual_dir_to_tfds(tmp_path, monkeypatch):
+    import gasgd_tf.data.sklearn_digits as digits
+
+    calls = []
+    monkeypatch.setattr(
+        digits.SklearnDigits, "download_and_prepare", lambda self, **kwargs: calls.append(kwargs)
+    )
+    config = ml_collections.ConfigDict(
+        dict(name="sklearn_digits", data_dir=str(tmp_path / "data"), manual_dir=str(tmp_path))
+    )
+    pipeline.prepare(config)
+    assert str(calls[0]["download_config"].manual_dir) == str(tmp_path)
+
+
+def test_train_dataset_with_pad_shifts_the_same_images(data_config):
+    padded_config = _with(data_config, pad=2)
+    plain = next(iter(pipeline.train_dataset(data_config, BATCH, seed=5)))
+    images, labels = next(iter(pipeline.train_dataset(padded_config, BATCH, seed=5)))
+    assert images.shape == (BATCH, 8, 8, 1) and images.dtype.name == "float32"
+    x = images.numpy()
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    # The same seed shuffles the same way: augmenting changes the pixels, not the order.
+    np.testing.assert_array_equal(labels, plain[1])
+    shifted = 0
+    for view, original in zip(x, plain[0].numpy()):
+        distances = np.abs(_shifts(original, 2) - view).max(axis=(1, 2, 3))
+        assert distances.min() < 1e-6  # A shifted copy of the image in the same place.
+        shifted += int(distances[len(distances) // 2] > 0)  # The middle one is no shift.
+    assert shifted > BATCH // 2
+
+
+def test_augmented_train_stream_depends_on_seed_only(data_config):
+    config = _with(data_config, pad=2, flip=True)
+
+    def first_batches(seed):
+        ds = pipeline.train_dataset(config, BATCH, seed=seed).take(3)
+        return np.concatenate([x.numpy() for x, _ in ds])
+
+    a = first_batches(1000)
+    np.testing.assert_array_equal(first_batches(1000), a)  # Reproducible.
+    assert not np.array_equal(first_batches(1001), a)  # Another worker's stream.
+
+
+@pytest.mark.parametrize("flip, views", [(False, 5), (True, 10)])
+def test_eval_dataset_multi_crop(data_config, splits, flip, views):
+    config = _with(data_config, pad=2, flip=flip)
+    batches = list(pipeline.eval_dataset(config, batch_size=100, multi_crop=True))
+    assert [tuple(x.shape) for x, _ in batches] == [(100, views, 8, 8, 1)] * 3 + [
+        (59, views, 8, 8, 1)
+    ]
+    crops = np.concatenate([x.numpy() for x, _ in batches])
+    assert crops.dtype == np.float32 and crops.min() >= 0.0 and crops.max() <= 1.0
+    np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), splits["test"][1])
+    # The first view is the centre, which with crop 0 is the test image itself.
+    np.testing.assert_allclose(crops[:, 0], splits["test"][0].astype(np.float32) / 255.0)
+    centre = np.concatenate([x.numpy() for x, _ in pipeline.eval_dataset(config, 100)])
+    np.testing.assert_array_equal(crops[:, 0], centre)
+    if flip:  # The sixth view is the centre's mirror image.
+        np.testing.assert_array_equal(crops[:, 5], crops[:, 0, :, ::-1])
+
+
+def _variable_size_images():
+    """An ImageNet stand-in: a few uint8 RGB images of different sizes and aspect ratios."""
+    rng = np.random.default_rng(0)
+    sizes = [(70, 90), (64, 64), (100, 66), (80, 120), (65, 200), (90, 75)]
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    labels = np.arange(len(sizes), dtype=np.int64)
+    return tf.data.Dataset.from_generator(
+        lambda: zip(images, labels),
+        output_signature=(
+            tf.TensorSpec([None, None, 3], tf.uint8),
+            tf.TensorSpec([], tf.int64),
+        ),
+    )
+
+
+def test_variable_size_images_through_the_pipelines():
+    config = ml_collections.ConfigDict(dict(shuffle_buffer=8, resize=64, crop=56, flip=True))
+    ds = _variable_size_images()
+    assert augment.output_shape(tuple(ds.element_spec[0].shape), resize=64, crop=56) == (56, 56, 3)
+
+    images, labels = next(iter(pipeline.train_batches(ds, config, 4, seed=0, cache=False)))
+    assert images.shape == (4, 56, 56, 3) and images.dtype.name == "float32"
+    assert labels.shape == (4,)
+    assert 0.0 <= float(images.numpy().min()) and float(images.numpy().max()) <= 1.0
+
+    centre = [x for x, _ in pipeline.eval_batches(ds, config, 4, cache=False)]
+    assert [tuple(x.shape) for x in centre] == [(4, 56, 56, 3), (2, 56, 56, 3)]
+    crops = [x for x, _ in pipeline.eval_batches(ds, config, 4, multi_crop=True, cache=False)]
+    assert [tuple(x.shape) for x in crops] == [(4, 10, 56, 56, 3), (2, 10, 56, 56, 3)]
+    np.testing.assert_array_equal(crops[0][:, 0], centre[0])
+
+    with pytest.raises(ValueError, match="varies"):
+        pipeline.train_batches(ds, ml_collections.ConfigDict(dict(shuffle_buffer=8)), 4, seed=0)
