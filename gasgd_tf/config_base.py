@@ -41,10 +41,25 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.data.name = "sklearn_digits"  # See gasgd_tf/data/registry.py.
     c.data.data_dir = config_dict.placeholder(str)  # tfds data_dir; None: tfds default.
     c.data.shuffle_buffer = 2048
+    c.data.manual_dir = config_dict.placeholder(str)  # tfds manual_dir (imagenet2012).
+    # Augmentation (gasgd_tf/data/augment.py): resize the shorter side to
+    # `resize` (0: keep), zero-pad by `pad` pixels on each side, take a random
+    # `crop` x `crop` window (0: the image size) and, if `flip`, mirror it
+    # half of the time. Evaluation takes the centre window.
+    c.data.resize = 0
+    c.data.pad = 0
+    c.data.crop = 0
+    c.data.flip = False
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "digits_cnn"  # See gasgd_tf/models/registry.py.
     c.model.dropout = 0.25
+    c.model.width = 1.0  # Multiplies the number of filters and hidden units.
+    c.model.lrn = False  # Local response normalisation, where the model has it.
+
+    # A checkpoint file or the workdir of a finished run whose final
+    # parameters initialise the server (warm start); None: cold start.
+    c.warm_start = config_dict.placeholder(str)
 
     # The local optimizer each worker applies every step between syncs.
     c.worker = ml_collections.ConfigDict()
@@ -65,6 +80,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.ps.rpc_threads = 32
     c.ps.summary_every_secs = 2.0
     c.ps.max_parameter_bytes = 16 << 30  # Initialize refuses larger models.
+    c.ps.save_checkpoint = True  # Final parameters to <workdir>/checkpoints on shutdown.
 
     # Deadlines: every call gets timeout_secs per attempt; transport failures
     # are retried for retry_secs, then the process exits naming the server.
@@ -77,6 +93,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.every_secs = 5.0
     c.eval.batch_size = 512
+    # Average the softmax over the centre, four corners and (with data.flip)
+    # their mirror images, reported beside the single centre crop.
+    c.eval.multi_crop = False
 
     c.launcher = ml_collections.ConfigDict()
     c.launcher.log_every_secs = 5.0
@@ -108,7 +127,14 @@ _POSITIVE_INTS = (
     "ps.max_parameter_bytes",
     "eval.batch_size",
 )
+_NON_NEGATIVE_INTS = (
+    "data.resize",
+    "data.pad",
+    "data.crop",
+    "worker.cpu_threads",
+)
 _POSITIVE_FINITE = (
+    "model.width",
     "worker.learning_rate",
     "ps.learning_rate",
     "ps.summary_every_secs",
@@ -142,6 +168,9 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for field in _POSITIVE_INTS:
         value = _get(config, field)
         _check(_is_int(value) and value >= 1, f"{field} must be an integer >= 1, got {value!r}")
+    for field in _NON_NEGATIVE_INTS:
+        value = _get(config, field)
+        _check(_is_int(value) and value >= 0, f"{field} must be an integer >= 0, got {value!r}")
     for field in _POSITIVE_FINITE:
         value = _get(config, field)
         _check(
@@ -181,10 +210,6 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         config.ps.weight_decay >= 0, f"ps.weight_decay must be >= 0, got {config.ps.weight_decay}"
     )
     _check(
-        _is_int(config.worker.cpu_threads) and config.worker.cpu_threads >= 0,
-        f"worker.cpu_threads must be an integer >= 0, got {config.worker.cpu_threads!r}",
-    )
-    _check(
         64 << 10 <= config.client.chunk_bytes <= 4 << 20,
         f"client.chunk_bytes must be in [64 KiB, 4 MiB], got {config.client.chunk_bytes}",
     )
@@ -208,6 +233,16 @@ def from_json(text: str) -> ml_collections.ConfigDict:
     except TypeError as e:  # A value of the wrong type for its field.
         raise ValueError(f"invalid config: {e}") from None
     return finalize(base)
+
+
+def hparams(config: ml_collections.ConfigDict) -> dict[str, bool | int | float | str]:
+    """Every set field as a flat ``{"a.b": value}`` dict, for TensorBoard's HParams dashboard."""
+    out = {}
+    for key, value in _flatten(config.to_dict()).items():
+        if value is None:
+            continue
+        out[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return out
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

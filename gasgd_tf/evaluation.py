@@ -16,7 +16,7 @@ import keras
 import ml_collections
 import tensorflow as tf
 
-from gasgd_tf import devices, progress, worker
+from gasgd_tf import config_base, devices, progress, worker
 from gasgd_tf.client import ServerUnavailableError
 from gasgd_tf.data import pipeline
 from gasgd_tf.summaries import MetricWriter
@@ -26,44 +26,88 @@ CLIENT_ID = "eval"
 
 @dataclasses.dataclass(frozen=True)
 class EvalResult:
+    """One evaluation of the server's parameters.
+
+    Attributes:
+      version: The server version evaluated.
+      accuracy: Top-1 accuracy on the centre crop (the whole image without augmentation).
+      loss: Mean cross-entropy on the centre crop.
+      examples: Number of test examples.
+      accuracy_multi_crop: Top-1 accuracy of the softmax averaged over the
+        centre, four corners and mirrors (``eval.multi_crop``), else None.
+      steps_per_client: Mean training step of the workers when the
+        parameters were fetched (the paper's x-axis on dedicated GPUs).
+    """
+
     version: int
     accuracy: float
     loss: float
     examples: int
+    accuracy_multi_crop: float | None = None
+    steps_per_client: float = 0.0
 
 
 class Evaluator:
-    """Evaluates a model's current weights on a dataset with one compiled step per batch."""
+    """Evaluates a model's current weights on a dataset with one compiled step per batch.
 
-    def __init__(self, model: keras.Model, dataset: tf.data.Dataset):
+    Args:
+      model: The model whose weights are evaluated.
+      dataset: (images, labels) batches; with ``multi_crop``, images are
+        [batch, crops, h, w, c] with the centre crop first.
+      multi_crop: Also score the softmax averaged over the crops.
+    """
+
+    def __init__(self, model: keras.Model, dataset: tf.data.Dataset, multi_crop: bool = False):
         self.model = model
         self.dataset = dataset
+        self.multi_crop = multi_crop
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+
+        def hits(logits, labels):
+            correct = tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels)
+            return tf.reduce_sum(tf.cast(correct, tf.float32))
 
         @tf.function
         def batch_sums(images, labels):
-            logits = model(images, training=False)
-            hits = tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels)
-            return loss_fn(labels, logits), tf.reduce_sum(tf.cast(hits, tf.float32))
+            if multi_crop:
+                shape = tf.shape(images)
+                crops = tf.reshape(images, tf.concat([[-1], shape[2:]], axis=0))
+                logits = tf.reshape(model(crops, training=False), [shape[0], shape[1], -1])
+                centre = logits[:, 0]
+                # Average probabilities, not logits, as Krizhevsky et al. did.
+                multi = hits(tf.reduce_mean(tf.nn.softmax(logits), axis=1), labels)
+            else:
+                centre = model(images, training=False)
+                multi = tf.constant(0.0)
+            return loss_fn(labels, centre), hits(centre, labels), multi
 
         self._batch_sums = batch_sums
 
-    def __call__(self) -> tuple[float, float, int]:
-        """Returns (accuracy, mean loss, number of examples) over the whole dataset."""
-        loss = correct = 0.0
+    def __call__(self) -> tuple[float, float, int, float | None]:
+        """(accuracy, mean loss, examples, multi-crop accuracy or None) over the dataset."""
+        loss = correct = correct_multi = 0.0
         count = 0
         for images, labels in self.dataset:
-            batch_loss, batch_correct = self._batch_sums(images, labels)
+            batch_loss, batch_correct, batch_multi = self._batch_sums(images, labels)
             loss += float(batch_loss)
             correct += float(batch_correct)
+            correct_multi += float(batch_multi)
             count += int(labels.shape[0])
-        return correct / count, loss / count, count
+        multi = correct_multi / count if self.multi_crop else None
+        return correct / count, loss / count, count, multi
 
 
 def _workers_finished(status, num_workers: int) -> bool:
     """Whether worker_0 ... worker_{num_workers - 1} have all called Leave."""
     left = {c.client_id for c in status.clients if not c.active}
     return all(worker.client_id(i) in left for i in range(num_workers))
+
+
+def _steps_per_client(status, num_workers: int) -> float:
+    """The workers' mean last reported step (0 before any push)."""
+    names = {worker.client_id(i) for i in range(num_workers)}
+    steps = [c.last_step for c in status.clients if c.client_id in names]
+    return sum(steps) / num_workers if steps else 0.0
 
 
 def run(config: ml_collections.ConfigDict, address: str, workdir: str) -> EvalResult:
@@ -75,7 +119,11 @@ def run(config: ml_collections.ConfigDict, address: str, workdir: str) -> EvalRe
     devices.configure(0, config.worker.cpu_threads)
     model = worker.build(config)
     sync = worker.VariableSync(model.trainable_variables)
-    evaluate = Evaluator(model, pipeline.eval_dataset(config.data, config.eval.batch_size))
+    multi_crop = config.eval.multi_crop
+    dataset = pipeline.eval_dataset(config.data, config.eval.batch_size, multi_crop=multi_crop)
+    evaluate = Evaluator(model, dataset, multi_crop=multi_crop)
+    with MetricWriter(os.path.join(workdir, "tb")) as hparams_writer:
+        hparams_writer.hparams(config_base.hparams(config), trial_id=os.path.basename(workdir))
     writer = MetricWriter(os.path.join(workdir, "tb", "eval"))
     progress_file = progress.progress_path(workdir, CLIENT_ID)
     client = worker.connect(config, address, CLIENT_ID)
@@ -97,14 +145,22 @@ def run(config: ml_collections.ConfigDict, address: str, workdir: str) -> EvalRe
         finished = _workers_finished(status, config.num_workers)
         due = time.monotonic() - last_eval >= config.eval.every_secs
         if (result is None or status.version != result.version) and (due or finished):
+            steps = _steps_per_client(status, config.num_workers)
             version, _, flat = client.fetch()
             sync.assign(flat)
-            accuracy, loss, count = evaluate()
+            accuracy, loss, count, multi = evaluate()
             last_eval = time.monotonic()
-            result = EvalResult(version, accuracy, loss, count)
-            writer.scalars({"eval/accuracy": accuracy, "eval/loss": loss}, version)
+            result = EvalResult(version, accuracy, loss, count, multi, steps)
+            scalars = {"eval/accuracy": accuracy, "eval/loss": loss, "eval/steps_per_client": steps}
+            if multi is not None:
+                scalars["eval/accuracy_multi_crop"] = multi
+            writer.scalars(scalars, version)
             progress.write_json(progress_file, {**dataclasses.asdict(result), "final": False})
-            print(f"eval: version {version}: accuracy {accuracy:.4f}, loss {loss:.4f}", flush=True)
+            more = f", multi-crop accuracy {multi:.4f}" if multi is not None else ""
+            print(
+                f"eval: version {version}: accuracy {accuracy:.4f}, loss {loss:.4f}{more}",
+                flush=True,
+            )
         if finished and result is not None and result.version == status.version:
             break
         time.sleep(min(0.5, config.eval.every_secs))

@@ -32,10 +32,12 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from gasgd_tf import progress
+from gasgd_tf import checkpoints, progress
 
 # Outputs of a previous run in the same workdir, cleared before a new one.
+# Checkpoints are kept: they may be hours of work, and a warm start takes the newest.
 RUN_OUTPUTS = ("tb", "logs", "progress", "summary.json", "ps_0.port")
+PS_STOP_GRACE_SECS = 120.0  # SIGTERM to SIGKILL; the server saves its checkpoint meanwhile.
 _PR_SET_PDEATHSIG = 1
 # Set by the launcher in each child's environment: the launcher's pid.
 PARENT_PID_ENV = "GASGD_TF_PARENT_PID"
@@ -340,6 +342,16 @@ class LocalLauncher:
             "images_per_sec": sum(w.get("images_per_sec", 0.0) for w in workers),
             "wall_secs": wall,
         }
+        if ev.get("accuracy_multi_crop") is not None:
+            summary["test_accuracy_multi_crop"] = ev["accuracy_multi_crop"]
+        # The server writes its checkpoint as it stops: give it time for a large model.
+        stop_all([ps], grace_secs=PS_STOP_GRACE_SECS)
         stop_all(self.children)
+        if self.config.ps.save_checkpoint:
+            try:
+                summary["checkpoint"] = checkpoints.resolve(self.workdir)
+            except FileNotFoundError:
+                self._say(f"warning: no checkpoint was written; see {ps.log_path}")
+                summary["checkpoint"] = None
         progress.write_json(os.path.join(self.workdir, "summary.json"), summary)
         return summary

@@ -57,6 +57,19 @@ def load_config():
     return config_base.finalize(config)
 
 
+def _resolve_warm_start(config):
+    """Pins ``warm_start`` to one checkpoint file, so that every worker reads the same one."""
+    from gasgd_tf import checkpoints
+
+    try:
+        path = os.path.abspath(checkpoints.resolve(config.warm_start))
+    except FileNotFoundError as e:
+        raise app.UsageError(str(e)) from None
+    with config.unlocked():
+        config.warm_start = path
+    return config
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -77,6 +90,8 @@ def main(argv):
         from gasgd_tf import launch  # No TensorFlow in the launcher either.
         from gasgd_tf.progress import write_json
 
+        if config.warm_start:
+            config = _resolve_warm_start(config)
         launch.prepare_workdir(workdir)
         write_json(os.path.join(workdir, "config.json"), config.to_dict())
         return launch.LocalLauncher(config, workdir).run()
@@ -99,7 +114,7 @@ def main(argv):
             from gasgd_tf import evaluation
 
             evaluation.run(config, FLAGS.ps_address, workdir)
-    except (ServerUnavailableError, RequestRejectedError) as e:
+    except (ServerUnavailableError, RequestRejectedError, FileNotFoundError) as e:
         print(f"error: {role}: {e}", file=sys.stderr, flush=True)
         return 1
     return 0

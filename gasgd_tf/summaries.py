@@ -111,6 +111,25 @@ class MetricWriter:
         )
         self._write_value(summary_pb2.Summary.Value(tag=tag, histo=proto), step, None)
 
+    def hparams(self, values: dict[str, bool | int | float | str], trial_id: str) -> None:
+        """Records a run's hyperparameters for TensorBoard's HParams dashboard.
+
+        Write it to the run's top folder (``<workdir>/tb``): the dashboard
+        then pairs the values with the scalars of every role's subfolder
+        (``eval/eval/accuracy``, ``worker_0/train/loss``, ...).
+
+        Args:
+          values: Name -> value; None values are left out.
+          trial_id: Names the run in the dashboard.
+        """
+        # summary_v2 reaches TensorFlow only through a lazy import that
+        # hparams_pb never triggers, so this stays TF-free.
+        from tensorboard.plugins.hparams import summary_v2
+
+        clean = {k: v for k, v in values.items() if v is not None}
+        summary = summary_v2.hparams_pb(clean, trial_id=trial_id)
+        self._write(event_pb2.Event(wall_time=time.time(), step=0, summary=summary))
+
     def close(self) -> None:
         with self._lock:
             if not self._file.closed:

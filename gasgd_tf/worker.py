@@ -15,16 +15,18 @@ sync and log (``train``), after tensorflow/models' orbit.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import keras
 import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from gasgd_tf import devices, progress
+from gasgd_tf import checkpoints, devices, progress
 from gasgd_tf.client import ParameterClient
 from gasgd_tf.data import pipeline
 from gasgd_tf.models import build_model
@@ -54,7 +56,12 @@ def build(config: ml_collections.ConfigDict) -> keras.Model:
     info = pipeline.dataset_info(config.data)
     keras.utils.set_random_seed(config.seed)
     return build_model(
-        config.model.name, info.image_shape, info.num_classes, dropout=config.model.dropout
+        config.model.name,
+        pipeline.input_shape(config.data),
+        info.num_classes,
+        dropout=config.model.dropout,
+        width=config.model.width,
+        lrn=config.model.lrn,
     )
 
 
@@ -190,7 +197,7 @@ def join(
     client: ParameterClient,
     sync: VariableSync,
     timeout_secs: float,
-    initial: np.ndarray | None = None,
+    initial: Callable[[], np.ndarray] | None = None,
 ) -> int:
     """Registers, offers initial weights if the server has none, and fetches.
 
@@ -198,7 +205,8 @@ def join(
       client: A client of the server.
       sync: The replica's variables, which receive the fetched parameters.
       timeout_secs: How long to wait for the server to accept connections.
-      initial: Flat weights to offer; default: the variables' current values.
+      initial: Returns the flat weights to offer (called only when the
+        server needs them); default: the variables' current values.
 
     Returns:
       The version of the fetched parameters.
@@ -206,12 +214,28 @@ def join(
     client.wait_for_server(timeout_secs)
     reg = client.register(sync.specs)
     if not reg.initialized:
-        offer = sync.read() if initial is None else initial
+        offer = sync.read() if initial is None else initial()
         accepted, _ = client.initialize(sync.specs, offer)
         log.info("%s initialization offer %s", client.client_id, "accepted" if accepted else "lost")
     version, _, flat = client.fetch()
     sync.assign(flat)
     return version
+
+
+def warm_start_weights(path: str, specs: tuple[TensorSpec, ...], name: str) -> np.ndarray:
+    """The checkpoint ``path`` names (file or run folder), flat in the order of ``specs``.
+
+    Raises:
+      FileNotFoundError: No checkpoint there.
+      ValueError: The checkpoint does not match the model (names the tensor).
+    """
+    checkpoint = checkpoints.load(path)
+    flat = checkpoints.flatten_for(checkpoint, specs)
+    print(
+        f"{name}: warm start from {checkpoint.path} (saved at version {checkpoint.version})",
+        flush=True,
+    )
+    return flat
 
 
 def train(
@@ -241,7 +265,10 @@ def train(
 
     client = connect(config, address, name)
     step_fn.warm_up(*next(data))
-    base_version = join(client, sync, config.client.connect_timeout_secs)
+    initial = None
+    if config.warm_start:
+        initial = functools.partial(warm_start_weights, config.warm_start, sync.specs, name)
+    base_version = join(client, sync, config.client.connect_timeout_secs, initial)
     print(
         f"{name}: {model.count_params():,} parameters on {device}; "
         f"joined at version {base_version}",

@@ -11,11 +11,11 @@ from concurrent import futures
 
 import grpc
 
-from gasgd_tf import wire
+from gasgd_tf import checkpoints, wire
 from gasgd_tf.proto import parameter_service_pb2_grpc as pb_grpc
 from gasgd_tf.server.optimizers import ServerOptimizer, make_optimizer
 from gasgd_tf.server.servicer import ParameterServicer
-from gasgd_tf.server.store import STALENESS_BUCKETS, ParameterStore
+from gasgd_tf.server.store import STALENESS_BUCKETS, DivergedError, ParameterStore
 from gasgd_tf.summaries import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,27 @@ class SummaryLoop:
         self.write()
 
 
+def save_checkpoint(store: ParameterStore, directory: str) -> str | None:
+    """Writes the store's parameters to ``directory``; None if there is nothing sound to save."""
+    if not store.initialized:
+        print("parameter server: never initialized, no checkpoint written", flush=True)
+        return None
+    try:
+        snapshot = store.snapshot()
+    except DivergedError as e:
+        print(f"parameter server: no checkpoint written: {e}", flush=True)
+        return None
+    path = checkpoints.save(
+        directory,
+        snapshot.specs,
+        snapshot.flat,
+        snapshot.version,
+        meta={"server_id": store.server_id, "optimizer": store.optimizer.get_config()},
+    )
+    print(f"parameter server: saved version {snapshot.version} to {path}", flush=True)
+    return path
+
+
 def build_optimizer(ps_config) -> ServerOptimizer:
     """The server optimizer named by ``config.ps``."""
     return make_optimizer(
@@ -165,6 +186,8 @@ def run(config, workdir: str, address: str, port_file: str | None = None) -> Non
     server.stop(grace=2.0)
     summaries.stop()
     writer.close()
+    if config.ps.save_checkpoint:
+        save_checkpoint(store, os.path.join(workdir, checkpoints.CHECKPOINT_DIR))
     status = store.status()
     print(
         f"parameter server stopped at version {status.version} "

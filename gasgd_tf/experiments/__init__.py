@@ -1,0 +1,1 @@
+"""The paper's experiments: sweeps over configs, their summary tables and figures."""

@@ -1,0 +1,116 @@
+"""Figures like the paper's: training and test error per setting, from TensorBoard events.
+
+Usage:
+  python -m gasgd_tf.experiments.plots --workdir=runs/exp3 [--window=50]
+
+writes ``<workdir>/plots/{test,train}_error_{steps,time}.png``: one panel
+per ``n_sync`` value, one curve per number of clients; training error is
+smoothed with a trailing window of ``--window`` minibatches. The sweep
+runner calls the same code when it finishes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from gasgd_tf.experiments import curves
+from gasgd_tf.experiments.sweep import Cell, discover
+
+AXES = {
+    "steps": "steps per client (minibatches)",
+    "time": "wall-clock seconds since the first worker started",
+}
+
+
+def caption(num_cores: int | None = None) -> str:
+    cores = num_cores or os.cpu_count() or 1
+    return (
+        "Steps per client stand for time when every client has its own GPU, as in the paper. "
+        f"Here all clients share {cores} CPU cores, so wall-clock time cannot show a parallel "
+        f"speed-up beyond {cores} clients."
+    )
+
+
+def plot(
+    cells: list[Cell], workdir: str, window_minibatches: int = 50, title: str = ""
+) -> list[str]:
+    """Draws the four figures for ``cells`` into ``<workdir>/plots``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # No display on servers; must precede pyplot.
+    from matplotlib import pyplot as plt
+
+    out_dir = os.path.join(workdir, "plots")
+    os.makedirs(out_dir, exist_ok=True)
+    panels = sorted({c.n_sync for c in cells})
+    all_clients = sorted({c.clients for c in cells})
+    colors = {
+        n: plt.cm.viridis(i / max(len(all_clients) - 1, 1)) for i, n in enumerate(all_clients)
+    }
+    data = {}
+    for cell in cells:
+        folder = os.path.join(workdir, cell.name)
+        test = curves.test_curve(folder)
+        train_steps, train_time = curves.train_curves(
+            folder, window_minibatches, cell.config.worker.log_every_steps
+        )
+        data[cell.name] = {
+            ("test", "steps"): (test.steps, test.error),
+            ("test", "time"): (test.seconds, test.error),
+            ("train", "steps"): (train_steps.steps, train_steps.error),
+            ("train", "time"): (train_time.seconds, train_time.error),
+        }
+    paths = []
+    for metric in ("test", "train"):
+        for axis in ("steps", "time"):
+            fig, axes = plt.subplots(
+                1, len(panels), figsize=(4.2 * len(panels) + 0.6, 3.6), squeeze=False, sharey=True
+            )
+            for ax, n_sync in zip(axes[0], panels):
+                for cell in sorted(
+                    (c for c in cells if c.n_sync == n_sync), key=lambda c: c.clients
+                ):
+                    x, y = data[cell.name][(metric, axis)]
+                    label = f"{cell.clients} client{'s' if cell.clients > 1 else ''}"
+                    ax.plot(x, y, color=colors[cell.clients], label=label, linewidth=1.2)
+                ax.set_title(f"n_sync = {n_sync}", fontsize=10)
+                ax.set_xlabel(AXES[axis], fontsize=9)
+                ax.set_yscale("log")
+                ax.grid(True, which="both", alpha=0.3)
+            ylabel = (
+                "test error"
+                if metric == "test"
+                else f"training error ({window_minibatches}-minibatch window)"
+            )
+            axes[0][0].set_ylabel(ylabel, fontsize=9)
+            axes[0][-1].legend(fontsize=8)
+            fig.suptitle(f"{title}: {metric} error" if title else f"{metric} error", fontsize=11)
+            fig.text(0.01, 0.01, caption(), fontsize=7, wrap=True, va="bottom")
+            fig.tight_layout(rect=(0, 0.08, 1, 1))
+            path = os.path.join(out_dir, f"{metric}_error_{axis}.png")
+            fig.savefig(path, dpi=90)
+            plt.close(fig)
+            paths.append(path)
+    return paths
+
+
+def main(argv: list[str]) -> int:
+    from absl import app, flags
+
+    del argv
+    workdir = flags.FLAGS.workdir
+    cells = [c for c in discover(workdir) if c.name != "pretrain"]
+    if not cells:
+        raise app.UsageError(f"no finished runs under {workdir}")
+    for path in plot(cells, workdir, flags.FLAGS.window, os.path.basename(workdir.rstrip("/"))):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_string("workdir", None, "A sweep's folder, e.g. runs/exp3.", required=True)
+    flags.DEFINE_integer("window", 50, "Training error smoothing window, in minibatches.")
+    app.run(lambda argv: sys.exit(main(argv)))

@@ -1,0 +1,79 @@
+"""One summary table per sweep (CSV and Markdown), from each cell's summary.json and events."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Sequence
+
+from gasgd_tf import progress
+from gasgd_tf.experiments import curves
+from gasgd_tf.experiments.sweep import Cell
+
+# Test error is reported at these fractions of each cell's steps per client.
+FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+
+
+def row(cell: Cell, workdir: str, window_minibatches: int) -> dict:
+    """The table row of one finished cell."""
+    folder = os.path.join(workdir, cell.name)
+    summary = progress.read_json(os.path.join(folder, "summary.json")) or {}
+    config = cell.config
+    test = curves.test_curve(folder)
+    train, _ = curves.train_curves(folder, window_minibatches, config.worker.log_every_steps)
+    out = {
+        "cell": cell.name,
+        "clients": cell.clients,
+        "n_sync": cell.n_sync,
+        "warm_start": bool(config.warm_start),
+        "steps_per_client": config.num_steps,
+        "minibatches": config.num_steps * cell.clients,
+    }
+    for f in FRACTIONS:
+        out[f"test_error@{f:g}"] = test.at_steps(f * config.num_steps)
+    out["test_error_first"] = float(test.error[0]) if test.error.size else math.nan
+    out["test_error_best"] = float(test.error.min()) if test.error.size else math.nan
+    out["test_error_final"] = 1.0 - summary.get("test_accuracy", math.nan)
+    if "test_accuracy_multi_crop" in summary:
+        out["test_error_final_multi_crop"] = 1.0 - summary["test_accuracy_multi_crop"]
+    out["train_error_final"] = float(train.error[-1]) if train.error.size else math.nan
+    out["wall_secs"] = summary.get("wall_secs", math.nan)
+    out["images_per_sec"] = summary.get("images_per_sec", math.nan)
+    out["staleness_mean"] = summary.get("staleness_mean", math.nan)
+    out["staleness_max"] = summary.get("staleness_max", math.nan)
+    return out
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.0f}"
+    return str(value)
+
+
+def write(rows: Sequence[dict], workdir: str, title: str) -> tuple[str, str]:
+    """Writes ``summary.csv`` and ``summary.md`` in ``workdir``; returns their paths."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    csv_path = os.path.join(workdir, "summary.csv")
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    md_path = os.path.join(workdir, "summary.md")
+    with open(md_path, "w") as f:
+        f.write(markdown(rows, title))
+    return csv_path, md_path
+
+
+def markdown(rows: Sequence[dict], title: str) -> str:
+    """The rows as a Markdown table under a heading."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    lines = [f"### {title}", "", "| " + " | ".join(columns) + " |"]
+    lines.append("|" + "|".join("---" for _ in columns) + "|")
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines) + "\n"

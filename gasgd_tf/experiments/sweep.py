@@ -1,0 +1,259 @@
+"""Sweeps: a grid of training runs ("cells") over one experiment config.
+
+An experiment config (configs/exp*.py) is a training config plus two extra
+fields the sweep consumes:
+
+  ``sweep``: ``clients`` and ``n_sync`` (the grid: every pair is one cell),
+    ``pretrain_steps`` (> 0: first train one worker that long and warm-start
+    every cell from its checkpoint, the paper's warm start),
+    ``concurrency`` (cells run at once), ``smoke_steps`` (steps per client
+    when ``smoke``).
+  ``smoke``: a tiny version of the grid (the two smallest values of each
+    axis, ``smoke_steps`` steps) to check the whole pipeline in minutes.
+
+Each cell is an ordinary run in ``<workdir>/<cell>/`` started as its own
+``gasgd_tf.main`` process from a resolved config.json, so a cell can be
+rerun by hand with ``--config_json``. A cell whose ``summary.json`` exists
+and whose ``config.json`` equals the requested config is skipped, which
+makes an interrupted sweep resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+import ml_collections
+
+from gasgd_tf import config_base, progress
+
+PRETRAIN = "pretrain"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One run of a sweep.
+
+    Attributes:
+      name: Its subfolder, e.g. ``clients4_nsync10``.
+      config: The resolved training config.
+      clients: Number of workers.
+      n_sync: The paper's n_sync (n_push = n_fetch).
+    """
+
+    name: str
+    config: ml_collections.ConfigDict
+    clients: int
+    n_sync: int
+
+    @property
+    def config_json(self) -> str:
+        return config_base.to_json(self.config)
+
+
+def split_experiment(
+    config: ml_collections.ConfigDict,
+) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict, bool]:
+    """Separates an experiment config into (training base, sweep, smoke).
+
+    Raises:
+      ValueError: The config has no ``sweep`` section, or a bad grid.
+    """
+    if "sweep" not in config:
+        raise ValueError("an experiment config needs a `sweep` section (see configs/exp2*.py)")
+    sweep = ml_collections.ConfigDict(config.sweep.to_dict())
+    smoke = bool(config.get("smoke", False))
+    base = config_base.get_base_config()
+    base.lock()
+    fields = {k: v for k, v in config.to_dict().items() if k not in ("sweep", "smoke")}
+    try:
+        base.update_from_flattened_dict(config_base._flatten(fields))
+    except (KeyError, AttributeError) as e:
+        raise ValueError(f"invalid config: unknown field {e}") from None
+    for axis in ("clients", "n_sync"):
+        values = tuple(sweep[axis])
+        if not values or not all(isinstance(v, int) and v >= 1 for v in values):
+            raise ValueError(f"invalid config: sweep.{axis} must be integers >= 1, got {values}")
+    if smoke:
+        sweep.clients = tuple(sorted(sweep.clients)[:2])
+        sweep.n_sync = tuple(sorted(sweep.n_sync)[:2])
+        base.num_steps = min(base.num_steps, sweep.smoke_steps)
+        sweep.pretrain_steps = min(sweep.pretrain_steps, sweep.smoke_steps)
+        base.eval.every_secs = min(base.eval.every_secs, 1.0)
+    return base, sweep, smoke
+
+
+def _cell_config(base, **overrides) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict(base.to_dict())
+    config.update(overrides)
+    return config_base.finalize(config)
+
+
+def pretrain_cell(base, sweep) -> Cell:
+    """The single worker that the warm-start cells start from."""
+    config = _cell_config(
+        base,
+        name=PRETRAIN,
+        num_workers=1,
+        num_steps=sweep.pretrain_steps,
+        n_sync=1,
+        n_push=None,
+        n_fetch=None,
+        warm_start=None,
+    )
+    return Cell(PRETRAIN, config, 1, 1)
+
+
+def grid_cells(base, sweep, warm_start: str | None) -> list[Cell]:
+    """Every (clients, n_sync) pair of the grid, fewest clients first.
+
+    Args:
+      base: The training config every cell starts from.
+      sweep: The ``sweep`` section.
+      warm_start: The checkpoint file every cell starts from (an absolute
+        path to one file, as the launcher pins it, so that ``is_done``
+        compares like with like), or None for a cold start.
+    """
+    cells = []
+    for n_sync in sweep.n_sync:
+        for clients in sorted(sweep.clients):
+            name = f"clients{clients}_nsync{n_sync}"
+            config = _cell_config(
+                base,
+                name=name,
+                num_workers=clients,
+                n_sync=n_sync,
+                n_push=None,
+                n_fetch=None,
+                warm_start=warm_start,
+            )
+            cells.append(Cell(name, config, clients, n_sync))
+    return cells
+
+
+def is_done(cell: Cell, workdir: str) -> bool:
+    """Whether the cell finished before with exactly this config."""
+    folder = os.path.join(workdir, cell.name)
+    summary = progress.read_json(os.path.join(folder, "summary.json"))
+    written = progress.read_json(os.path.join(folder, "config.json"))
+    return summary is not None and written == json.loads(cell.config_json)
+
+
+def _pump(stream, prefix: str, log: TextIO, out: TextIO, lock: threading.Lock) -> None:
+    for line in stream:
+        log.write(line)
+        log.flush()
+        with lock:
+            out.write(f"[{prefix}] {line}")
+            out.flush()
+
+
+class CellFailed(RuntimeError):
+    pass
+
+
+def run_cells(
+    cells: Sequence[Cell], workdir: str, concurrency: int = 1, out: TextIO = sys.stdout
+) -> list[str]:
+    """Runs the cells not done yet, at most ``concurrency`` at a time.
+
+    Each cell's launcher output goes to ``<workdir>/<cell>/sweep.log`` and,
+    prefixed with the cell name, to ``out``.
+
+    Returns:
+      The names of the cells that ran (the others were done already).
+
+    Raises:
+      CellFailed: A cell's launcher exited with an error; the cells already
+        running are finished first, no new ones start.
+    """
+    todo = [c for c in cells if not is_done(c, workdir)]
+    for cell in cells:
+        if cell not in todo:
+            out.write(f"[sweep] {cell.name}: done before, skipped\n")
+    lock = threading.Lock()
+    running: list[tuple[Cell, subprocess.Popen, threading.Thread, float]] = []
+    failed: list[str] = []
+    ran = []
+    queue = list(todo)
+    while queue or running:
+        while queue and len(running) < concurrency and not failed:
+            cell = queue.pop(0)
+            folder = os.path.join(workdir, cell.name)
+            os.makedirs(folder, exist_ok=True)
+            request = os.path.join(folder, "request.json")
+            with open(request, "w") as f:
+                f.write(cell.config_json)
+            out.write(f"[sweep] {cell.name}: starting ({len(ran) + 1} of {len(todo)})\n")
+            out.flush()
+            log = open(os.path.join(folder, "sweep.log"), "w")  # noqa: SIM115 - closed by the pump
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gasgd_tf.main",
+                    f"--config_json={request}",
+                    f"--workdir={folder}",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+            )
+            pump = threading.Thread(
+                target=lambda p=proc, c=cell, lg=log: (
+                    _pump(p.stdout, c.name, lg, out, lock),
+                    lg.close(),
+                ),
+                daemon=True,
+            )
+            pump.start()
+            running.append((cell, proc, pump, time.monotonic()))
+            ran.append(cell.name)
+        for entry in list(running):
+            cell, proc, pump, started = entry
+            if proc.poll() is None:
+                continue
+            pump.join()
+            running.remove(entry)
+            with lock:
+                if proc.returncode == 0:
+                    out.write(
+                        f"[sweep] {cell.name}: finished in {time.monotonic() - started:.0f}s\n"
+                    )
+                else:
+                    failed.append(cell.name)
+                    out.write(f"[sweep] {cell.name}: FAILED (exit {proc.returncode})\n")
+                out.flush()
+        if failed and not running:
+            queue.clear()
+        time.sleep(0.2)
+    if failed:
+        raise CellFailed(
+            f"cells failed: {', '.join(failed)}; see their sweep.log under {workdir}; "
+            "rerun the same command to resume (finished cells are skipped)"
+        )
+    return ran
+
+
+def discover(workdir: str) -> list[Cell]:
+    """The finished cells under ``workdir`` (folders with config.json and summary.json)."""
+    cells = []
+    for name in sorted(os.listdir(workdir)) if os.path.isdir(workdir) else []:
+        folder = os.path.join(workdir, name)
+        config_path = os.path.join(folder, "config.json")
+        if not (
+            os.path.isfile(config_path) and os.path.isfile(os.path.join(folder, "summary.json"))
+        ):
+            continue
+        with open(config_path) as f:
+            config = config_base.from_json(f.read())
+        cells.append(Cell(name, config, config.num_workers, config.n_push))
+    return sorted(cells, key=lambda c: (c.n_sync, c.clients, c.name))
