@@ -15,6 +15,7 @@ import math
 import ml_collections
 from ml_collections import config_dict
 
+from gasgd_tf.data import geometry
 from gasgd_tf.data.registry import DATASETS
 from gasgd_tf.models.registry import MODELS
 from gasgd_tf.server.optimizers import OPTIMIZERS
@@ -187,6 +188,15 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         config.data.name in DATASETS,
         f"data.name {config.data.name!r} is not one of {sorted(DATASETS)}",
     )
+    try:
+        geometry.output_shape(
+            DATASETS[config.data.name].image_shape,
+            resize=config.data.resize,
+            pad=config.data.pad,
+            crop=config.data.crop,
+        )
+    except ValueError as e:
+        _check(False, f"data.resize/pad/crop: {e}")
     _check(
         config.model.name in MODELS,
         f"model.name {config.model.name!r} is not one of {sorted(MODELS)}",

@@ -4,6 +4,7 @@ A bad value must fail before any process starts, with the offending field's
 name in the message, both through the API and through the command line.
 """
 
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -82,6 +83,12 @@ def test_explicit_n_push_and_n_fetch_are_kept():
         (dict(client__retry_secs=-1.0), "client.retry_secs"),
         (dict(worker__log_every_steps=0), "worker.log_every_steps"),
         (dict(eval__every_secs=0.0), "eval.every_secs"),
+        (dict(data__pad=-1), "data.pad"),
+        (dict(data__crop=-8), "data.crop"),
+        (dict(data__resize=-1), "data.resize"),
+        (dict(model__width=0.0), "model.width"),
+        (dict(data__crop=9), "data.resize/pad/crop"),  # 9x9 from the 8x8 digits.
+        (dict(data__name="imagenet2012"), "data.resize/pad/crop"),  # Sizes vary: needs a crop.
     ],
 )
 def test_invalid_value_names_its_field(overrides, field):
@@ -182,3 +189,19 @@ def test_from_json_with_a_wrongly_typed_value_is_a_value_error():
     data["num_workers"] = "four"
     with pytest.raises(ValueError, match="invalid config"):
         config_base.from_json(json.dumps(data))
+
+
+@pytest.mark.parametrize("path", sorted(REPO_ROOT.glob("configs/*.py")), ids=lambda p: p.stem)
+def test_every_config_file_resolves(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    assert "Command:" in (module.__doc__ or "") and "Runtime:" in module.__doc__
+    if "sweep" in config:
+        from gasgd_tf.experiments import sweep
+
+        base, _, _ = sweep.split_experiment(config)
+        config_base.finalize(base)
+    else:
+        config_base.finalize(config)

@@ -186,3 +186,56 @@ def test_stopping_the_launcher_leaves_no_process_behind(digits_data_dir, tmp_pat
     while leftover_processes(workdir) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not leftover_processes(workdir)
+
+
+@pytest.mark.slow
+def test_warm_start_begins_at_the_checkpoints_accuracy(digits_data_dir, tmp_path):
+    def train(workdir, *flags):
+        result = subprocess.run(
+            main_command(
+                "--config=configs/default.py",
+                f"--workdir={workdir}",
+                f"--config.data.data_dir={digits_data_dir}",
+                "--config.num_workers=1",
+                "--config.eval.every_secs=0.1",
+                *flags,
+            ),
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        with open(os.path.join(workdir, "summary.json")) as f:
+            return json.load(f)
+
+    pre_dir = str(tmp_path / "pretrain")
+    pre = train(pre_dir, "--config.num_steps=300")
+    assert pre["test_accuracy"] > 0.8 and os.path.isfile(pre["checkpoint"])
+
+    warm_dir = str(tmp_path / "warm")
+    train(warm_dir, "--config.num_steps=20", f"--config.warm_start={pre_dir}")
+    with open(os.path.join(warm_dir, "config.json")) as f:
+        assert json.load(f)["warm_start"] == os.path.abspath(pre["checkpoint"])
+    with open(os.path.join(warm_dir, "logs", "worker_0.log")) as f:
+        assert f"warm start from {os.path.abspath(pre['checkpoint'])}" in f.read()
+    first = events(os.path.join(warm_dir, "tb", "eval")).Scalars("eval/accuracy")[0]
+    # From the checkpoint, not from scratch (about 0.1 at version 0).
+    assert first.step <= 20 and first.value >= pre["test_accuracy"] - 0.05
+
+
+def test_warm_start_from_a_missing_run_fails_before_starting(tmp_path):
+    result = subprocess.run(
+        main_command(
+            "--config=configs/default.py",
+            f"--workdir={tmp_path / 'run'}",
+            f"--config.warm_start={tmp_path / 'nowhere'}",
+        ),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "no checkpoint file or run folder" in result.stderr
+    assert not os.path.exists(tmp_path / "run" / "logs")

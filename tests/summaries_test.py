@@ -205,3 +205,21 @@ def test_histogram_leaves_out_non_finite_values(tmp_path):
     assert event.histogram_value.num == 2
     assert sum(event.histogram_value.bucket) == 2
     assert "only_nan" not in acc.Tags()["histograms"]
+
+
+def test_hparams_are_readable_by_the_hparams_dashboard(tmp_path):
+    from tensorboard.plugins.hparams import metadata
+
+    with MetricWriter(tmp_path) as writer:
+        writer.hparams(
+            {"num_workers": 4, "ps.optimizer": "sgd", "data.flip": False, "warm_start": None},
+            trial_id="clients4_nsync10",
+        )
+    acc = _load(tmp_path)
+    content = acc.SummaryMetadata(metadata.SESSION_START_INFO_TAG).plugin_data.content
+    info = metadata.parse_session_start_info_plugin_data(content)
+    assert info.group_name == "clients4_nsync10"
+    assert info.hparams["num_workers"].number_value == 4
+    assert info.hparams["ps.optimizer"].string_value == "sgd"
+    assert info.hparams["data.flip"].bool_value is False
+    assert "warm_start" not in info.hparams  # None values are left out.

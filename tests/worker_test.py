@@ -158,3 +158,44 @@ def test_warm_up_leaves_weights_and_optimizer_state_untouched(digits_data_dir):
     # A real step does move the momentum slots: the comparison above can fail.
     step(images, labels)
     assert any(np.any(v.numpy()) for v in optimizer.momentums)
+
+
+def test_multi_crop_evaluation_averages_probabilities_over_crops():
+    import keras
+    import tensorflow as tf
+
+    # Logits = the crop's two pixels: class 1 wins where pixel 1 > pixel 0.
+    inputs = keras.Input((1, 2, 1))
+    model = keras.Model(inputs, keras.layers.Flatten()(inputs))
+    crops = np.array(
+        [
+            # Centre says class 0 (barely); the other crops say class 1 firmly.
+            [[[[0.6], [0.5]]], [[[0.0], [5.0]]], [[[0.0], [5.0]]]],
+            # Centre and the rest agree on class 0.
+            [[[[5.0], [0.0]]], [[[5.0], [0.0]]], [[[4.0], [0.0]]]],
+        ],
+        np.float32,
+    )
+    labels = np.array([1, 0], np.int64)
+    dataset = tf.data.Dataset.from_tensor_slices((crops, labels)).batch(2)
+    accuracy, loss, count, multi = evaluation.Evaluator(model, dataset, multi_crop=True)()
+    assert (accuracy, multi, count) == (0.5, 1.0, 2)
+    # The loss is the centre crop's.
+    centre = crops[:, 0].reshape(2, 2)
+    expected = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, centre)
+    assert loss == pytest.approx(float(expected), rel=1e-5)
+    single = evaluation.Evaluator(model, dataset.map(lambda x, y: (x[:, 0], y)))()
+    assert single[0] == 0.5 and single[3] is None
+
+
+def test_warm_start_weights_must_match_the_model(tmp_path, capsys):
+    from gasgd_tf import checkpoints
+    from gasgd_tf.tensors import TensorSpec
+
+    specs = (TensorSpec("a", (2,)), TensorSpec("b", (3,)))
+    path = checkpoints.save(str(tmp_path), specs, np.arange(5, dtype=np.float32), 7)
+    flat = worker.warm_start_weights(str(tmp_path), specs, "worker_0")
+    np.testing.assert_array_equal(flat, np.arange(5))
+    assert f"warm start from {path} (saved at version 7)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="'b' has shape"):
+        worker.warm_start_weights(path, (specs[0], TensorSpec("b", (4,))), "worker_0")

@@ -3,9 +3,10 @@
 Usage:
   python -m gasgd_tf.experiments.plots --workdir=runs/exp3 [--window=50]
 
-writes ``<workdir>/plots/{test,train}_error_{steps,time}.png``: one panel
-per ``n_sync`` value, one curve per number of clients; training error is
-smoothed with a trailing window of ``--window`` minibatches. The sweep
+writes ``<workdir>/plots/{test,train}_error_{steps,time,minibatches}.png``:
+one panel per ``n_sync`` value, one curve per number of clients (the mean
+over seeds, their range shaded); training error is smoothed with a trailing
+window of ``--window`` minibatches. The sweep
 runner calls the same code when it finishes.
 """
 
@@ -14,13 +15,17 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
+
 from gasgd_tf.experiments import curves
 from gasgd_tf.experiments.sweep import Cell, discover
 
 AXES = {
     "steps": "steps per client (minibatches)",
     "time": "wall-clock seconds since the first worker started",
+    "minibatches": "minibatches of all clients together",
 }
+GRID_POINTS = 200  # Where the seeds' curves are resampled to be averaged.
 
 
 def caption(num_cores: int | None = None) -> str:
@@ -32,10 +37,51 @@ def caption(num_cores: int | None = None) -> str:
     )
 
 
+def mean_curve(curves_xy: list[tuple[np.ndarray, np.ndarray]]):
+    """The seeds' curves on a common x grid: (x, mean, min, max).
+
+    The grid spans the x range every curve covers, so the mean is never an
+    extrapolation; one curve comes back as it is.
+    """
+    curves_xy = [(x, y) for x, y in curves_xy if x.size]
+    if not curves_xy:
+        empty = np.zeros(0)
+        return empty, empty, empty, empty
+    if len(curves_xy) == 1:
+        x, y = curves_xy[0]
+        return x, y, y, y
+    lo = max(x[0] for x, _ in curves_xy)
+    hi = min(x[-1] for x, _ in curves_xy)
+    grid = np.linspace(lo, hi, GRID_POINTS)
+    ys = np.stack([np.interp(grid, x, y) for x, y in curves_xy])
+    return grid, ys.mean(axis=0), ys.min(axis=0), ys.max(axis=0)
+
+
+def _series(cell: Cell, folder: str, window_minibatches: int) -> dict:
+    test = curves.test_curve(folder)
+    train_steps, train_time = curves.train_curves(
+        folder, window_minibatches, cell.config.worker.log_every_steps
+    )
+    order = np.argsort(train_time.seconds, kind="stable")
+    return {
+        ("test", "steps"): (test.steps, test.error),
+        ("test", "time"): (test.seconds, test.error),
+        ("test", "minibatches"): (test.steps * cell.clients, test.error),
+        ("train", "steps"): (train_steps.steps, train_steps.error),
+        ("train", "time"): (train_time.seconds[order], train_time.error[order]),
+        ("train", "minibatches"): (train_steps.steps * cell.clients, train_steps.error),
+    }
+
+
 def plot(
     cells: list[Cell], workdir: str, window_minibatches: int = 50, title: str = ""
 ) -> list[str]:
-    """Draws the four figures for ``cells`` into ``<workdir>/plots``; returns their paths."""
+    """Draws the figures for ``cells`` into ``<workdir>/plots``; returns their paths.
+
+    One figure per (test or train error, x-axis); one panel per n_sync; one
+    curve per number of clients: the mean over the seeds, with their range
+    shaded.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # No display on servers; must precede pyplot.
@@ -45,35 +91,26 @@ def plot(
     os.makedirs(out_dir, exist_ok=True)
     panels = sorted({c.n_sync for c in cells})
     all_clients = sorted({c.clients for c in cells})
-    colors = {
-        n: plt.cm.viridis(i / max(len(all_clients) - 1, 1)) for i, n in enumerate(all_clients)
-    }
-    data = {}
-    for cell in cells:
-        folder = os.path.join(workdir, cell.name)
-        test = curves.test_curve(folder)
-        train_steps, train_time = curves.train_curves(
-            folder, window_minibatches, cell.config.worker.log_every_steps
-        )
-        data[cell.name] = {
-            ("test", "steps"): (test.steps, test.error),
-            ("test", "time"): (test.seconds, test.error),
-            ("train", "steps"): (train_steps.steps, train_steps.error),
-            ("train", "time"): (train_time.seconds, train_time.error),
-        }
+    shade = max(len(all_clients) - 1, 1)
+    colors = {n: plt.cm.viridis(i / shade) for i, n in enumerate(all_clients)}
+    data = {c.name: _series(c, os.path.join(workdir, c.name), window_minibatches) for c in cells}
     paths = []
     for metric in ("test", "train"):
-        for axis in ("steps", "time"):
+        for axis in AXES:
             fig, axes = plt.subplots(
                 1, len(panels), figsize=(4.2 * len(panels) + 0.6, 3.6), squeeze=False, sharey=True
             )
             for ax, n_sync in zip(axes[0], panels):
-                for cell in sorted(
-                    (c for c in cells if c.n_sync == n_sync), key=lambda c: c.clients
-                ):
-                    x, y = data[cell.name][(metric, axis)]
-                    label = f"{cell.clients} client{'s' if cell.clients > 1 else ''}"
-                    ax.plot(x, y, color=colors[cell.clients], label=label, linewidth=1.2)
+                for clients in all_clients:
+                    group = [c for c in cells if c.n_sync == n_sync and c.clients == clients]
+                    if not group:
+                        continue
+                    x, mean, lo, hi = mean_curve([data[c.name][(metric, axis)] for c in group])
+                    seeds = f", {len(group)} seeds" if len(group) > 1 else ""
+                    label = f"{clients} client{'s' if clients > 1 else ''}{seeds}"
+                    ax.plot(x, mean, color=colors[clients], label=label, linewidth=1.2)
+                    if len(group) > 1:
+                        ax.fill_between(x, lo, hi, color=colors[clients], alpha=0.15, linewidth=0)
                 ax.set_title(f"n_sync = {n_sync}", fontsize=10)
                 ax.set_xlabel(AXES[axis], fontsize=9)
                 ax.set_yscale("log")

@@ -26,6 +26,7 @@ def row(cell: Cell, workdir: str, window_minibatches: int) -> dict:
         "cell": cell.name,
         "clients": cell.clients,
         "n_sync": cell.n_sync,
+        "seed": cell.seed,
         "warm_start": bool(config.warm_start),
         "steps_per_client": config.num_steps,
         "minibatches": config.num_steps * cell.clients,
@@ -55,18 +56,88 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def write(rows: Sequence[dict], workdir: str, title: str) -> tuple[str, str]:
-    """Writes ``summary.csv`` and ``summary.md`` in ``workdir``; returns their paths."""
+# Columns that identify a setting rather than measure it.
+_KEYS = ("clients", "n_sync", "warm_start", "steps_per_client", "minibatches")
+
+
+def by_setting(rows: Sequence[dict]) -> list[dict]:
+    """One row per (clients, n_sync): the seeds' mean, min and max of every measurement."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["clients"], r["n_sync"]), []).append(r)
+    out = []
+    for group in groups.values():
+        first = group[0]
+        row_out = {"setting": f"clients{first['clients']}_nsync{first['n_sync']}"}
+        row_out.update({k: first[k] for k in _KEYS})
+        row_out["seeds"] = len(group)
+        for key in first:
+            if key in _KEYS or key in ("cell", "seed") or isinstance(first[key], bool):
+                continue
+            values = [float(r[key]) for r in group if not math.isnan(float(r[key]))]
+            mean = sum(values) / len(values) if values else math.nan
+            row_out[key] = mean
+            row_out[f"{key}_min"] = min(values) if values else math.nan
+            row_out[f"{key}_max"] = max(values) if values else math.nan
+        out.append(row_out)
+    return out
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.0f}"
+    return str(value)
+
+
+def _write_csv(rows: Sequence[dict], path: str) -> None:
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    csv_path = os.path.join(workdir, "summary.csv")
-    with open(csv_path, "w", newline="") as f:
+    with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write(rows: Sequence[dict], workdir: str, title: str) -> tuple[str, str]:
+    """Writes the tables into ``workdir``; returns the paths of (summary.csv, summary.md).
+
+    ``summary.csv`` has one row per cell, ``summary_by_setting.csv`` one per
+    setting (mean, min and max over seeds), and ``summary.md`` both tables.
+    """
+    csv_path = os.path.join(workdir, "summary.csv")
+    _write_csv(rows, csv_path)
+    settings = by_setting(rows)
+    _write_csv(settings, os.path.join(workdir, "summary_by_setting.csv"))
     md_path = os.path.join(workdir, "summary.md")
     with open(md_path, "w") as f:
-        f.write(markdown(rows, title))
+        f.write(markdown_by_setting(settings, f"{title}: mean over seeds [min, max]"))
+        f.write("\n")
+        f.write(markdown(rows, f"{title}: every run"))
     return csv_path, md_path
+
+
+def markdown_by_setting(settings: Sequence[dict], title: str) -> str:
+    """The per-setting rows as a Markdown table, each measurement as ``mean [min, max]``."""
+    measured = [
+        k
+        for k in settings[0]
+        if k not in ("setting", "seeds", *_KEYS) and not k.endswith(("_min", "_max"))
+    ]
+    columns = ["setting", "seeds", "minibatches", *measured]
+    lines = [f"### {title}", "", "| " + " | ".join(columns) + " |"]
+    lines.append("|" + "|".join("---" for _ in columns) + "|")
+    for r in settings:
+        cells = []
+        for c in columns:
+            if c in measured and r["seeds"] > 1:
+                cells.append(f"{_fmt(r[c])} [{_fmt(r[c + '_min'])}, {_fmt(r[c + '_max'])}]")
+            else:
+                cells.append(_fmt(r[c]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(rows: Sequence[dict], title: str) -> str:

@@ -3,13 +3,16 @@
 An experiment config (configs/exp*.py) is a training config plus two extra
 fields the sweep consumes:
 
-  ``sweep``: ``clients`` and ``n_sync`` (the grid: every pair is one cell),
+  ``sweep``: ``clients``, ``n_sync`` and ``seeds`` (the grid: every
+    combination is one cell; the seed sets the data order and dropout, and
+    the initial weights of a cold start),
     ``pretrain_steps`` (> 0: first train one worker that long and warm-start
     every cell from its checkpoint, the paper's warm start),
     ``concurrency`` (cells run at once), ``smoke_steps`` (steps per client
     when ``smoke``).
-  ``smoke``: a tiny version of the grid (the two smallest values of each
-    axis, ``smoke_steps`` steps) to check the whole pipeline in minutes.
+  ``smoke``: a tiny version of the grid (the two smallest values of the
+    clients and n_sync axes, the first seed, ``smoke_steps`` steps) to check
+    the whole pipeline in minutes.
 
 Each cell is an ordinary run in ``<workdir>/<cell>/`` started as its own
 ``gasgd_tf.main`` process from a resolved config.json, so a cell can be
@@ -42,16 +45,23 @@ class Cell:
     """One run of a sweep.
 
     Attributes:
-      name: Its subfolder, e.g. ``clients4_nsync10``.
+      name: Its subfolder, e.g. ``clients4_nsync10_seed0``.
       config: The resolved training config.
       clients: Number of workers.
       n_sync: The paper's n_sync (n_push = n_fetch).
+      seed: ``config.seed``.
     """
 
     name: str
     config: ml_collections.ConfigDict
     clients: int
     n_sync: int
+    seed: int = 0
+
+    @property
+    def setting(self) -> str:
+        """The cell's name without its seed: the cells of one setting differ only in seed."""
+        return f"clients{self.clients}_nsync{self.n_sync}"
 
     @property
     def config_json(self) -> str:
@@ -77,13 +87,16 @@ def split_experiment(
         base.update_from_flattened_dict(config_base._flatten(fields))
     except (KeyError, AttributeError) as e:
         raise ValueError(f"invalid config: unknown field {e}") from None
-    for axis in ("clients", "n_sync"):
+    for axis, low in (("clients", 1), ("n_sync", 1), ("seeds", 0)):
         values = tuple(sweep[axis])
-        if not values or not all(isinstance(v, int) and v >= 1 for v in values):
-            raise ValueError(f"invalid config: sweep.{axis} must be integers >= 1, got {values}")
+        if not values or not all(isinstance(v, int) and v >= low for v in values):
+            raise ValueError(
+                f"invalid config: sweep.{axis} must be integers >= {low}, got {values}"
+            )
     if smoke:
         sweep.clients = tuple(sorted(sweep.clients)[:2])
         sweep.n_sync = tuple(sorted(sweep.n_sync)[:2])
+        sweep.seeds = tuple(sweep.seeds)[:1]
         base.num_steps = min(base.num_steps, sweep.smoke_steps)
         sweep.pretrain_steps = min(sweep.pretrain_steps, sweep.smoke_steps)
         base.eval.every_secs = min(base.eval.every_secs, 1.0)
@@ -112,7 +125,10 @@ def pretrain_cell(base, sweep) -> Cell:
 
 
 def grid_cells(base, sweep, warm_start: str | None) -> list[Cell]:
-    """Every (clients, n_sync) pair of the grid, fewest clients first.
+    """Every (clients, n_sync, seed) of the grid: by seed, then n_sync, fewest clients first.
+
+    Seeds vary slowest, so that an interrupted sweep already holds whole
+    grids of the first seeds.
 
     Args:
       base: The training config every cell starts from.
@@ -122,19 +138,21 @@ def grid_cells(base, sweep, warm_start: str | None) -> list[Cell]:
         compares like with like), or None for a cold start.
     """
     cells = []
-    for n_sync in sweep.n_sync:
-        for clients in sorted(sweep.clients):
-            name = f"clients{clients}_nsync{n_sync}"
-            config = _cell_config(
-                base,
-                name=name,
-                num_workers=clients,
-                n_sync=n_sync,
-                n_push=None,
-                n_fetch=None,
-                warm_start=warm_start,
-            )
-            cells.append(Cell(name, config, clients, n_sync))
+    for seed in sweep.seeds:
+        for n_sync in sweep.n_sync:
+            for clients in sorted(sweep.clients):
+                name = f"clients{clients}_nsync{n_sync}_seed{seed}"
+                config = _cell_config(
+                    base,
+                    name=name,
+                    seed=seed,
+                    num_workers=clients,
+                    n_sync=n_sync,
+                    n_push=None,
+                    n_fetch=None,
+                    warm_start=warm_start,
+                )
+                cells.append(Cell(name, config, clients, n_sync, seed))
     return cells
 
 
@@ -255,5 +273,5 @@ def discover(workdir: str) -> list[Cell]:
             continue
         with open(config_path) as f:
             config = config_base.from_json(f.read())
-        cells.append(Cell(name, config, config.num_workers, config.n_push))
-    return sorted(cells, key=lambda c: (c.n_sync, c.clients, c.name))
+        cells.append(Cell(name, config, config.num_workers, config.n_push, config.seed))
+    return sorted(cells, key=lambda c: (c.seed, c.n_sync, c.clients, c.name))

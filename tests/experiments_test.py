@@ -1,0 +1,242 @@
+"""Tests for the experiment sweeps: grids, resuming, curves from events, tables and figures."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT
+
+from gasgd_tf import config_base
+from gasgd_tf.experiments import curves, events, plots, report, run, settings, sweep
+from gasgd_tf.summaries import MetricWriter
+
+
+def experiment(**overrides):
+    config = settings.experiment_config()
+    config.update_from_flattened_dict(overrides)
+    return config
+
+
+def test_grid_has_one_cell_per_clients_and_n_sync_pair():
+    base, grid, smoke = sweep.split_experiment(
+        experiment(**{"sweep.clients": (4, 1), "sweep.n_sync": (1, 10), "sweep.seeds": (0, 5)})
+    )
+    assert not smoke
+    cells = sweep.grid_cells(base, grid, warm_start=None)
+    assert [c.name for c in cells] == [
+        "clients1_nsync1_seed0",
+        "clients4_nsync1_seed0",
+        "clients1_nsync10_seed0",
+        "clients4_nsync10_seed0",
+        "clients1_nsync1_seed5",
+        "clients4_nsync1_seed5",
+        "clients1_nsync10_seed5",
+        "clients4_nsync10_seed5",
+    ]
+    last = cells[-1].config
+    assert (last.num_workers, last.n_push, last.n_fetch, last.seed) == (4, 10, 10, 5)
+    assert (last.name, cells[-1].setting) == (cells[-1].name, "clients4_nsync10")
+    # Every cell is a complete, valid training config that a child can read back.
+    assert config_base.from_json(cells[0].config_json).to_dict() == cells[0].config.to_dict()
+
+
+def test_smoke_keeps_the_two_smallest_of_each_axis_and_few_steps():
+    base, grid, smoke = sweep.split_experiment(
+        experiment(
+            smoke=True,
+            **{"sweep.clients": (8, 1, 4, 2), "sweep.n_sync": (100, 1, 10), "sweep.pretrain_steps": 300},
+        )
+    )
+    assert smoke and tuple(grid.clients) == (1, 2) and tuple(grid.n_sync) == (1, 10)
+    assert tuple(grid.seeds) == (0,)
+    assert base.num_steps == grid.smoke_steps == grid.pretrain_steps
+
+
+def test_warm_start_cells_start_from_the_given_checkpoint():
+    base, grid, _ = sweep.split_experiment(experiment(**{"sweep.pretrain_steps": 50}))
+    pre = sweep.pretrain_cell(base, grid)
+    assert (pre.config.num_workers, pre.config.num_steps, pre.config.warm_start) == (1, 50, None)
+    cells = sweep.grid_cells(base, grid, warm_start="/ckpt/params-000000050.npz")
+    assert {c.config.warm_start for c in cells} == {"/ckpt/params-000000050.npz"}
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"sweep.clients": (0, 2)}, "sweep.clients"),
+        ({"sweep.n_sync": ()}, "sweep.n_sync"),
+        ({"sweep.seeds": (-1,)}, "sweep.seeds"),
+    ],
+)
+def test_bad_grids_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        sweep.split_experiment(experiment(**overrides))
+
+
+def test_a_config_without_sweep_is_refused():
+    with pytest.raises(ValueError, match="sweep"):
+        sweep.split_experiment(config_base.get_base_config())
+
+
+def test_a_cell_counts_as_done_only_with_a_summary_and_the_same_config(tmp_path):
+    base, grid, _ = sweep.split_experiment(
+        experiment(**{"sweep.clients": (1,), "sweep.seeds": (0,)})
+    )
+    (cell,) = sweep.grid_cells(base, grid, None)
+    folder = tmp_path / cell.name
+    folder.mkdir()
+    (folder / "config.json").write_text(cell.config_json)
+    assert not sweep.is_done(cell, str(tmp_path))  # Interrupted: no summary yet.
+    (folder / "summary.json").write_text("{}")
+    assert sweep.is_done(cell, str(tmp_path))
+    changed = json.loads(cell.config_json)
+    changed["num_steps"] += 1  # The experiment changed since: run it again.
+    (folder / "config.json").write_text(json.dumps(changed))
+    assert not sweep.is_done(cell, str(tmp_path))
+
+
+def test_experiment_names_map_to_config_files_with_docstrings():
+    for name in run.EXPERIMENTS:
+        path = run.config_path(name)
+        text = open(path).read()
+        assert "Command:" in text and f"--experiment={name}" in text and "Runtime:" in text
+
+
+def fake_run(folder, clients=2, steps=100, log_every=10, start=None):
+    """Event files as a run with `clients` workers would write them, `start` s from now."""
+    start = time.time() + 10.0 if start is None else start
+    for i in range(clients):
+        w = MetricWriter(os.path.join(folder, "tb", f"worker_{i}"))
+        for step in range(log_every, steps + 1, log_every):
+            accuracy = 0.5 + 0.4 * step / steps + (0.05 if i else 0.0)
+            w.scalar("train/accuracy", accuracy, step, wall_time=start + step / 10 + i / 100)
+        w.close()
+    ev = MetricWriter(os.path.join(folder, "tb", "eval"))
+    for k, version in enumerate(range(0, clients * steps + 1, clients * 20)):
+        t = start + k
+        ev.scalar("eval/accuracy", 0.1 + 0.8 * version / (clients * steps), version, wall_time=t)
+        ev.scalar("eval/steps_per_client", version / clients, version, wall_time=t)
+    ev.close()
+
+
+def test_test_curve_pairs_accuracy_with_steps_per_client(tmp_path):
+    fake_run(str(tmp_path), clients=2, steps=100)
+    test = curves.test_curve(str(tmp_path))
+    np.testing.assert_allclose(test.steps, [0, 20, 40, 60, 80, 100])
+    np.testing.assert_allclose(test.error, 1 - (0.1 + 0.8 * test.steps / 100), atol=1e-6)
+    assert test.at_steps(50) == pytest.approx(1 - 0.5, abs=1e-6)
+    # Seconds count from the first worker's first event (its writer opening, now).
+    np.testing.assert_allclose(test.seconds, 10.0 + np.arange(6), atol=1.0)
+
+
+def test_train_curves_average_workers_and_smooth_over_the_window(tmp_path):
+    fake_run(str(tmp_path), clients=2, steps=100, log_every=10)
+    by_steps, by_time = curves.train_curves(str(tmp_path), window_minibatches=30, log_every_steps=10)
+    np.testing.assert_allclose(by_steps.steps, np.arange(10, 101, 10))
+    raw = np.array([1 - (0.5 + 0.4 * s / 100 + 0.025) for s in by_steps.steps])
+    # Trailing mean of 3 points (30 minibatches / 10 per point).
+    np.testing.assert_allclose(by_steps.error[2], raw[:3].mean(), atol=1e-6)
+    np.testing.assert_allclose(by_steps.error[0], raw[0], atol=1e-6)
+    assert by_time.error.size == 20 and np.all(np.diff(by_time.seconds) >= 0)
+
+
+def test_event_reader_stops_quietly_at_a_truncated_record(tmp_path):
+    w = MetricWriter(str(tmp_path))
+    w.scalar("a", 1.0, 1)
+    w.scalar("a", 2.0, 2)
+    w.close()
+    with open(w.path, "ab") as f:
+        f.write(b"\x10\x00\x00")  # A writer killed mid-record.
+    assert [p.value for p in events.read_scalars(str(tmp_path))["a"]] == [1.0, 2.0]
+
+
+def test_report_and_figures_from_events(tmp_path):
+    base, grid, _ = sweep.split_experiment(
+        experiment(**{"sweep.clients": (1, 2), "sweep.seeds": (0, 1)})
+    )
+    base.unlock()
+    base.num_steps = 100
+    cells = sweep.grid_cells(base, grid, None)
+    for cell in cells:
+        folder = tmp_path / cell.name
+        fake_run(str(folder), clients=cell.clients, steps=100)
+        (folder / "config.json").write_text(cell.config_json)
+        accuracy = 0.9 + 0.02 * cell.seed
+        (folder / "summary.json").write_text(json.dumps({"test_accuracy": accuracy}))
+    rows = [report.row(c, str(tmp_path), 20) for c in cells]
+    assert rows[0]["test_error@0.5"] == pytest.approx(0.5, abs=1e-6)
+    assert rows[1]["minibatches"] == 200 and rows[1]["test_error_final"] == pytest.approx(0.1)
+
+    settings = report.by_setting(rows)
+    assert [s["setting"] for s in settings] == ["clients1_nsync1", "clients2_nsync1"]
+    assert settings[0]["seeds"] == 2
+    assert settings[0]["test_error_final"] == pytest.approx(0.09)
+    assert (settings[0]["test_error_final_min"], settings[0]["test_error_final_max"]) == (
+        pytest.approx(0.08),
+        pytest.approx(0.1),
+    )
+    csv_path, md_path = report.write(rows, str(tmp_path), "fake")
+    text = open(md_path).read()
+    assert "| clients1_nsync1 | 2 | 100 | " in text and "0.0900 [0.0800, 0.1000]" in text
+    assert text.count("\n| clients") == 2 + 4  # Two settings, four runs.
+    assert open(csv_path).readline().startswith("cell,clients,n_sync,seed")
+    assert os.path.isfile(tmp_path / "summary_by_setting.csv")
+
+    assert [c.name for c in sweep.discover(str(tmp_path))] == [c.name for c in cells]
+    paths = plots.plot(cells, str(tmp_path), 20, "fake")
+    assert sorted(os.path.basename(p) for p in paths) == sorted(
+        f"{m}_error_{a}.png" for m in ("test", "train") for a in ("steps", "time", "minibatches")
+    )
+    assert all(open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_mean_curve_averages_seeds_where_all_have_data():
+    a = (np.array([0.0, 10.0]), np.array([1.0, 0.0]))
+    b = (np.array([2.0, 8.0]), np.array([0.5, 0.5]))
+    x, mean, lo, hi = plots.mean_curve([a, b])
+    assert (x[0], x[-1]) == (2.0, 8.0)  # Only where both curves have data.
+    np.testing.assert_allclose(mean, ((1.0 - x / 10.0) + 0.5) / 2)
+    np.testing.assert_allclose(lo, np.minimum(1.0 - x / 10.0, 0.5))
+    one = plots.mean_curve([a])
+    np.testing.assert_array_equal(one[1], a[1])
+
+
+@pytest.mark.slow
+def test_smoke_sweep_runs_end_to_end_and_resumes(digits_data_dir, tmp_path):
+    workdir = str(tmp_path / "exp3")
+    command = [
+        sys.executable,
+        "-m",
+        "gasgd_tf.experiments.run",
+        "--experiment=exp3",
+        "--config.smoke=True",
+        "--config.sweep.smoke_steps=20",
+        f"--config.data.data_dir={digits_data_dir}",
+        f"--workdir={workdir}",
+    ]
+    first = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    names = [
+        "clients1_nsync1_seed0",
+        "clients2_nsync1_seed0",
+        "clients1_nsync10_seed0",
+        "clients2_nsync10_seed0",
+    ]
+    for name in ["pretrain", *names]:
+        assert os.path.isfile(os.path.join(workdir, name, "summary.json")), name
+    # Every cell warm-started from the pretrain run's checkpoint.
+    pre = json.load(open(os.path.join(workdir, "pretrain", "summary.json")))["checkpoint"]
+    for name in names:
+        assert json.load(open(os.path.join(workdir, name, "config.json")))["warm_start"] == pre
+    table = open(os.path.join(workdir, "summary.md")).read()
+    assert all(f"| {name} |" in table for name in names)
+    assert len(os.listdir(os.path.join(workdir, "plots"))) == 6
+
+    again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("done before, skipped") == 5
+    assert "starting" not in again.stdout
