@@ -48,7 +48,11 @@ def test_smoke_keeps_the_two_smallest_of_each_axis_and_few_steps():
     base, grid, smoke = sweep.split_experiment(
         experiment(
             smoke=True,
-            **{"sweep.clients": (8, 1, 4, 2), "sweep.n_sync": (100, 1, 10), "sweep.pretrain_steps": 300},
+            **{
+                "sweep.clients": (8, 1, 4, 2),
+                "sweep.n_sync": (100, 1, 10),
+                "sweep.pretrain_steps": 300,
+            },
         )
     )
     assert smoke and tuple(grid.clients) == (1, 2) and tuple(grid.n_sync) == (1, 10)
@@ -135,7 +139,9 @@ def test_test_curve_pairs_accuracy_with_steps_per_client(tmp_path):
 
 def test_train_curves_average_workers_and_smooth_over_the_window(tmp_path):
     fake_run(str(tmp_path), clients=2, steps=100, log_every=10)
-    by_steps, by_time = curves.train_curves(str(tmp_path), window_minibatches=30, log_every_steps=10)
+    by_steps, by_time = curves.train_curves(
+        str(tmp_path), window_minibatches=30, log_every_steps=10
+    )
     np.testing.assert_allclose(by_steps.steps, np.arange(10, 101, 10))
     raw = np.array([1 - (0.5 + 0.4 * s / 100 + 0.025) for s in by_steps.steps])
     # Trailing mean of 3 points (30 minibatches / 10 per point).
