@@ -1,4 +1,4 @@
-"""Experiment 1: A-SGD against a single worker, same budget per client (the paper's Figure 2).
+"""Experiment 1: A-SGD against a single worker, same budget per client (the paper's Figure 1).
 
 The paper compared its A-SGD system with a single GPU on ILSVRC-2012 and
 plotted training and test error over time. "Same budget": every client runs

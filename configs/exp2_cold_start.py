@@ -1,4 +1,4 @@
-"""Experiment 2: cold start with 1, 2, 4 and 8 clients, n_sync = 1 (the paper's Figure 3).
+"""Experiment 2: cold start with 1, 2, 4 and 8 clients, n_sync = 1 (the paper's Figure 2).
 
 The paper trained its ImageNet network from random weights with more and
 more clients and found that more clients learn more slowly at first (their

@@ -1,4 +1,4 @@
-"""Experiment 3: warm start, clients {1, 2, 4, 8} x n_sync {1, 10, 100} (the paper's Figure 4).
+"""Experiment 3: warm start, clients {1, 2, 4, 8} x n_sync {1, 10, 100} (the paper's Figure 3).
 
 The paper first trained its network on one GPU, then continued from that
 checkpoint with 1 to 8 clients for each n_sync in {1, 10, 100}, and found

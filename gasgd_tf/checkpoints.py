@@ -19,6 +19,7 @@ import json
 import os
 import re
 import time
+import zipfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -28,6 +29,10 @@ from gasgd_tf.tensors import FlatLayout, TensorSpec
 CHECKPOINT_DIR = "checkpoints"
 _META_KEY = "__meta__"
 _NAME = re.compile(r"params-(\d+)\.npz$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or that does not fit the model."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +75,15 @@ def save(
     arrays[_META_KEY] = np.array(json.dumps(document))
     path = os.path.join(directory, f"params-{version:09d}.npz")
     tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())  # On disk before the rename makes it visible.
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # A failed write (disk full) leaves no debris.
+            os.remove(tmp)
     return path
 
 
@@ -89,7 +100,7 @@ def resolve(path: str) -> str:
     if os.path.isfile(path):
         return path
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"warm start: no checkpoint file or run folder at {path!r}")
+        raise FileNotFoundError(f"no checkpoint file or run folder at {path!r}")
     for folder in (os.path.join(path, CHECKPOINT_DIR), path):
         found = [f for f in glob.glob(os.path.join(folder, "params-*.npz")) if _NAME.search(f)]
         if found:
@@ -97,9 +108,20 @@ def resolve(path: str) -> str:
             # workdir starts again from version 0 and keeps older checkpoints.
             return max(found, key=lambda f: (os.path.getmtime(f), int(_NAME.search(f).group(1))))
     raise FileNotFoundError(
-        f"warm start: no checkpoint in {path!r} (expected {CHECKPOINT_DIR}/params-<version>.npz; "
+        f"no checkpoint in {path!r} (expected {CHECKPOINT_DIR}/params-<version>.npz; "
         "a run writes one when its parameter server stops)"
     )
+
+
+def _read(path: str, with_arrays: bool) -> Checkpoint:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data[_META_KEY]))
+            version = int(meta["version"])
+            arrays = {k: data[k] for k in data.files if k != _META_KEY} if with_arrays else {}
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path} is not a gasgd_tf checkpoint: {e!r}") from None
+    return Checkpoint(path, version, arrays, meta)
 
 
 def load(path: str) -> Checkpoint:
@@ -107,29 +129,27 @@ def load(path: str) -> Checkpoint:
 
     Raises:
       FileNotFoundError: See ``resolve``.
-      ValueError: The file is not a gasgd_tf checkpoint.
+      CheckpointError: The file is not a gasgd_tf checkpoint.
     """
-    path = resolve(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data[_META_KEY]))
-            arrays = {k: data[k] for k in data.files if k != _META_KEY}
-    except (OSError, KeyError, ValueError) as e:
-        raise ValueError(f"{path} is not a gasgd_tf checkpoint: {e}") from None
-    return Checkpoint(path, int(meta["version"]), arrays, meta)
+    return _read(resolve(path), with_arrays=True)
+
+
+def load_meta(path: str) -> Checkpoint:
+    """Like ``load`` but reads only the metadata (``arrays`` is empty): a cheap check."""
+    return _read(resolve(path), with_arrays=False)
 
 
 def flatten_for(checkpoint: Checkpoint, specs: Sequence[TensorSpec]) -> np.ndarray:
     """The checkpoint's arrays as one flat float32 buffer laid out by ``specs``.
 
     Raises:
-      ValueError: A tensor is missing, extra, or of another shape, named.
+      CheckpointError: A tensor is missing, extra, or of another shape, named.
     """
     names = [s.name for s in specs]
     missing = [n for n in names if n not in checkpoint.arrays]
     extra = [n for n in checkpoint.arrays if n not in set(names)]
     if missing or extra:
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint {checkpoint.path} does not match the model: "
             f"missing {missing[:5]}, unexpected {extra[:5]}"
         )
@@ -137,7 +157,7 @@ def flatten_for(checkpoint: Checkpoint, specs: Sequence[TensorSpec]) -> np.ndarr
     for spec in specs:
         array = checkpoint.arrays[spec.name]
         if tuple(array.shape) != tuple(spec.shape):
-            raise ValueError(
+            raise CheckpointError(
                 f"checkpoint {checkpoint.path}: tensor {spec.name!r} has shape "
                 f"{tuple(array.shape)}, the model has {tuple(spec.shape)}"
             )

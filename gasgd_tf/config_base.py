@@ -54,9 +54,11 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "digits_cnn"  # See gasgd_tf/models/registry.py.
-    c.model.dropout = 0.25
-    c.model.width = 1.0  # Multiplies the number of filters and hidden units.
-    c.model.lrn = False  # Local response normalisation, where the model has it.
+    # None: the model's own default (e.g. paper_imagenet: dropout 0.5 with LRN;
+    # paper_imagenet_small: width 0.25), so naming a model gives the paper's net.
+    c.model.dropout = config_dict.placeholder(float)
+    c.model.width = config_dict.placeholder(float)  # Multiplies filters and hidden units.
+    c.model.lrn = config_dict.placeholder(bool)  # Local response normalisation, where it has it.
 
     # A checkpoint file or the workdir of a finished run whose final
     # parameters initialise the server (warm start); None: cold start.
@@ -135,7 +137,6 @@ _NON_NEGATIVE_INTS = (
     "worker.cpu_threads",
 )
 _POSITIVE_FINITE = (
-    "model.width",
     "worker.learning_rate",
     "ps.learning_rate",
     "ps.summary_every_secs",
@@ -202,8 +203,18 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         f"model.name {config.model.name!r} is not one of {sorted(MODELS)}",
     )
     _check(
-        0.0 <= config.model.dropout < 1.0,
+        config.model.dropout is None or 0.0 <= config.model.dropout < 1.0,
         f"model.dropout must be in [0, 1), got {config.model.dropout}",
+    )
+    _check(
+        config.model.width is None
+        or (math.isfinite(config.model.width) and config.model.width > 0),
+        f"model.width must be a finite number > 0, got {config.model.width}",
+    )
+    _check(
+        not config.eval.multi_crop or config.data.pad or config.data.crop or config.data.resize,
+        "eval.multi_crop needs crops to differ: set data.crop (or data.pad) so that the "
+        "corner crops are not all the whole image",
     )
     _check(
         config.worker.optimizer in WORKER_OPTIMIZERS,

@@ -315,6 +315,23 @@ class LocalLauncher:
             line += f" | test accuracy {ev['accuracy']:.4f} (version {ev['version']})"
         return line
 
+    def _checkpoint_of(self, status) -> str | None:
+        """The checkpoint this run's server wrote as it stopped, or None.
+
+        Older runs' checkpoints stay in the workdir; only a file with this
+        server's id and final version is this run's.
+        """
+        try:
+            checkpoint = checkpoints.load_meta(self.workdir)
+        except (FileNotFoundError, checkpoints.CheckpointError):
+            return None
+        if (checkpoint.meta.get("server_id"), checkpoint.version) != (
+            status.server_id,
+            status.version,
+        ):
+            return None
+        return checkpoint.path
+
     def finish(self, ps: Child) -> dict:
         """Collects the final numbers, stops the server and writes summary.json."""
         from gasgd_tf.client import RequestRejectedError, ServerUnavailableError
@@ -348,10 +365,8 @@ class LocalLauncher:
         stop_all([ps], grace_secs=PS_STOP_GRACE_SECS)
         stop_all(self.children)
         if self.config.ps.save_checkpoint:
-            try:
-                summary["checkpoint"] = checkpoints.resolve(self.workdir)
-            except FileNotFoundError:
-                self._say(f"warning: no checkpoint was written; see {ps.log_path}")
-                summary["checkpoint"] = None
+            summary["checkpoint"] = self._checkpoint_of(status)
+            if summary["checkpoint"] is None:
+                self._say(f"warning: the server wrote no checkpoint; see {ps.log_path}")
         progress.write_json(os.path.join(self.workdir, "summary.json"), summary)
         return summary

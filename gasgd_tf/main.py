@@ -62,9 +62,10 @@ def _resolve_warm_start(config):
     from gasgd_tf import checkpoints
 
     try:
-        path = os.path.abspath(checkpoints.resolve(config.warm_start))
-    except FileNotFoundError as e:
-        raise app.UsageError(str(e)) from None
+        # Reads the metadata only: a wrong file fails here, before any process starts.
+        path = os.path.abspath(checkpoints.load_meta(config.warm_start).path)
+    except (FileNotFoundError, checkpoints.CheckpointError) as e:
+        raise app.UsageError(f"warm start: {e}") from None
     with config.unlocked():
         config.warm_start = path
     return config
@@ -103,6 +104,7 @@ def main(argv):
 
     if not FLAGS.ps_address:
         raise app.UsageError(f"--role={role} needs --ps_address=HOST:PORT of the server")
+    from gasgd_tf.checkpoints import CheckpointError
     from gasgd_tf.client import RequestRejectedError, ServerUnavailableError
 
     try:
@@ -114,7 +116,7 @@ def main(argv):
             from gasgd_tf import evaluation
 
             evaluation.run(config, FLAGS.ps_address, workdir)
-    except (ServerUnavailableError, RequestRejectedError, FileNotFoundError) as e:
+    except (ServerUnavailableError, RequestRejectedError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {role}: {e}", file=sys.stderr, flush=True)
         return 1
     return 0

@@ -55,13 +55,10 @@ def build(config: ml_collections.ConfigDict) -> keras.Model:
     """The config's model, with weights from ``config.seed`` (identical on every worker)."""
     info = pipeline.dataset_info(config.data)
     keras.utils.set_random_seed(config.seed)
+    # Unset fields keep the model's own defaults (its paper's values).
+    options = {k: v for k in ("dropout", "width", "lrn") if (v := config.model[k]) is not None}
     return build_model(
-        config.model.name,
-        pipeline.input_shape(config.data),
-        info.num_classes,
-        dropout=config.model.dropout,
-        width=config.model.width,
-        lrn=config.model.lrn,
+        config.model.name, pipeline.input_shape(config.data), info.num_classes, **options
     )
 
 

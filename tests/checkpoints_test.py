@@ -88,3 +88,32 @@ def test_server_writes_no_checkpoint_of_diverged_parameters(tmp_path, capsys):
     assert save_checkpoint(store, str(tmp_path)) is None
     assert "no checkpoint written" in capsys.readouterr().out
     assert not os.listdir(tmp_path)
+
+
+def test_a_truncated_checkpoint_is_refused_clearly(tmp_path):
+    path = checkpoints.save(str(tmp_path), SPECS, np.zeros(SIZE, np.float32), 3)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])  # A copy cut short.
+    with pytest.raises(checkpoints.CheckpointError, match="not a gasgd_tf checkpoint"):
+        checkpoints.load(path)
+    with pytest.raises(checkpoints.CheckpointError):
+        checkpoints.load_meta(str(tmp_path))
+
+
+def test_the_launcher_records_only_its_own_servers_checkpoint(tmp_path):
+    import types
+
+    from gasgd_tf import config_base
+    from gasgd_tf.launch import LocalLauncher
+
+    launcher = LocalLauncher(config_base.finalize(config_base.get_base_config()), str(tmp_path))
+    directory = str(tmp_path / "checkpoints")
+    flat = np.zeros(SIZE, np.float32)
+    older = checkpoints.save(directory, SPECS, flat, 500, meta={"server_id": "old"})
+    status = types.SimpleNamespace(server_id="new", version=40)
+    # The new server wrote nothing (disk full, killed): the old file is not this run's.
+    assert launcher._checkpoint_of(status) is None
+    time.sleep(0.01)
+    mine = checkpoints.save(directory, SPECS, flat, 40, meta={"server_id": "new"})
+    assert launcher._checkpoint_of(status) == mine != older

@@ -88,6 +88,7 @@ def test_explicit_n_push_and_n_fetch_are_kept():
         (dict(data__resize=-1), "data.resize"),
         (dict(model__width=0.0), "model.width"),
         (dict(data__crop=9), "data.resize/pad/crop"),  # 9x9 from the 8x8 digits.
+        (dict(eval__multi_crop=True), "eval.multi_crop"),  # Five copies of the whole image.
         (dict(data__name="imagenet2012"), "data.resize/pad/crop"),  # Sizes vary: needs a crop.
     ],
 )

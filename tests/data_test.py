@@ -249,6 +249,20 @@ def test_augmented_train_stream_depends_on_seed_only(data_config):
     assert not np.array_equal(first_batches(1001), a)  # Another worker's stream.
 
 
+def test_augmentation_itself_follows_the_seed(data_config):
+    # No shuffling: both seeds see the same images in the same order, so
+    # any difference comes from the crops and flips alone.
+    config = _with(data_config, pad=2, flip=True, shuffle_buffer=1)
+
+    def first_batch(seed):
+        return next(iter(pipeline.train_dataset(config, BATCH, seed=seed)))
+
+    (a, labels_a), (b, labels_b) = first_batch(1000), first_batch(1001)
+    np.testing.assert_array_equal(labels_a, labels_b)
+    differing = np.abs(a.numpy() - b.numpy()).max(axis=(1, 2, 3)) > 0
+    assert differing.sum() > BATCH // 2
+
+
 @pytest.mark.parametrize("flip, views", [(False, 5), (True, 10)])
 def test_eval_dataset_multi_crop(data_config, splits, flip, views):
     config = _with(data_config, pad=2, flip=flip)

@@ -74,11 +74,34 @@ def test_warm_start_cells_start_from_the_given_checkpoint():
         ({"sweep.clients": (0, 2)}, "sweep.clients"),
         ({"sweep.n_sync": ()}, "sweep.n_sync"),
         ({"sweep.seeds": (-1,)}, "sweep.seeds"),
+        ({"sweep.seeds": (0, 0)}, "sweep.seeds repeats"),
+        ({"sweep.concurrency": 0}, "sweep.concurrency"),
     ],
 )
 def test_bad_grids_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
         sweep.split_experiment(experiment(**overrides))
+
+
+def test_run_cells_refuses_what_would_hang_or_collide(tmp_path):
+    base, grid, _ = sweep.split_experiment(experiment(**{"sweep.clients": (1,)}))
+    cells = sweep.grid_cells(base, grid, None)
+    with pytest.raises(ValueError, match="concurrency"):
+        sweep.run_cells(cells, str(tmp_path), concurrency=0)
+    with pytest.raises(ValueError, match="share a name"):
+        sweep.run_cells([cells[0], cells[0]], str(tmp_path))
+
+
+def test_output_pump_keeps_draining_when_the_console_is_gone(tmp_path):
+    import io
+    import threading
+
+    console = io.StringIO()
+    console.close()  # As when the sweep's output goes to `| head`, which exited.
+    lines = [f"line {i}\n" for i in range(1000)]
+    log = tmp_path / "sweep.log"
+    sweep._pump(iter(lines), "cell", str(log), console, threading.Lock())
+    assert log.read_text() == "".join(lines)
 
 
 def test_a_config_without_sweep_is_refused():

@@ -187,6 +187,12 @@ def test_multi_crop_evaluation_averages_probabilities_over_crops():
     single = evaluation.Evaluator(model, dataset.map(lambda x, y: (x[:, 0], y)))()
     assert single[0] == 0.5 and single[3] is None
 
+    # Probabilities, not logits: mean logits [2, 3.33] would pick class 1;
+    # mean probabilities (0.67 against 0.33) pick class 0.
+    crops = np.array([[[[[0.0], [10.0]]], [[[3.0], [0.0]]], [[[3.0], [0.0]]]]], np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices((crops, np.array([0]))).batch(1)
+    assert evaluation.Evaluator(model, dataset, multi_crop=True)()[3] == 1.0
+
 
 def test_warm_start_weights_must_match_the_model(tmp_path, capsys):
     from gasgd_tf import checkpoints

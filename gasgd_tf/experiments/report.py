@@ -46,16 +46,6 @@ def row(cell: Cell, workdir: str, window_minibatches: int) -> dict:
     return out
 
 
-def _fmt(value) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "-"
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:.0f}"
-    return str(value)
-
-
 # Columns that identify a setting rather than measure it.
 _KEYS = ("clients", "n_sync", "warm_start", "steps_per_client", "minibatches")
 

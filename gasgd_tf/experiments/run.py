@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
     )
     workdir = FLAGS.workdir or os.path.join("runs", name + ("_smoke" if smoke else ""))
     os.makedirs(workdir, exist_ok=True)
-    concurrency = FLAGS.concurrency or sweep_config.concurrency
+    concurrency = sweep_config.concurrency if FLAGS.concurrency is None else FLAGS.concurrency
 
     try:
         warm_start = base.warm_start
@@ -90,6 +90,9 @@ def main(argv: list[str]) -> int:
     except (sweep.CellFailed, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr, flush=True)
+        return 130
 
     window = sweep_config.window_minibatches
     rows = [report.row(c, workdir, window) for c in cells]

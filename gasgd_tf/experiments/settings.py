@@ -28,6 +28,8 @@ def experiment_config() -> ml_collections.ConfigDict:
     config.n_sync = 1
     config.data.pad = 2  # Random shifts of up to 2 pixels each way.
     config.model.dropout = 0.25
+    config.model.width = 1.0
+    config.model.lrn = False
     config.worker.learning_rate = 0.1
     config.worker.momentum = 0.0
     config.worker.cpu_threads = 1  # Up to 8 workers share 2 cores.

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -35,7 +36,7 @@ from typing import TextIO
 
 import ml_collections
 
-from gasgd_tf import config_base, progress
+from gasgd_tf import config_base, launch, progress
 
 PRETRAIN = "pretrain"
 
@@ -89,10 +90,19 @@ def split_experiment(
         raise ValueError(f"invalid config: unknown field {e}") from None
     for axis, low in (("clients", 1), ("n_sync", 1), ("seeds", 0)):
         values = tuple(sweep[axis])
-        if not values or not all(isinstance(v, int) and v >= low for v in values):
+        if not values or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= low for v in values
+        ):
             raise ValueError(
                 f"invalid config: sweep.{axis} must be integers >= {low}, got {values}"
             )
+        if len(set(values)) != len(values):
+            raise ValueError(f"invalid config: sweep.{axis} repeats a value: {values}")
+    concurrency = sweep.concurrency
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        raise ValueError(
+            f"invalid config: sweep.concurrency must be an integer >= 1, got {concurrency!r}"
+        )
     if smoke:
         sweep.clients = tuple(sorted(sweep.clients)[:2])
         sweep.n_sync = tuple(sorted(sweep.n_sync)[:2])
@@ -164,17 +174,75 @@ def is_done(cell: Cell, workdir: str) -> bool:
     return summary is not None and written == json.loads(cell.config_json)
 
 
-def _pump(stream, prefix: str, log: TextIO, out: TextIO, lock: threading.Lock) -> None:
-    for line in stream:
-        log.write(line)
-        log.flush()
-        with lock:
-            out.write(f"[{prefix}] {line}")
-            out.flush()
+def _pump(stream, prefix: str, log_path: str, out: TextIO, lock: threading.Lock) -> None:
+    """Copies a cell's output to its log and, prefixed, to ``out``, until the pipe closes.
+
+    The pipe is always drained, whatever happens to ``out`` (closed by
+    ``| head``, say): a launcher blocked on a full pipe would never finish.
+    """
+    with open(log_path, "w") as log:
+        for line in stream:
+            log.write(line)
+            log.flush()
+            try:
+                with lock:
+                    out.write(f"[{prefix}] {line}")
+                    out.flush()
+            except (OSError, ValueError):
+                pass  # The log keeps everything; the console is a courtesy.
 
 
 class CellFailed(RuntimeError):
     pass
+
+
+@dataclasses.dataclass
+class _Running:
+    cell: Cell
+    process: subprocess.Popen
+    pump: threading.Thread
+    started: float
+
+
+def _start(cell: Cell, workdir: str, out: TextIO, lock: threading.Lock) -> _Running:
+    folder = os.path.join(workdir, cell.name)
+    os.makedirs(folder, exist_ok=True)
+    request = os.path.join(folder, "request.json")
+    with open(request, "w") as f:
+        f.write(cell.config_json)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gasgd_tf.main", f"--config_json={request}", f"--workdir={folder}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
+        # The launcher (and through it every process of the cell) dies with
+        # this process, even if it is SIGKILLed (gasgd_tf/launch.py).
+        env={**os.environ, launch.PARENT_PID_ENV: str(os.getpid())},
+    )
+    pump = threading.Thread(
+        target=_pump,
+        args=(process.stdout, cell.name, os.path.join(folder, "sweep.log"), out, lock),
+        daemon=True,
+    )
+    pump.start()
+    return _Running(cell, process, pump, time.monotonic())
+
+
+def _stop(running: Sequence[_Running], grace_secs: float = 30.0) -> None:
+    """SIGINT to every cell's launcher (it stops its own processes), SIGKILL if it lingers."""
+    for r in running:
+        if r.process.poll() is None:
+            r.process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace_secs
+    for r in running:
+        try:
+            r.process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            r.process.kill()
+            r.process.wait()
+        r.pump.join(timeout=5)
 
 
 def run_cells(
@@ -183,82 +251,79 @@ def run_cells(
     """Runs the cells not done yet, at most ``concurrency`` at a time.
 
     Each cell's launcher output goes to ``<workdir>/<cell>/sweep.log`` and,
-    prefixed with the cell name, to ``out``.
+    prefixed with the cell name, to ``out``. On Ctrl-C or SIGTERM every
+    running cell is stopped (its launcher stops its processes) before
+    ``KeyboardInterrupt`` propagates; the finished cells stay finished.
 
     Returns:
       The names of the cells that ran (the others were done already).
 
     Raises:
+      ValueError: ``concurrency`` < 1, or two cells share a name.
       CellFailed: A cell's launcher exited with an error; the cells already
         running are finished first, no new ones start.
     """
+    if not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+    names = [c.name for c in cells]
+    if len(set(names)) != len(names):
+        raise ValueError(f"cells share a name: {sorted(n for n in names if names.count(n) > 1)}")
     todo = [c for c in cells if not is_done(c, workdir)]
+    lock = threading.Lock()
+
+    def say(line: str) -> None:
+        with lock:
+            out.write(f"[sweep] {line}\n")
+            out.flush()
+
     for cell in cells:
         if cell not in todo:
-            out.write(f"[sweep] {cell.name}: done before, skipped\n")
-    lock = threading.Lock()
-    running: list[tuple[Cell, subprocess.Popen, threading.Thread, float]] = []
+            say(f"{cell.name}: done before, skipped")
+    running: list[_Running] = []
     failed: list[str] = []
     ran = []
     queue = list(todo)
-    while queue or running:
-        while queue and len(running) < concurrency and not failed:
-            cell = queue.pop(0)
-            folder = os.path.join(workdir, cell.name)
-            os.makedirs(folder, exist_ok=True)
-            request = os.path.join(folder, "request.json")
-            with open(request, "w") as f:
-                f.write(cell.config_json)
-            out.write(f"[sweep] {cell.name}: starting ({len(ran) + 1} of {len(todo)})\n")
-            out.flush()
-            log = open(os.path.join(folder, "sweep.log"), "w")  # noqa: SIM115 - closed by the pump
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gasgd_tf.main",
-                    f"--config_json={request}",
-                    f"--workdir={folder}",
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                bufsize=1,
-            )
-            pump = threading.Thread(
-                target=lambda p=proc, c=cell, lg=log: (
-                    _pump(p.stdout, c.name, lg, out, lock),
-                    lg.close(),
-                ),
-                daemon=True,
-            )
-            pump.start()
-            running.append((cell, proc, pump, time.monotonic()))
-            ran.append(cell.name)
-        for entry in list(running):
-            cell, proc, pump, started = entry
-            if proc.poll() is None:
-                continue
-            pump.join()
-            running.remove(entry)
-            with lock:
-                if proc.returncode == 0:
-                    out.write(
-                        f"[sweep] {cell.name}: finished in {time.monotonic() - started:.0f}s\n"
-                    )
+    previous_term = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while queue or running:
+            while queue and len(running) < concurrency and not failed:
+                cell = queue.pop(0)
+                say(f"{cell.name}: starting ({len(ran) + 1} of {len(todo)})")
+                running.append(_start(cell, workdir, out, lock))
+                ran.append(cell.name)
+            for r in list(running):
+                if r.process.poll() is None:
+                    continue
+                r.pump.join()
+                running.remove(r)
+                if r.process.returncode == 0:
+                    say(f"{r.cell.name}: finished in {time.monotonic() - r.started:.0f}s")
                 else:
-                    failed.append(cell.name)
-                    out.write(f"[sweep] {cell.name}: FAILED (exit {proc.returncode})\n")
-                out.flush()
-        if failed and not running:
-            queue.clear()
-        time.sleep(0.2)
+                    failed.append(r.cell.name)
+                    say(f"{r.cell.name}: FAILED (exit {r.process.returncode})")
+            if failed and not running:
+                queue.clear()
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # A second Ctrl-C must not cut this short.
+        say(f"interrupted: stopping {len(running)} running cell(s)")
+        _stop(running)
+        raise
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous_term)
     if failed:
         raise CellFailed(
             f"cells failed: {', '.join(failed)}; see their sweep.log under {workdir}; "
             "rerun the same command to resume (finished cells are skipped)"
         )
     return ran
+
+
+def _raise_interrupt(*_) -> None:
+    raise KeyboardInterrupt
 
 
 def discover(workdir: str) -> list[Cell]:
