@@ -25,4 +25,5 @@ def get_config():
     config.sweep.clients = (1, 2, 4, 8)
     config.sweep.n_sync = (1, 10, 100)
     config.sweep.pretrain_steps = 300
+    config.sweep.target_error = 0.05  # The checkpoint starts near 0.4; 0.1 comes too soon.
     return config

@@ -199,6 +199,9 @@ def test_report_and_figures_from_events(tmp_path):
     rows = [report.row(c, str(tmp_path), 20) for c in cells]
     assert rows[0]["test_error@0.5"] == pytest.approx(0.5, abs=1e-6)
     assert rows[1]["minibatches"] == 200 and rows[1]["test_error_final"] == pytest.approx(0.1)
+    # Test error 0.58 at 40 steps per client, 0.42 at 60: 0.5 is first reached at 60.
+    assert report.row(cells[0], str(tmp_path), 20, target_error=0.5)["steps_to_0.5"] == 60
+    assert np.isnan(report.row(cells[0], str(tmp_path), 20, target_error=0.01)["steps_to_0.01"])
 
     settings = report.by_setting(rows)
     assert [s["setting"] for s in settings] == ["clients1_nsync1", "clients2_nsync1"]

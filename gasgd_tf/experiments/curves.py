@@ -25,6 +25,11 @@ class Curve:
     seconds: np.ndarray
     error: np.ndarray
 
+    def steps_to(self, error: float) -> float:
+        """Steps per client when the error first fell to ``error`` or below (NaN: never)."""
+        below = np.flatnonzero(self.error <= error)
+        return float(self.steps[below[0]]) if below.size else float("nan")
+
     def at_steps(self, steps: float) -> float:
         """The error at ``steps`` per client (linear interpolation; NaN before the first point)."""
         if self.steps.size == 0 or steps < self.steps[0]:

@@ -15,8 +15,16 @@ from gasgd_tf.experiments.sweep import Cell
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
 
-def row(cell: Cell, workdir: str, window_minibatches: int) -> dict:
-    """The table row of one finished cell."""
+def row(cell: Cell, workdir: str, window_minibatches: int, target_error: float = 0.1) -> dict:
+    """The table row of one finished cell.
+
+    Args:
+      cell: The cell.
+      workdir: The sweep's folder.
+      window_minibatches: Smoothing of the training error.
+      target_error: ``steps_to_<target>`` is the steps per client at which
+        the test error first reached it (the paper's "speed-up" reading).
+    """
     folder = os.path.join(workdir, cell.name)
     summary = progress.read_json(os.path.join(folder, "summary.json")) or {}
     config = cell.config
@@ -33,6 +41,7 @@ def row(cell: Cell, workdir: str, window_minibatches: int) -> dict:
     }
     for f in FRACTIONS:
         out[f"test_error@{f:g}"] = test.at_steps(f * config.num_steps)
+    out[f"steps_to_{target_error:g}"] = test.steps_to(target_error)
     out["test_error_first"] = float(test.error[0]) if test.error.size else math.nan
     out["test_error_best"] = float(test.error.min()) if test.error.size else math.nan
     out["test_error_final"] = 1.0 - summary.get("test_accuracy", math.nan)
@@ -41,8 +50,8 @@ def row(cell: Cell, workdir: str, window_minibatches: int) -> dict:
     out["train_error_final"] = float(train.error[-1]) if train.error.size else math.nan
     out["wall_secs"] = summary.get("wall_secs", math.nan)
     out["images_per_sec"] = summary.get("images_per_sec", math.nan)
-    out["staleness_mean"] = summary.get("staleness_mean", math.nan)
-    out["staleness_max"] = summary.get("staleness_max", math.nan)
+    out["mean_staleness"] = summary.get("staleness_mean", math.nan)
+    out["max_staleness"] = summary.get("staleness_max", math.nan)
     return out
 
 
@@ -64,7 +73,11 @@ def by_setting(rows: Sequence[dict]) -> list[dict]:
         for key in first:
             if key in _KEYS or key in ("cell", "seed") or isinstance(first[key], bool):
                 continue
+            # A run that never reached a target error has NaN there: the
+            # mean is over the runs that did (the count is in `reached`).
             values = [float(r[key]) for r in group if not math.isnan(float(r[key]))]
+            if key.startswith("steps_to_"):
+                row_out[f"{key}_reached"] = f"{len(values)}/{len(group)}"
             mean = sum(values) / len(values) if values else math.nan
             row_out[key] = mean
             row_out[f"{key}_min"] = min(values) if values else math.nan
@@ -114,7 +127,7 @@ def markdown_by_setting(settings: Sequence[dict], title: str) -> str:
     measured = [
         k
         for k in settings[0]
-        if k not in ("setting", "seeds", *_KEYS) and not k.endswith(("_min", "_max"))
+        if k not in ("setting", "seeds", *_KEYS) and not k.endswith(("_min", "_max", "_reached"))
     ]
     columns = ["setting", "seeds", "minibatches", *measured]
     lines = [f"### {title}", "", "| " + " | ".join(columns) + " |"]
@@ -122,10 +135,13 @@ def markdown_by_setting(settings: Sequence[dict], title: str) -> str:
     for r in settings:
         cells = []
         for c in columns:
+            text = _fmt(r[c])
             if c in measured and r["seeds"] > 1:
-                cells.append(f"{_fmt(r[c])} [{_fmt(r[c + '_min'])}, {_fmt(r[c + '_max'])}]")
-            else:
-                cells.append(_fmt(r[c]))
+                text += f" [{_fmt(r[c + '_min'])}, {_fmt(r[c + '_max'])}]"
+            reached = r.get(f"{c}_reached")
+            if reached and reached != f"{r['seeds']}/{r['seeds']}":
+                text += f" ({reached} reached)"
+            cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

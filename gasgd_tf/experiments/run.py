@@ -95,7 +95,7 @@ def main(argv: list[str]) -> int:
         return 130
 
     window = sweep_config.window_minibatches
-    rows = [report.row(c, workdir, window) for c in cells]
+    rows = [report.row(c, workdir, window, sweep_config.target_error) for c in cells]
     csv_path, md_path = report.write(rows, workdir, name)
     with open(md_path) as f:
         print(f.read())

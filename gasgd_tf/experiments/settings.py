@@ -49,4 +49,5 @@ def experiment_config() -> ml_collections.ConfigDict:
     config.sweep.concurrency = 1  # Cells one at a time: they would share the 2 cores.
     config.sweep.smoke_steps = 30
     config.sweep.window_minibatches = 50  # Smoothing of the training error curves.
+    config.sweep.target_error = 0.1  # Tables: steps per client to first reach this test error.
     return config
