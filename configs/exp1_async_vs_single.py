@@ -9,9 +9,11 @@ with random shifts (gasgd_tf/experiments/settings.py).
 
 Command:   python -m gasgd_tf.experiments.run --experiment=exp1
 Smoke:     python -m gasgd_tf.experiments.run --experiment=exp1 --config.smoke=True
-Output:    runs/exp1/{clients1_nsync1/, clients4_nsync1/, summary.md, plots/*.png}
-Expected:  see EXPERIMENTS.md, "Experiment 1" (measured here).
-Runtime:   about 2 minutes on 2 CPU cores.
+Output:    runs/exp1/{clients{1,4}_nsync1_seed{0,1,2}/, summary.md, summary*.csv, plots/*.png}
+Expected:  4 clients reach 10% test error in about 235 steps per client, one
+           worker in about 680 (or not at all in 800); final test error about
+           1.3% against 11% (3 seeds each; EXPERIMENTS.md, "Experiment 1").
+Runtime:   about 2.5 minutes on 2 CPU cores (6 runs).
 """
 
 from gasgd_tf.experiments import settings

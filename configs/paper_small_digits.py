@@ -8,7 +8,9 @@ the evaluator reports ten-crop accuracy (shifts, no flips: digits are not
 mirror-symmetric, so five crops) beside the centre crop.
 
 Command:   python -m gasgd_tf.main --config=configs/paper_small_digits.py
-Expected:  see BUILD_NOTES.md, "Paper models on the offline data".
+Expected:  test accuracy 0.950 and 0.972 in two runs on the centre crop;
+           0.958 and 0.961 with five crops (BUILD_NOTES.md, "Paper models on
+           the offline data").
 Runtime:   about a minute on 2 CPU cores.
 """
 
@@ -18,7 +20,7 @@ from gasgd_tf import config_base
 def get_config():
     config = config_base.get_base_config()
     config.num_workers = 2
-    config.num_steps = 600
+    config.num_steps = 1500  # It leaves chance level only after about 600 steps.
     config.batch_size = 32
     config.n_sync = 1
     config.data.pad = 2

@@ -52,6 +52,11 @@ def load_config():
         raise app.UsageError("pass --config=configs/<name>.py (or --config_json=PATH)")
     config = FLAGS.config
     config.unlock()
+    # An experiment config (configs/exp*.py) also runs as one run: its base
+    # settings, without the grid that gasgd_tf.experiments.run sweeps over.
+    for sweep_field in ("sweep", "smoke"):
+        if sweep_field in config:
+            del config[sweep_field]
     path = config_flags.get_config_filename(FLAGS["config"])
     config.name = os.path.splitext(os.path.basename(path))[0]
     return config_base.finalize(config)

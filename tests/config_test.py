@@ -206,3 +206,23 @@ def test_every_config_file_resolves(path):
         config_base.finalize(base)
     else:
         config_base.finalize(config)
+
+
+def test_an_experiment_config_also_runs_as_one_run(digits_data_dir, tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gasgd_tf.main",
+            "--config=configs/exp2_cold_start.py",
+            "--config.smoke=True",  # Sweep fields may be given; one run ignores them.
+            f"--config.data.data_dir={digits_data_dir}",
+            "--role=prepare",
+            f"--workdir={tmp_path / 'run'}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr

@@ -30,6 +30,11 @@ class Curve:
         below = np.flatnonzero(self.error <= error)
         return float(self.steps[below[0]]) if below.size else float("nan")
 
+    def seconds_to(self, error: float) -> float:
+        """Wall-clock seconds when the error first fell to ``error`` or below (NaN: never)."""
+        below = np.flatnonzero(self.error <= error)
+        return float(self.seconds[below[0]]) if below.size else float("nan")
+
     def at_steps(self, steps: float) -> float:
         """The error at ``steps`` per client (linear interpolation; NaN before the first point)."""
         if self.steps.size == 0 or steps < self.steps[0]:

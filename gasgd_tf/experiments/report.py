@@ -22,8 +22,9 @@ def row(cell: Cell, workdir: str, window_minibatches: int, target_error: float =
       cell: The cell.
       workdir: The sweep's folder.
       window_minibatches: Smoothing of the training error.
-      target_error: ``steps_to_<target>`` is the steps per client at which
-        the test error first reached it (the paper's "speed-up" reading).
+      target_error: ``steps_to_<target>`` and ``seconds_to_<target>`` are
+        the steps per client and the wall-clock seconds at which the test
+        error first reached it (the paper's "speed-up" reading).
     """
     folder = os.path.join(workdir, cell.name)
     summary = progress.read_json(os.path.join(folder, "summary.json")) or {}
@@ -42,6 +43,7 @@ def row(cell: Cell, workdir: str, window_minibatches: int, target_error: float =
     for f in FRACTIONS:
         out[f"test_error@{f:g}"] = test.at_steps(f * config.num_steps)
     out[f"steps_to_{target_error:g}"] = test.steps_to(target_error)
+    out[f"seconds_to_{target_error:g}"] = test.seconds_to(target_error)
     out["test_error_first"] = float(test.error[0]) if test.error.size else math.nan
     out["test_error_best"] = float(test.error.min()) if test.error.size else math.nan
     out["test_error_final"] = 1.0 - summary.get("test_accuracy", math.nan)
@@ -76,7 +78,7 @@ def by_setting(rows: Sequence[dict]) -> list[dict]:
             # A run that never reached a target error has NaN there: the
             # mean is over the runs that did (the count is in `reached`).
             values = [float(r[key]) for r in group if not math.isnan(float(r[key]))]
-            if key.startswith("steps_to_"):
+            if key.startswith(("steps_to_", "seconds_to_")):
                 row_out[f"{key}_reached"] = f"{len(values)}/{len(group)}"
             mean = sum(values) / len(values) if values else math.nan
             row_out[key] = mean

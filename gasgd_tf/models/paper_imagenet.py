@@ -12,8 +12,8 @@ followed by a ReLU.
 Known deviations from the original: single tower (above); the LRN sits after
 the ReLU and before the pooling as in the paper's text (cuda-convnet's
 ImageNet layer files normalise the linear conv output and apply the ReLU at
-the pool); Keras' default initialisers (Glorot-uniform weights, zero biases)
-instead of N(0, 0.01) weights with some biases at 1; weight decay and
+the pool); He-normal weights and zero biases instead of N(0, 0.01) weights
+with some biases at 1 (see ``_INIT``); weight decay and
 learning rates belong to the optimizer config, not the model.
 
 ``paper_imagenet_small`` keeps the layer sequence but fits small inputs (8x8
@@ -29,6 +29,12 @@ from gasgd_tf.models.layers import LocalResponseNormalization, ceil_mode_size, s
 # Filters of conv1..conv5 and units of fc6/fc7 at width 1.
 _FILTERS = (96, 256, 384, 384, 256)
 _HIDDEN = 4096
+# He et al. 2015's initialisation for ReLU layers. With Keras' default
+# (Glorot uniform) the small variant did not leave chance level in 10 epochs
+# of SGD on the digits (momentum 0.9, learning rates 0.01 to 0.1, with or
+# without LRN and dropout, and with the paper's biases of 1); with He normal
+# it reached 0.94 validation accuracy (BUILD_NOTES.md, "Models").
+_INIT = "he_normal"
 
 
 def _lrn(name: str) -> keras.layers.Layer:
@@ -53,23 +59,37 @@ def _alexnet(
     f1, f2, f3, f4, f5 = (scaled(f, width) for f in _FILTERS)
     hidden = scaled(_HIDDEN, width)
     x = keras.layers.Conv2D(
-        f1, conv1_kernel, conv1_stride, padding=conv1_padding, activation="relu", name="conv1"
+        f1,
+        conv1_kernel,
+        conv1_stride,
+        padding=conv1_padding,
+        activation="relu",
+        kernel_initializer=_INIT,
+        name="conv1",
     )(x)
     if lrn:
         x = _lrn("lrn1")(x)
     x = keras.layers.MaxPooling2D(3, 2, padding=pool_padding, name="pool1")(x)
-    x = keras.layers.Conv2D(f2, 5, padding="same", activation="relu", name="conv2")(x)
+    x = keras.layers.Conv2D(
+        f2, 5, padding="same", activation="relu", kernel_initializer=_INIT, name="conv2"
+    )(x)
     if lrn:
         x = _lrn("lrn2")(x)
     x = keras.layers.MaxPooling2D(3, 2, padding=pool_padding, name="pool2")(x)
-    x = keras.layers.Conv2D(f3, 3, padding="same", activation="relu", name="conv3")(x)
-    x = keras.layers.Conv2D(f4, 3, padding="same", activation="relu", name="conv4")(x)
-    x = keras.layers.Conv2D(f5, 3, padding="same", activation="relu", name="conv5")(x)
+    x = keras.layers.Conv2D(
+        f3, 3, padding="same", activation="relu", kernel_initializer=_INIT, name="conv3"
+    )(x)
+    x = keras.layers.Conv2D(
+        f4, 3, padding="same", activation="relu", kernel_initializer=_INIT, name="conv4"
+    )(x)
+    x = keras.layers.Conv2D(
+        f5, 3, padding="same", activation="relu", kernel_initializer=_INIT, name="conv5"
+    )(x)
     x = keras.layers.MaxPooling2D(3, 2, padding=pool_padding, name="pool5")(x)
     x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Dense(hidden, activation="relu", name="fc6")(x)
+    x = keras.layers.Dense(hidden, activation="relu", kernel_initializer=_INIT, name="fc6")(x)
     x = keras.layers.Dropout(dropout, name="dropout6")(x)
-    x = keras.layers.Dense(hidden, activation="relu", name="fc7")(x)
+    x = keras.layers.Dense(hidden, activation="relu", kernel_initializer=_INIT, name="fc7")(x)
     x = keras.layers.Dropout(dropout, name="dropout7")(x)
     return keras.layers.Dense(num_classes, name="logits")(x)
 
