@@ -109,18 +109,25 @@ class ChildFailed(RuntimeError):
         self.code = code
 
 
+def stop_processes(
+    processes: Sequence[subprocess.Popen], grace_secs: float, sig: int = signal.SIGTERM
+) -> None:
+    """Sends ``sig`` to every live process, SIGKILL to any still alive after ``grace_secs``."""
+    live = [p for p in processes if p.poll() is None]
+    for p in live:
+        p.send_signal(sig)
+    deadline = time.monotonic() + grace_secs
+    for p in live:
+        try:
+            p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def stop_all(children: Sequence[Child], grace_secs: float = 5.0) -> None:
     """SIGTERM to every live child, SIGKILL to any still alive after ``grace_secs``."""
-    live = [c for c in children if c.process is not None and c.process.poll() is None]
-    for c in live:
-        c.process.terminate()
-    deadline = time.monotonic() + grace_secs
-    for c in live:
-        try:
-            c.process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            c.process.kill()
-            c.process.wait()
+    stop_processes([c.process for c in children if c.process is not None], grace_secs)
 
 
 def child_argv(role: str, config_json: str, workdir: str, **flags: object) -> list[str]:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -272,3 +273,40 @@ def test_smoke_sweep_runs_end_to_end_and_resumes(digits_data_dir, tmp_path):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count("done before, skipped") == 5
     assert "starting" not in again.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stopping_a_sweep_stops_its_running_cell(digits_data_dir, tmp_path, sig):
+    workdir = str(tmp_path / "exp2")
+    sweep_process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gasgd_tf.experiments.run",
+            "--experiment=exp2",
+            "--config.smoke=True",
+            "--config.sweep.smoke_steps=1000000",
+            f"--config.data.data_dir={digits_data_dir}",
+            f"--workdir={workdir}",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        started = os.path.join(workdir, "clients1_nsync1_seed0", "progress", "worker_0.json")
+        deadline = time.monotonic() + 120
+        while not os.path.exists(started):  # The first cell is training.
+            assert sweep_process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        sweep_process.send_signal(sig)  # To the sweep alone, not its process group.
+        out, _ = sweep_process.communicate(timeout=60)
+    finally:
+        sweep_process.kill()
+    assert sweep_process.returncode == 130, out[-3000:]
+    assert "interrupted: stopping 1 running cell(s)" in out
+    assert "rerun the same command to resume" in out
+    left = subprocess.run(["pgrep", "-af", workdir], capture_output=True, text=True).stdout
+    assert not [line for line in left.splitlines() if "pgrep" not in line]

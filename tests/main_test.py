@@ -18,6 +18,13 @@ def main_command(*flags: str) -> list[str]:
     return [sys.executable, "-m", "gasgd_tf.main", *flags]
 
 
+def run_main(*flags: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs the program from the repository root and waits for it."""
+    return subprocess.run(
+        main_command(*flags), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def events(logdir: str) -> EventAccumulator:
     acc = EventAccumulator(logdir, size_guidance={"scalars": 0, "histograms": 0})
     acc.Reload()
@@ -32,20 +39,14 @@ def leftover_processes(marker: str) -> list[str]:
 @pytest.mark.slow
 def test_local_run_trains_and_writes_summary_and_events(digits_data_dir, tmp_path):
     workdir = str(tmp_path / "run")
-    result = subprocess.run(
-        main_command(
-            "--config=configs/default.py",
-            f"--workdir={workdir}",
-            f"--config.data.data_dir={digits_data_dir}",
-            "--config.num_steps=150",
-            "--config.worker.log_every_steps=25",
-            "--config.eval.every_secs=1",
-            "--config.launcher.log_every_secs=1",
-        ),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_main(
+        "--config=configs/default.py",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={digits_data_dir}",
+        "--config.num_steps=150",
+        "--config.worker.log_every_steps=25",
+        "--config.eval.every_secs=1",
+        "--config.launcher.log_every_secs=1",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "parameter server on 127.0.0.1:" in result.stdout
@@ -191,19 +192,13 @@ def test_stopping_the_launcher_leaves_no_process_behind(digits_data_dir, tmp_pat
 @pytest.mark.slow
 def test_warm_start_begins_at_the_checkpoints_accuracy(digits_data_dir, tmp_path):
     def train(workdir, *flags):
-        result = subprocess.run(
-            main_command(
-                "--config=configs/default.py",
-                f"--workdir={workdir}",
-                f"--config.data.data_dir={digits_data_dir}",
-                "--config.num_workers=1",
-                "--config.eval.every_secs=0.1",
-                *flags,
-            ),
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
+        result = run_main(
+            "--config=configs/default.py",
+            f"--workdir={workdir}",
+            f"--config.data.data_dir={digits_data_dir}",
+            "--config.num_workers=1",
+            "--config.eval.every_secs=0.1",
+            *flags,
         )
         assert result.returncode == 0, result.stdout + result.stderr
         with open(os.path.join(workdir, "summary.json")) as f:
@@ -225,15 +220,10 @@ def test_warm_start_begins_at_the_checkpoints_accuracy(digits_data_dir, tmp_path
 
 
 def test_warm_start_from_a_missing_run_fails_before_starting(tmp_path):
-    result = subprocess.run(
-        main_command(
-            "--config=configs/default.py",
-            f"--workdir={tmp_path / 'run'}",
-            f"--config.warm_start={tmp_path / 'nowhere'}",
-        ),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
+    result = run_main(
+        "--config=configs/default.py",
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.warm_start={tmp_path / 'nowhere'}",
         timeout=120,
     )
     assert result.returncode != 0

@@ -232,16 +232,8 @@ def _start(cell: Cell, workdir: str, out: TextIO, lock: threading.Lock) -> _Runn
 
 def _stop(running: Sequence[_Running], grace_secs: float = 30.0) -> None:
     """SIGINT to every cell's launcher (it stops its own processes), SIGKILL if it lingers."""
+    launch.stop_processes([r.process for r in running], grace_secs, signal.SIGINT)
     for r in running:
-        if r.process.poll() is None:
-            r.process.send_signal(signal.SIGINT)
-    deadline = time.monotonic() + grace_secs
-    for r in running:
-        try:
-            r.process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            r.process.kill()
-            r.process.wait()
         r.pump.join(timeout=5)
 
 
@@ -284,7 +276,10 @@ def run_cells(
     ran = []
     queue = list(todo)
     previous_term = signal.getsignal(signal.SIGTERM)
+    previous_int = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is threading.main_thread():
+        # Also when started with SIGINT ignored (a background job), as the launcher does.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while queue or running:
@@ -314,6 +309,7 @@ def run_cells(
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous_term)
+            signal.signal(signal.SIGINT, previous_int)
     if failed:
         raise CellFailed(
             f"cells failed: {', '.join(failed)}; see their sweep.log under {workdir}; "
