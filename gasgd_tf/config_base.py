@@ -18,6 +18,7 @@ from ml_collections import config_dict
 from gasgd_tf.data import geometry
 from gasgd_tf.data.registry import DATASETS
 from gasgd_tf.models.registry import MODELS
+from gasgd_tf.server import staleness
 from gasgd_tf.server.optimizers import OPTIMIZERS
 
 WORKER_OPTIMIZERS = ("sgd",)
@@ -73,13 +74,34 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.worker.log_every_steps = 50  # TensorBoard train/* and the progress file.
     c.worker.jit_compile = False  # XLA; slower on CPU here (DESIGN.md), try it on GPUs.
 
-    # The server-side optimizer that applies pushed gradients.
+    # The server-side optimizer that applies pushed gradients, with the
+    # keras.optimizers hyperparameters of the same names (each optimizer
+    # reads those it has: gasgd_tf/server/server.py, OPTIMIZER_HPARAMS).
     c.ps = ml_collections.ConfigDict()
-    c.ps.optimizer = "sgd"
+    c.ps.optimizer = "sgd"  # sgd, adagrad, adadelta, rmsprop, adam.
     c.ps.learning_rate = 0.05
-    c.ps.momentum = 0.0
-    c.ps.nesterov = False
-    c.ps.weight_decay = 0.0
+    c.ps.momentum = 0.0  # sgd, rmsprop.
+    c.ps.nesterov = False  # sgd.
+    c.ps.weight_decay = 0.0  # Decoupled, every optimizer.
+    c.ps.beta_1 = 0.9  # adam.
+    c.ps.beta_2 = 0.999  # adam.
+    c.ps.epsilon = 1e-7  # adagrad, adadelta, rmsprop, adam.
+    c.ps.rho = config_dict.placeholder(float)  # adadelta (0.95), rmsprop (0.9); None: Keras'.
+    c.ps.initial_accumulator_value = 0.1  # adagrad.
+    c.ps.amsgrad = False  # adam.
+    c.ps.centered = False  # rmsprop.
+    # Learning rate by server version: constant; step (times lr_decay_rate
+    # every lr_decay_steps versions); cosine (to lr_alpha x the rate at lr_decay_steps).
+    c.ps.lr_schedule = "constant"
+    c.ps.lr_decay_steps = 1000
+    c.ps.lr_decay_rate = 0.5
+    c.ps.lr_alpha = 0.0
+    # Staleness policy (gasgd_tf/server/staleness.py): none, lr_scale,
+    # bounded (no push staler than staleness_bound), dc_asgd (dc_lambda).
+    c.ps.staleness = "none"
+    c.ps.staleness_bound = 2
+    c.ps.dc_lambda = 0.04
+    c.ps.straggler_secs = 30.0  # bounded: stop waiting for a worker silent this long.
     c.ps.rpc_threads = 32
     c.ps.summary_every_secs = 2.0
     c.ps.max_parameter_bytes = 16 << 30  # Initialize refuses larger models.
@@ -127,6 +149,7 @@ _POSITIVE_INTS = (
     "data.shuffle_buffer",
     "worker.log_every_steps",
     "ps.rpc_threads",
+    "ps.lr_decay_steps",
     "ps.max_parameter_bytes",
     "eval.batch_size",
 )
@@ -135,11 +158,13 @@ _NON_NEGATIVE_INTS = (
     "data.pad",
     "data.crop",
     "worker.cpu_threads",
+    "ps.staleness_bound",
 )
 _POSITIVE_FINITE = (
     "worker.learning_rate",
     "ps.learning_rate",
     "ps.summary_every_secs",
+    "ps.straggler_secs",
     "client.timeout_secs",
     "client.retry_secs",
     "client.connect_timeout_secs",
@@ -230,6 +255,29 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check(
         config.ps.weight_decay >= 0, f"ps.weight_decay must be >= 0, got {config.ps.weight_decay}"
     )
+    _check(
+        config.ps.staleness in staleness.POLICIES,
+        f"ps.staleness {config.ps.staleness!r} is not one of {staleness.POLICIES}",
+    )
+    _check(
+        config.ps.staleness != "bounded" or config.n_push == config.n_fetch,
+        f"ps.staleness='bounded' needs n_push == n_fetch (a round is fetch, steps, push), "
+        f"got n_push={config.n_push}, n_fetch={config.n_fetch}",
+    )
+    _check(
+        config.ps.straggler_secs < config.client.timeout_secs,
+        f"ps.straggler_secs ({config.ps.straggler_secs}) must be below client.timeout_secs "
+        f"({config.client.timeout_secs}): a bounded-staleness wait must end before the "
+        "waiting client's deadline",
+    )
+    _check(config.ps.dc_lambda >= 0, f"ps.dc_lambda must be >= 0, got {config.ps.dc_lambda}")
+    try:  # The optimizer and schedule check their own hyperparameters (numpy only).
+        from gasgd_tf.server import server_config
+
+        server_config.build_optimizer(config.ps)
+        server_config.build_schedule(config.ps)
+    except ValueError as e:
+        _check(False, f"ps: {e}")
     _check(
         64 << 10 <= config.client.chunk_bytes <= 4 << 20,
         f"client.chunk_bytes must be in [64 KiB, 4 MiB], got {config.client.chunk_bytes}",

@@ -146,7 +146,7 @@ def run(config: ml_collections.ConfigDict, address: str, workdir: str) -> EvalRe
         due = time.monotonic() - last_eval >= config.eval.every_secs
         if (result is None or status.version != result.version) and (due or finished):
             steps = _steps_per_client(status, config.num_workers)
-            version, _, flat = client.fetch()
+            version, _, flat = client.fetch(read_only=True)
             sync.assign(flat)
             accuracy, loss, count, multi = evaluate()
             last_eval = time.monotonic()

@@ -360,6 +360,11 @@ class LocalLauncher:
             "pushes_rejected": status.pushes_rejected,
             "staleness_mean": status.staleness.mean,
             "staleness_max": status.staleness.max,
+            "staleness_by_client": {
+                c.client_id: {"mean": c.staleness.mean, "max": c.staleness.max}
+                for c in status.clients
+                if c.pushes
+            },
             "steps_per_worker": [w.get("steps", 0) for w in workers],
             "worker_images_per_sec": [w.get("images_per_sec", 0.0) for w in workers],
             # Workers train side by side, so their own rates add up.

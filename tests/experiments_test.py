@@ -216,7 +216,7 @@ def test_report_and_figures_from_events(tmp_path):
     text = open(md_path).read()
     assert "| clients1_nsync1 | 2 | 100 | " in text and "0.0900 [0.0800, 0.1000]" in text
     assert text.count("\n| clients") == 2 + 4  # Two settings, four runs.
-    assert open(csv_path).readline().startswith("cell,clients,n_sync,seed")
+    assert open(csv_path).readline().startswith("cell,variant,clients,n_sync,seed")
     assert os.path.isfile(tmp_path / "summary_by_setting.csv")
 
     assert [c.name for c in sweep.discover(str(tmp_path))] == [c.name for c in cells]
@@ -310,3 +310,27 @@ def test_stopping_a_sweep_stops_its_running_cell(digits_data_dir, tmp_path, sig)
     assert "rerun the same command to resume" in out
     left = subprocess.run(["pgrep", "-af", workdir], capture_output=True, text=True).stdout
     assert not [line for line in left.splitlines() if "pgrep" not in line]
+
+
+def test_variants_are_one_more_axis_with_their_own_config_changes():
+    base, grid, _ = sweep.split_experiment(
+        experiment(
+            **{
+                "sweep.clients": (8,),
+                "sweep.seeds": (0,),
+                "sweep.variants": {
+                    "none": {},
+                    "bounded": {"ps": {"staleness": "bounded", "staleness_bound": 1}},
+                },
+            }
+        )
+    )
+    cells = sweep.grid_cells(base, grid, None)
+    # In name order (ml_collections keeps config keys sorted).
+    assert [(c.name, c.variant, c.setting) for c in cells] == [
+        ("bounded_clients8_nsync1_seed0", "bounded", "bounded_clients8_nsync1"),
+        ("none_clients8_nsync1_seed0", "none", "none_clients8_nsync1"),
+    ]
+    assert (cells[0].config.ps.staleness, cells[1].config.ps.staleness) == ("bounded", "none")
+    assert cells[0].config.ps.staleness_bound == 1
+    assert cells[0].config.ps.learning_rate == cells[1].config.ps.learning_rate  # Untouched.

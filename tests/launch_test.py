@@ -408,8 +408,17 @@ class _FakeClient:
     def status(self):
         self.events.append(("status", self.address))
         staleness = types.SimpleNamespace(mean=0.5, max=2)
+        clients = [
+            types.SimpleNamespace(client_id=f"worker_{i}", pushes=4, staleness=staleness)
+            for i in range(2)
+        ] + [types.SimpleNamespace(client_id="eval", pushes=0, staleness=staleness)]
         return types.SimpleNamespace(
-            version=7, updates_applied=9, pushes_rejected=1, staleness=staleness
+            version=7,
+            updates_applied=9,
+            pushes_rejected=1,
+            staleness=staleness,
+            clients=clients,
+            server_id="fake",
         )
 
     def close(self):
@@ -471,6 +480,11 @@ def test_run_succeeds_and_writes_summary(tmp_path, monkeypatch, restore_sigterm,
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["test_accuracy"] == 0.75 and summary["test_examples"] == 359
     assert summary["steps_per_worker"] == [400, 400]
+    # Per worker; the evaluator never pushes and is left out.
+    assert summary["staleness_by_client"] == {
+        "worker_0": {"mean": 0.5, "max": 2},
+        "worker_1": {"mean": 0.5, "max": 2},
+    }
     assert summary["images_per_sec"] == 200.0
     assert (summary["server_version"], summary["updates_applied"], summary["pushes_rejected"]) == (
         7,

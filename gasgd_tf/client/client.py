@@ -169,9 +169,15 @@ class ParameterClient:
         self._specs = tuple(specs)
         return response.accepted, response.version
 
-    def fetch(self) -> tuple[int, tuple[TensorSpec, ...], np.ndarray]:
-        """Returns (version, specs, flat float32 parameters) of one consistent snapshot."""
-        request = pb.FetchRequest(client_id=self.client_id)
+    def fetch(self, read_only: bool = False) -> tuple[int, tuple[TensorSpec, ...], np.ndarray]:
+        """Returns (version, specs, flat float32 parameters) of one consistent snapshot.
+
+        Args:
+          read_only: This client will not push gradients computed from the
+            result (an evaluator): a bounded-staleness server neither delays
+            the fetch nor waits for a push after it.
+        """
+        request = pb.FetchRequest(client_id=self.client_id, read_only=read_only)
 
         def attempt(timeout):
             stream = self._stub.Fetch(request, timeout=timeout)

@@ -90,9 +90,13 @@ def plot(
     out_dir = os.path.join(workdir, "plots")
     os.makedirs(out_dir, exist_ok=True)
     panels = sorted({c.n_sync for c in cells})
-    all_clients = sorted({c.clients for c in cells})
-    shade = max(len(all_clients) - 1, 1)
-    colors = {n: plt.cm.viridis(i / shade) for i, n in enumerate(all_clients)}
+    # One curve per (variant, clients): variants in the sweep's order.
+    variants = list(dict.fromkeys(c.variant for c in cells))
+    keys = [(v, n) for v in variants for n in sorted({c.clients for c in cells})]
+    keys = [k for k in keys if any((c.variant, c.clients) == k for c in cells)]
+    several_clients = len({c.clients for c in cells}) > 1
+    shade = max(len(keys) - 1, 1)
+    colors = {k: plt.cm.viridis(i / shade) for i, k in enumerate(keys)}
     data = {c.name: _series(c, os.path.join(workdir, c.name), window_minibatches) for c in cells}
     paths = []
     for metric in ("test", "train"):
@@ -101,16 +105,21 @@ def plot(
                 1, len(panels), figsize=(4.2 * len(panels) + 0.6, 3.6), squeeze=False, sharey=True
             )
             for ax, n_sync in zip(axes[0], panels):
-                for clients in all_clients:
-                    group = [c for c in cells if c.n_sync == n_sync and c.clients == clients]
+                for key in keys:
+                    variant, clients = key
+                    group = [
+                        c for c in cells if c.n_sync == n_sync and (c.variant, c.clients) == key
+                    ]
                     if not group:
                         continue
                     x, mean, lo, hi = mean_curve([data[c.name][(metric, axis)] for c in group])
                     seeds = f", {len(group)} seeds" if len(group) > 1 else ""
-                    label = f"{clients} client{'s' if clients > 1 else ''}{seeds}"
-                    ax.plot(x, mean, color=colors[clients], label=label, linewidth=1.2)
+                    label = f"{clients} client{'s' if clients > 1 else ''}"
+                    if variant:
+                        label = f"{variant}, {label}" if several_clients else variant
+                    ax.plot(x, mean, color=colors[key], label=label + seeds, linewidth=1.2)
                     if len(group) > 1:
-                        ax.fill_between(x, lo, hi, color=colors[clients], alpha=0.15, linewidth=0)
+                        ax.fill_between(x, lo, hi, color=colors[key], alpha=0.15, linewidth=0)
                 ax.set_title(f"n_sync = {n_sync}", fontsize=10)
                 ax.set_xlabel(AXES[axis], fontsize=9)
                 ax.set_yscale("log")

@@ -33,6 +33,7 @@ def row(cell: Cell, workdir: str, window_minibatches: int, target_error: float =
     train, _ = curves.train_curves(folder, window_minibatches, config.worker.log_every_steps)
     out = {
         "cell": cell.name,
+        "variant": cell.variant,
         "clients": cell.clients,
         "n_sync": cell.n_sync,
         "seed": cell.seed,
@@ -58,18 +59,19 @@ def row(cell: Cell, workdir: str, window_minibatches: int, target_error: float =
 
 
 # Columns that identify a setting rather than measure it.
-_KEYS = ("clients", "n_sync", "warm_start", "steps_per_client", "minibatches")
+_KEYS = ("variant", "clients", "n_sync", "warm_start", "steps_per_client", "minibatches")
 
 
 def by_setting(rows: Sequence[dict]) -> list[dict]:
-    """One row per (clients, n_sync): the seeds' mean, min and max of every measurement."""
+    """One row per (variant, clients, n_sync): the seeds' mean, min and max of each measurement."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["clients"], r["n_sync"]), []).append(r)
+        groups.setdefault((r["variant"], r["clients"], r["n_sync"]), []).append(r)
     out = []
     for group in groups.values():
         first = group[0]
-        row_out = {"setting": f"clients{first['clients']}_nsync{first['n_sync']}"}
+        prefix = f"{first['variant']}_" if first["variant"] else ""
+        row_out = {"setting": f"{prefix}clients{first['clients']}_nsync{first['n_sync']}"}
         row_out.update({k: first[k] for k in _KEYS})
         row_out["seeds"] = len(group)
         for key in first:

@@ -24,6 +24,7 @@ EXPERIMENTS = {
     "exp1": "exp1_async_vs_single.py",
     "exp2": "exp2_cold_start.py",
     "exp3": "exp3_warm_start.py",
+    "exp4": "exp4_staleness.py",
 }
 
 

@@ -44,6 +44,7 @@ def experiment_config() -> ml_collections.ConfigDict:
     config.sweep = ml_collections.ConfigDict()
     config.sweep.clients = (1, 2, 4, 8)
     config.sweep.n_sync = (1,)
+    config.sweep.variants = {}  # Optional: name -> config changes compared side by side.
     config.sweep.seeds = (0, 1, 2)  # Three runs per setting: curves and tables show their spread.
     config.sweep.pretrain_steps = 0  # > 0: warm start from a single worker trained this long.
     config.sweep.concurrency = 1  # Cells one at a time: they would share the 2 cores.

@@ -5,7 +5,8 @@ fields the sweep consumes:
 
   ``sweep``: ``clients``, ``n_sync`` and ``seeds`` (the grid: every
     combination is one cell; the seed sets the data order and dropout, and
-    the initial weights of a cold start),
+    the initial weights of a cold start), optionally ``variants`` (named
+    sets of config changes, one more axis),
     ``pretrain_steps`` (> 0: first train one worker that long and warm-start
     every cell from its checkpoint, the paper's warm start),
     ``concurrency`` (cells run at once), ``smoke_steps`` (steps per client
@@ -51,6 +52,7 @@ class Cell:
       clients: Number of workers.
       n_sync: The paper's n_sync (n_push = n_fetch).
       seed: ``config.seed``.
+      variant: The name of the ``sweep.variants`` entry it applies, or "".
     """
 
     name: str
@@ -58,11 +60,13 @@ class Cell:
     clients: int
     n_sync: int
     seed: int = 0
+    variant: str = ""
 
     @property
     def setting(self) -> str:
         """The cell's name without its seed: the cells of one setting differ only in seed."""
-        return f"clients{self.clients}_nsync{self.n_sync}"
+        prefix = f"{self.variant}_" if self.variant else ""
+        return f"{prefix}clients{self.clients}_nsync{self.n_sync}"
 
     @property
     def config_json(self) -> str:
@@ -135,7 +139,12 @@ def pretrain_cell(base, sweep) -> Cell:
 
 
 def grid_cells(base, sweep, warm_start: str | None) -> list[Cell]:
-    """Every (clients, n_sync, seed) of the grid: by seed, then n_sync, fewest clients first.
+    """Every (variant, clients, n_sync, seed) of the grid, seeds varying slowest.
+
+    ``sweep.variants`` (optional) names sets of config changes compared
+    side by side, e.g. ``{"lr_scale": {"ps": {"staleness": "lr_scale"}}}``;
+    a variant's name prefixes its cells' names. Variants run in name order
+    (ml_collections keeps the keys of a config sorted).
 
     Seeds vary slowest, so that an interrupted sweep already holds whole
     grids of the first seeds.
@@ -147,22 +156,27 @@ def grid_cells(base, sweep, warm_start: str | None) -> list[Cell]:
         path to one file, as the launcher pins it, so that ``is_done``
         compares like with like), or None for a cold start.
     """
+    variants = sweep.get("variants") or {"": {}}
     cells = []
     for seed in sweep.seeds:
-        for n_sync in sweep.n_sync:
-            for clients in sorted(sweep.clients):
-                name = f"clients{clients}_nsync{n_sync}_seed{seed}"
-                config = _cell_config(
-                    base,
-                    name=name,
-                    seed=seed,
-                    num_workers=clients,
-                    n_sync=n_sync,
-                    n_push=None,
-                    n_fetch=None,
-                    warm_start=warm_start,
-                )
-                cells.append(Cell(name, config, clients, n_sync, seed))
+        for variant, overrides in variants.items():
+            for n_sync in sweep.n_sync:
+                for clients in sorted(sweep.clients):
+                    name = f"{variant}_" if variant else ""
+                    name += f"clients{clients}_nsync{n_sync}_seed{seed}"
+                    config = ml_collections.ConfigDict(base.to_dict())
+                    config.update(dict(overrides))
+                    config = _cell_config(
+                        config,
+                        name=name,
+                        seed=seed,
+                        num_workers=clients,
+                        n_sync=n_sync,
+                        n_push=None,
+                        n_fetch=None,
+                        warm_start=warm_start,
+                    )
+                    cells.append(Cell(name, config, clients, n_sync, seed, variant))
     return cells
 
 
@@ -334,5 +348,6 @@ def discover(workdir: str) -> list[Cell]:
             continue
         with open(config_path) as f:
             config = config_base.from_json(f.read())
-        cells.append(Cell(name, config, config.num_workers, config.n_push, config.seed))
+        variant = name.split("_clients")[0] if "_clients" in name else ""
+        cells.append(Cell(name, config, config.num_workers, config.n_push, config.seed, variant))
     return sorted(cells, key=lambda c: (c.seed, c.n_sync, c.clients, c.name))

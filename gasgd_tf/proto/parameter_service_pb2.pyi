@@ -97,10 +97,12 @@ class InitializeResponse(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., version: _Optional[int] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
-    __slots__ = ("client_id",)
+    __slots__ = ("client_id", "read_only")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    READ_ONLY_FIELD_NUMBER: _ClassVar[int]
     client_id: str
-    def __init__(self, client_id: _Optional[str] = ...) -> None: ...
+    read_only: bool
+    def __init__(self, client_id: _Optional[str] = ..., read_only: _Optional[bool] = ...) -> None: ...
 
 class FetchHeader(_message.Message):
     __slots__ = ("version", "tensors", "total_bytes")

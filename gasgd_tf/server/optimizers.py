@@ -1,48 +1,139 @@
 """Server-side optimizers over one flat float32 parameter buffer.
 
 The parameter store keeps every tensor in one contiguous buffer, so an update
-is a handful of vectorised numpy operations over the whole model, with a
-preallocated scratch buffer instead of fresh temporaries (about 1.4x faster
+is a handful of vectorised numpy operations over the whole model, with
+preallocated scratch buffers instead of fresh temporaries (about 1.4x faster
 on large models, see DESIGN.md's measurements). The math follows the
 ``keras.optimizers`` class of the same name exactly, operation for operation
 in float32, so a run can move between a single Keras process and the server.
+
+All optimizer state (accumulators, Adam's step count) lives in the slots dict
+the caller owns, never on the optimizer object: the store checkpoints the
+slots, and a fresh optimizer given them continues the run exactly.
 """
 
 from __future__ import annotations
 
 import abc
+import math
 from typing import Any
 
 import numpy as np
+
+
+def _number(name: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+
+
+def _positive(name: str, value: Any) -> float:
+    """``value`` as a float if finite and > 0 (NaN fails: comparisons are written to reject it)."""
+    value = _number(name, value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def _non_negative(name: str, value: Any) -> float:
+    value = _number(name, value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def _fraction(name: str, value: Any) -> float:
+    """``value`` as a float in [0, 1): decay rates, momenta and betas."""
+    value = _number(name, value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return value
+
+
+def _flag(name: str, value: Any) -> bool:
+    # Strict: bool("false") is True, so a string from a config would flip silently.
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
 
 
 class ServerOptimizer(abc.ABC):
     """Applies gradients to a flat parameter buffer in place.
 
     Slots (momentum and the like) live in a dict owned by the caller, so that
-    the store can snapshot or checkpoint them with the parameters.
+    the store can snapshot or checkpoint them with the parameters; they hold
+    all of the optimizer's state.
+
+    Every optimizer has decoupled weight decay as Keras does it: before the
+    update, ``w -= w * weight_decay * lr`` with the step's learning rate.
+
+    Args:
+      learning_rate: Default step size, > 0; ``apply`` may override it per call.
+      weight_decay: Decoupled weight decay coefficient, >= 0.
     """
 
     name: str = ""
 
-    def __init__(self):
+    def __init__(self, learning_rate: float, weight_decay: float = 0.0):
+        self.learning_rate = _positive("learning_rate", learning_rate)
+        self.weight_decay = _non_negative("weight_decay", weight_decay)
         self._scratch: list[np.ndarray] = []
 
     @abc.abstractmethod
     def init_slots(self, size: int) -> dict[str, np.ndarray]:
         """Returns the initial slots for ``size`` parameters."""
 
-    @abc.abstractmethod
-    def apply(self, params: np.ndarray, grad: np.ndarray, slots: dict[str, np.ndarray]) -> None:
+    def apply(
+        self,
+        params: np.ndarray,
+        grad: np.ndarray,
+        slots: dict[str, np.ndarray],
+        learning_rate: float | None = None,
+    ) -> None:
         """Updates ``params`` and ``slots`` in place with ``grad``.
 
-        Not thread-safe (it uses a shared scratch buffer): callers serialise
+        Not thread-safe (it uses shared scratch buffers): callers serialise
         calls, as ParameterStore does under its lock.
+
+        Args:
+          params: Flat float32 parameters, updated in place.
+          grad: Flat float32 gradient of the same size.
+          slots: From ``init_slots`` (or a checkpoint of them), updated in place.
+          learning_rate: This step's rate, >= 0 (the store passes schedule x
+            staleness policy); None: ``self.learning_rate``. It scales the
+            weight decay too, as in Keras.
         """
+        lr = np.float32(self.learning_rate if learning_rate is None else learning_rate)
+        if self.weight_decay:
+            # Keras: variable.assign_sub(variable * wd * lr), in that order.
+            tmp = self._tmp(params.size)
+            np.multiply(params, np.float32(self.weight_decay), out=tmp)
+            tmp *= lr
+            params -= tmp
+        self._update(params, grad, slots, lr)
 
     @abc.abstractmethod
+    def _update(
+        self,
+        params: np.ndarray,
+        grad: np.ndarray,
+        slots: dict[str, np.ndarray],
+        lr: np.float32,
+    ) -> None:
+        """The optimizer's own step, after weight decay (Keras' ``update_step``)."""
+
     def get_config(self) -> dict[str, Any]:
         """The hyperparameters, as passed to the constructor."""
+        return {
+            "learning_rate": self.learning_rate,
+            **self._hparams(),
+            "weight_decay": self.weight_decay,
+        }
+
+    @abc.abstractmethod
+    def _hparams(self) -> dict[str, Any]:
+        """The hyperparameters other than learning_rate and weight_decay."""
 
     def _tmp(self, size: int, index: int = 0) -> np.ndarray:
         """Scratch buffer number ``index`` of ``size`` floats, reused across calls."""
@@ -54,11 +145,11 @@ class ServerOptimizer(abc.ABC):
 
 
 class SGD(ServerOptimizer):
-    """SGD with optional momentum, Nesterov momentum and decoupled weight decay.
+    """SGD with optional momentum and Nesterov momentum.
 
-    As ``keras.optimizers.SGD``: first ``w -= w * weight_decay * lr``; then
-    with momentum ``m = m * momentum - g * lr`` and ``w += m`` (Nesterov:
-    ``w += m * momentum - g * lr``), without it ``w -= g * lr``.
+    As ``keras.optimizers.SGD``: with momentum ``m = m * momentum - g * lr``
+    and ``w += m`` (Nesterov: ``w += m * momentum - g * lr``), without it
+    ``w -= g * lr``.
 
     Args:
       learning_rate: Step size, > 0.
@@ -76,28 +167,15 @@ class SGD(ServerOptimizer):
         nesterov: bool = False,
         weight_decay: float = 0.0,
     ):
-        super().__init__()
-        if learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        self.learning_rate = float(learning_rate)
-        self.momentum = float(momentum)
-        self.nesterov = bool(nesterov)
-        self.weight_decay = float(weight_decay)
+        super().__init__(learning_rate, weight_decay)
+        self.momentum = _fraction("momentum", momentum)
+        self.nesterov = _flag("nesterov", nesterov)
 
     def init_slots(self, size: int) -> dict[str, np.ndarray]:
         return {"momentum": np.zeros(size, np.float32)} if self.momentum else {}
 
-    def apply(self, params: np.ndarray, grad: np.ndarray, slots: dict[str, np.ndarray]) -> None:
-        lr = np.float32(self.learning_rate)
+    def _update(self, params, grad, slots, lr):
         tmp = self._tmp(params.size)
-        if self.weight_decay:
-            np.multiply(params, np.float32(self.weight_decay), out=tmp)
-            tmp *= lr
-            params -= tmp
         np.multiply(grad, lr, out=tmp)  # tmp = g * lr
         if not self.momentum:
             params -= tmp
@@ -114,23 +192,309 @@ class SGD(ServerOptimizer):
         else:
             params += m
 
-    def get_config(self) -> dict[str, Any]:
+    def _hparams(self) -> dict[str, Any]:
+        return {"momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class Adagrad(ServerOptimizer):
+    """Adagrad, as ``keras.optimizers.Adagrad``.
+
+    ``a += g * g``, then ``w -= (lr * g) / sqrt(a + epsilon)``: epsilon is
+    inside the square root, and ``a`` starts at ``initial_accumulator_value``.
+
+    Args:
+      learning_rate: Step size, > 0.
+      initial_accumulator_value: Starting value of every accumulator, >= 0.
+      epsilon: Added to the accumulator under the square root, > 0.
+      weight_decay: Decoupled weight decay coefficient, >= 0.
+    """
+
+    name = "adagrad"
+
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        initial_accumulator_value: float = 0.1,
+        epsilon: float = 1e-7,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__(learning_rate, weight_decay)
+        self.initial_accumulator_value = _non_negative(
+            "initial_accumulator_value", initial_accumulator_value
+        )
+        self.epsilon = _positive("epsilon", epsilon)
+
+    def init_slots(self, size: int) -> dict[str, np.ndarray]:
+        return {"accumulator": np.full(size, self.initial_accumulator_value, np.float32)}
+
+    def _update(self, params, grad, slots, lr):
+        acc = slots["accumulator"]
+        denom = self._tmp(params.size)
+        step = self._tmp(params.size, 1)
+        np.square(grad, out=denom)
+        acc += denom
+        np.add(acc, np.float32(self.epsilon), out=denom)
+        np.sqrt(denom, out=denom)
+        np.multiply(grad, lr, out=step)
+        step /= denom
+        params -= step
+
+    def _hparams(self) -> dict[str, Any]:
         return {
-            "learning_rate": self.learning_rate,
-            "momentum": self.momentum,
-            "nesterov": self.nesterov,
-            "weight_decay": self.weight_decay,
+            "initial_accumulator_value": self.initial_accumulator_value,
+            "epsilon": self.epsilon,
         }
 
 
-OPTIMIZERS: dict[str, type[ServerOptimizer]] = {SGD.name: SGD}
+class Adadelta(ServerOptimizer):
+    """Adadelta, as ``keras.optimizers.Adadelta``.
+
+    With ``rms(x) = sqrt(x + epsilon)``: ``a = rho * a + (1 - rho) * g * g``;
+    ``d = -rms(ad) * g / rms(a)``; ``ad = rho * ad + (1 - rho) * d * d``;
+    ``w += lr * d``. Unlike the paper, the step is scaled by the learning
+    rate (Keras' default 0.001, where the paper has effectively 1.0).
+
+    Args:
+      learning_rate: Step size, > 0.
+      rho: Decay rate of both running averages, in [0, 1).
+      epsilon: Added under both square roots, > 0.
+      weight_decay: Decoupled weight decay coefficient, >= 0.
+    """
+
+    name = "adadelta"
+
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        rho: float = 0.95,
+        epsilon: float = 1e-7,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__(learning_rate, weight_decay)
+        self.rho = _fraction("rho", rho)
+        self.epsilon = _positive("epsilon", epsilon)
+
+    def init_slots(self, size: int) -> dict[str, np.ndarray]:
+        return {
+            "accumulated_grad": np.zeros(size, np.float32),
+            "accumulated_delta_var": np.zeros(size, np.float32),
+        }
+
+    def _update(self, params, grad, slots, lr):
+        acc_grad = slots["accumulated_grad"]
+        acc_delta = slots["accumulated_delta_var"]
+        # Keras computes 1 - rho in double precision, then rounds it to float32.
+        rho, one_minus_rho = np.float32(self.rho), np.float32(1 - self.rho)
+        epsilon = np.float32(self.epsilon)
+        delta = self._tmp(params.size)  # Holds -d, the negated update.
+        tmp = self._tmp(params.size, 1)
+        np.square(grad, out=delta)
+        delta *= one_minus_rho
+        acc_grad *= rho
+        acc_grad += delta
+        np.add(acc_delta, epsilon, out=delta)
+        np.sqrt(delta, out=delta)
+        delta *= grad
+        np.add(acc_grad, epsilon, out=tmp)
+        np.sqrt(tmp, out=tmp)
+        delta /= tmp
+        np.square(delta, out=tmp)
+        tmp *= one_minus_rho
+        acc_delta *= rho
+        acc_delta += tmp
+        # w + lr * d == w - lr * (-d) exactly: negation does not round.
+        delta *= lr
+        params -= delta
+
+    def _hparams(self) -> dict[str, Any]:
+        return {"rho": self.rho, "epsilon": self.epsilon}
+
+
+class RMSprop(ServerOptimizer):
+    """RMSprop, as ``keras.optimizers.RMSprop``.
+
+    ``v = rho * v + (1 - rho) * g * g``; centered also keeps
+    ``a = rho * a + (1 - rho) * g`` and uses ``v - a * a`` in place of ``v``;
+    the increment is ``(lr * g) / sqrt(v + epsilon)`` (epsilon inside the
+    root). With momentum ``m = momentum * m + increment`` and ``w -= m``,
+    without it ``w -= increment``.
+
+    Args:
+      learning_rate: Step size, > 0.
+      rho: Decay rate of the running averages, in [0, 1).
+      momentum: In [0, 1).
+      epsilon: Added under the square root, > 0.
+      centered: Normalise by the variance estimate, not the raw second moment.
+      weight_decay: Decoupled weight decay coefficient, >= 0.
+    """
+
+    name = "rmsprop"
+
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        rho: float = 0.9,
+        momentum: float = 0.0,
+        epsilon: float = 1e-7,
+        centered: bool = False,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__(learning_rate, weight_decay)
+        self.rho = _fraction("rho", rho)
+        self.momentum = _fraction("momentum", momentum)
+        self.epsilon = _positive("epsilon", epsilon)
+        self.centered = _flag("centered", centered)
+
+    def init_slots(self, size: int) -> dict[str, np.ndarray]:
+        slots = {"velocity": np.zeros(size, np.float32)}
+        if self.momentum:
+            slots["momentum"] = np.zeros(size, np.float32)
+        if self.centered:
+            slots["average_gradient"] = np.zeros(size, np.float32)
+        return slots
+
+    def _update(self, params, grad, slots, lr):
+        velocity = slots["velocity"]
+        rho, one_minus_rho = np.float32(self.rho), np.float32(1 - self.rho)
+        denom = self._tmp(params.size)
+        step = self._tmp(params.size, 1)
+        np.square(grad, out=denom)
+        denom *= one_minus_rho
+        velocity *= rho
+        velocity += denom
+        if self.centered:
+            average = slots["average_gradient"]
+            np.multiply(grad, one_minus_rho, out=denom)
+            average *= rho
+            average += denom
+            # Keras: (velocity - square(average)) + epsilon, in that order.
+            np.square(average, out=denom)
+            np.subtract(velocity, denom, out=denom)
+            denom += np.float32(self.epsilon)
+        else:
+            np.add(velocity, np.float32(self.epsilon), out=denom)
+        np.sqrt(denom, out=denom)
+        np.multiply(grad, lr, out=step)
+        step /= denom
+        if self.momentum:
+            m = slots["momentum"]
+            m *= np.float32(self.momentum)
+            m += step
+            params -= m
+        else:
+            params -= step
+
+    def _hparams(self) -> dict[str, Any]:
+        return {
+            "rho": self.rho,
+            "momentum": self.momentum,
+            "epsilon": self.epsilon,
+            "centered": self.centered,
+        }
+
+
+class Adam(ServerOptimizer):
+    """Adam, optionally AMSGrad, as ``keras.optimizers.Adam``.
+
+    With ``t`` the 1-based step (``slots["iterations"] + 1``):
+    ``alpha = lr * sqrt(1 - beta_2**t) / (1 - beta_1**t)``;
+    ``m += (g - m) * (1 - beta_1)``; ``v += (g * g - v) * (1 - beta_2)``;
+    AMSGrad uses ``v_hat = max(v_hat, v)`` for ``v``; then
+    ``w -= (m * alpha) / (sqrt(v) + epsilon)``. Epsilon is added outside the
+    root and to the bias-corrected-in-alpha form, so it acts like
+    ``epsilon * sqrt(1 - beta_2**t)`` in the paper's formulation.
+
+    Args:
+      learning_rate: Step size, > 0.
+      beta_1: Decay rate of the first moment, in [0, 1).
+      beta_2: Decay rate of the second moment, in [0, 1).
+      epsilon: Added to the root of the second moment, > 0.
+      amsgrad: Use the running maximum of the second moment (AMSGrad).
+      weight_decay: Decoupled weight decay coefficient, >= 0.
+    """
+
+    name = "adam"
+
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-7,
+        amsgrad: bool = False,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__(learning_rate, weight_decay)
+        self.beta_1 = _fraction("beta_1", beta_1)
+        self.beta_2 = _fraction("beta_2", beta_2)
+        self.epsilon = _positive("epsilon", epsilon)
+        self.amsgrad = _flag("amsgrad", amsgrad)
+
+    def init_slots(self, size: int) -> dict[str, np.ndarray]:
+        slots = {
+            "momentum": np.zeros(size, np.float32),
+            "velocity": np.zeros(size, np.float32),
+            # Steps applied so far, for the bias correction: state, so a slot.
+            "iterations": np.zeros(1, np.int64),
+        }
+        if self.amsgrad:
+            slots["velocity_hat"] = np.zeros(size, np.float32)
+        return slots
+
+    def _update(self, params, grad, slots, lr):
+        iterations = slots["iterations"]
+        # Keras raises the float32 betas to the float32 step with TensorFlow's
+        # pow, which is not correctly rounded (nor is numpy's float32 power);
+        # the double-precision power rounded once to float32 is, and agrees
+        # with TensorFlow's more often than numpy's does. Off by one ulp, it
+        # changes a step by about 1e-7 relatively.
+        t = float(np.float32(iterations[0] + 1))
+        beta_1_power = np.float32(math.pow(float(np.float32(self.beta_1)), t))
+        beta_2_power = np.float32(math.pow(float(np.float32(self.beta_2)), t))
+        # alpha = (lr * sqrt(1 - b2^t)) / (1 - b1^t), in float32 as Keras.
+        one = np.float32(1)
+        alpha = lr * np.sqrt(one - beta_2_power) / (one - beta_1_power)
+
+        m, v = slots["momentum"], slots["velocity"]
+        tmp = self._tmp(params.size)
+        step = self._tmp(params.size, 1)
+        np.subtract(grad, m, out=tmp)
+        tmp *= np.float32(1 - self.beta_1)
+        m += tmp
+        np.square(grad, out=tmp)
+        tmp -= v
+        tmp *= np.float32(1 - self.beta_2)
+        v += tmp
+        if self.amsgrad:
+            v_hat = slots["velocity_hat"]
+            np.maximum(v_hat, v, out=v_hat)
+            v = v_hat
+        np.sqrt(v, out=tmp)
+        tmp += np.float32(self.epsilon)
+        np.multiply(m, alpha, out=step)
+        step /= tmp
+        params -= step
+        iterations += 1
+
+    def _hparams(self) -> dict[str, Any]:
+        return {
+            "beta_1": self.beta_1,
+            "beta_2": self.beta_2,
+            "epsilon": self.epsilon,
+            "amsgrad": self.amsgrad,
+        }
+
+
+OPTIMIZERS: dict[str, type[ServerOptimizer]] = {
+    cls.name: cls for cls in (SGD, Adagrad, Adadelta, RMSprop, Adam)
+}
 
 
 def make_optimizer(name: str, **hparams: Any) -> ServerOptimizer:
     """Builds a server optimizer by name, for example ``make_optimizer("sgd", momentum=0.9)``.
 
     Raises:
-      ValueError: For an unknown name or hyperparameter.
+      ValueError: For an unknown name or hyperparameter, or a value out of range.
     """
     try:
         cls = OPTIMIZERS[name]

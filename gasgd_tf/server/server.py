@@ -13,7 +13,7 @@ import grpc
 
 from gasgd_tf import checkpoints, wire
 from gasgd_tf.proto import parameter_service_pb2_grpc as pb_grpc
-from gasgd_tf.server.optimizers import ServerOptimizer, make_optimizer
+from gasgd_tf.server import server_config
 from gasgd_tf.server.servicer import ParameterServicer
 from gasgd_tf.server.store import STALENESS_BUCKETS, DivergedError, ParameterStore
 from gasgd_tf.summaries import MetricWriter
@@ -111,10 +111,13 @@ class SummaryLoop:
             },
             step,
         )
-        recent = self._store.drain_staleness()
+        by_client = self._store.drain_staleness_by_client()
         # Integer staleness: one bucket per value, edges at k + 0.5.
         edges = [k + 0.5 for k in range(STALENESS_BUCKETS)]
-        self._writer.histogram("ps/staleness", recent, step, bucket_limits=edges)
+        everyone = [s for values in by_client.values() for s in values]
+        self._writer.histogram("ps/staleness", everyone, step, bucket_limits=edges)
+        for client_id, values in sorted(by_client.items()):
+            self._writer.histogram(f"ps/staleness/{client_id}", values, step, bucket_limits=edges)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -147,17 +150,6 @@ def save_checkpoint(store: ParameterStore, directory: str) -> str | None:
     return path
 
 
-def build_optimizer(ps_config) -> ServerOptimizer:
-    """The server optimizer named by ``config.ps``."""
-    return make_optimizer(
-        ps_config.optimizer,
-        learning_rate=ps_config.learning_rate,
-        momentum=ps_config.momentum,
-        nesterov=ps_config.nesterov,
-        weight_decay=ps_config.weight_decay,
-    )
-
-
 def run(config, workdir: str, address: str, port_file: str | None = None) -> None:
     """The ``ps`` role: serves until SIGTERM or SIGINT, then writes final summaries.
 
@@ -168,7 +160,12 @@ def run(config, workdir: str, address: str, port_file: str | None = None) -> Non
       port_file: If set, the bound port is written there (atomically) once
         the server accepts calls, for a launcher that asked for port 0.
     """
-    store = ParameterStore(build_optimizer(config.ps), config.ps.max_parameter_bytes)
+    store = ParameterStore(
+        server_config.build_optimizer(config.ps),
+        config.ps.max_parameter_bytes,
+        staleness=server_config.build_staleness(config.ps),
+        schedule=server_config.build_schedule(config.ps),
+    )
     server = ParameterServer(store, address, max_workers=config.ps.rpc_threads).start()
     writer = MetricWriter(os.path.join(workdir, "tb", "ps_0"))
     summaries = SummaryLoop(store, writer, config.ps.summary_every_secs).start()

@@ -111,7 +111,7 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
 
     def Fetch(self, request, context):
         with self._errors(context, "Fetch"):
-            snap = self._store.snapshot(request.client_id)
+            snap = self._store.snapshot(request.client_id, read_only=request.read_only)
         header = pb.FetchHeader(
             version=snap.version,
             tensors=wire.specs_to_proto(snap.specs),

@@ -7,6 +7,7 @@ and tests drive it directly.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 import uuid
@@ -14,7 +15,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from gasgd_tf.server import staleness as staleness_lib
 from gasgd_tf.server.optimizers import ServerOptimizer
+from gasgd_tf.server.staleness import StalenessConfig
 from gasgd_tf.tensors import FlatLayout, TensorSpec, ValidationError, check_same_specs
 
 # Staleness histogram buckets: 0, 1, ..., STALENESS_BUCKETS - 2, and ">= last".
@@ -22,6 +25,10 @@ STALENESS_BUCKETS = 64
 # Largest parameter set a store accepts by default: 16 GiB, 4 billion floats.
 DEFAULT_MAX_PARAMETER_BYTES = 16 << 30
 MAX_CLIENT_ID_LENGTH = 128
+# A bounded-staleness wait longer than this is logged, naming who it waits for.
+SLOW_WAIT_SECS = 1.0
+
+log = logging.getLogger(__name__)
 
 
 class NotInitializedError(RuntimeError):
@@ -134,10 +141,18 @@ class ParameterStore:
     version and the client, instead of serving garbage that would surface
     later as workers' "non-finite gradient" errors.
 
+    Step size: each push is applied with ``schedule(version)`` (default: the
+    optimizer's own learning rate), times the staleness policy's factor
+    (``lr_scale``). ``bounded`` makes Fetch wait (on a condition of the same
+    lock, so the wait holds no lock); ``dc_asgd`` keeps a reference to the
+    snapshot each client fetched (see gasgd_tf/server/staleness.py).
+
     Args:
       optimizer: Applies gradients to the flat buffer.
       max_parameter_bytes: Largest parameter set accepted by Initialize.
       clock: Wall clock, for tests.
+      staleness: The staleness policy.
+      schedule: Learning rate by server version; None: the optimizer's.
     """
 
     def __init__(
@@ -145,14 +160,26 @@ class ParameterStore:
         optimizer: ServerOptimizer,
         max_parameter_bytes: int = DEFAULT_MAX_PARAMETER_BYTES,
         clock: Callable[[], float] = time.time,
+        staleness: StalenessConfig | None = None,
+        schedule: Callable[[int], float] | None = None,
     ):
         self.optimizer = optimizer
+        self.staleness_config = staleness or StalenessConfig()
+        self.schedule = schedule
+        self._admission = (
+            staleness_lib.BoundedAdmission(self.staleness_config.bound)
+            if self.staleness_config.policy == "bounded"
+            else None
+        )
+        self._fetched: dict[str, Snapshot] = {}  # dc_asgd: each client's base parameters.
+        self._dc_scratch: np.ndarray | None = None
         self.max_parameter_bytes = max_parameter_bytes
         self._diverged: str | None = None
         self.server_id = uuid.uuid4().hex[:12]
         self._clock = clock
         self._start = clock()
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # Pushes and Leaves: bounded waits.
         self._layout: FlatLayout | None = None
         self._params: np.ndarray | None = None
         self._slots: dict[str, np.ndarray] = {}
@@ -160,7 +187,7 @@ class ParameterStore:
         self._snapshot: Snapshot | None = None
         self._clients: dict[str, ClientRecord] = {}
         self._staleness = StalenessStats()
-        self._recent_staleness: list[int] = []
+        self._recent_staleness: list[tuple[str, int]] = []
         self._updates_applied = 0
         self._pushes_rejected = 0
         self._duplicate_pushes = 0
@@ -179,14 +206,23 @@ class ParameterStore:
     def specs(self) -> tuple[TensorSpec, ...]:
         return self._layout.specs if self._layout else ()
 
-    def snapshot(self, client_id: str = "") -> Snapshot:
+    def snapshot(self, client_id: str = "", read_only: bool = False) -> Snapshot:
         """The current parameters as a consistent read-only copy.
+
+        Args:
+          client_id: The fetching client, for accounting; "" for internal reads.
+          read_only: The client will not push gradients computed from these
+            parameters (an evaluator, a monitor): the staleness policies
+            leave it out.
 
         Raises:
           NotInitializedError: Before initialization.
         """
         with self._lock:
             self._require_healthy()
+            training = bool(client_id) and not read_only
+            if training and self._admission is not None:
+                self._wait_for_admission(client_id)
             if self._snapshot is None or self._snapshot.version != self._version:
                 flat = self._params.copy()
                 flat.flags.writeable = False
@@ -194,7 +230,52 @@ class ParameterStore:
             if client_id:
                 record = self._touch(client_id)
                 record.fetches += 1
+            if training and self.staleness_config.policy == "dc_asgd":
+                self._fetched[client_id] = self._snapshot
             return self._snapshot
+
+    def _wait_for_admission(self, client_id: str) -> None:
+        """``bounded``: waits (lock released) until this fetch keeps every push within the bound."""
+        admission = self._admission
+        if client_id not in admission.outstanding and client_id not in admission.queue:
+            admission.queue.append(client_id)
+        try:
+            self._admit(client_id)
+        except BaseException:
+            if client_id in admission.queue:  # Never leave a dead waiter at the head.
+                admission.queue.remove(client_id)
+                self._changed.notify_all()
+            raise
+
+    def _admit(self, client_id: str) -> None:
+        admission = self._admission
+        start = self._clock()
+        logged = False
+        while not admission.admissible(client_id, self._version):
+            late = admission.drop_stragglers(self._clock(), self.staleness_config.straggler_secs)
+            for name in late:
+                print(
+                    f"bounded staleness: no longer waiting for {name}: no push for "
+                    f"{self.staleness_config.straggler_secs:.0f}s after its fetch",
+                    flush=True,
+                )
+            if late:
+                self._changed.notify_all()
+                continue
+            waited = self._clock() - start
+            if waited > SLOW_WAIT_SECS and not logged:
+                print(
+                    f"bounded staleness (s={admission.bound}): {client_id} has waited "
+                    f"{waited:.1f}s at version {self._version} for "
+                    f"{', '.join(admission.blockers()) or 'its turn'}",
+                    flush=True,
+                )
+                logged = True
+            self._changed.wait(timeout=0.5)
+            self._require_healthy()
+        admission.start(client_id, self._version, self._clock())
+        # The next waiter in line may be admissible now too.
+        self._changed.notify_all()
 
     def status(self) -> StoreStatus:
         with self._lock:
@@ -223,10 +304,17 @@ class ParameterStore:
             )
 
     def drain_staleness(self) -> list[int]:
-        """Staleness of the pushes applied since the last call (for summaries)."""
+        """Staleness of the pushes applied since the last drain, grouped by client."""
+        return [s for values in self.drain_staleness_by_client().values() for s in values]
+
+    def drain_staleness_by_client(self) -> dict[str, list[int]]:
+        """Like ``drain_staleness``, by client id (for per-worker histograms)."""
         with self._lock:
             recent, self._recent_staleness = self._recent_staleness, []
-            return recent
+        by_client: dict[str, list[int]] = {}
+        for client_id, staleness in recent:
+            by_client.setdefault(client_id, []).append(staleness)
+        return by_client
 
     # -- Writes --------------------------------------------------------------
 
@@ -341,8 +429,26 @@ class ParameterStore:
                     return dataclasses.replace(last, duplicate=True)
                 return PushResult(self._version, 0, duplicate=True)
             staleness = self._version - base_version
+            learning_rate = self._learning_rate(staleness)
+            if self.staleness_config.policy == "dc_asgd" and client_id in self._fetched:
+                grad = staleness_lib.dc_compensate(
+                    grad,
+                    self._params,
+                    self._fetched[client_id].flat,
+                    self.staleness_config.dc_lambda,
+                    out=self._dc_buffer(),
+                )
             with np.errstate(over="ignore", invalid="ignore"):  # Checked just below.
-                self.optimizer.apply(self._params, grad, self._slots)
+                self.optimizer.apply(self._params, grad, self._slots, learning_rate)
+            if self._admission is not None:
+                if client_id not in self._admission.outstanding:
+                    print(
+                        f"bounded staleness: applied a push of {client_id} that was not "
+                        f"waited for (staleness {staleness})",
+                        flush=True,
+                    )
+                self._admission.finish(client_id)
+                self._changed.notify_all()
             self._version += 1
             self._updates_applied += 1
             result = PushResult(self._version, staleness)
@@ -351,7 +457,7 @@ class ParameterStore:
             record.last_result = result
             record.staleness.add(staleness)
             self._staleness.add(staleness)
-            self._recent_staleness.append(staleness)
+            self._recent_staleness.append((client_id, staleness))
             if not np.isfinite(self._params).all():
                 self._diverged = (
                     f"the parameters became non-finite (NaN or Inf) at version {self._version}, "
@@ -371,7 +477,25 @@ class ParameterStore:
         _check_client_id(client_id)
         with self._lock:
             self._touch(client_id).active = False
+            self._fetched.pop(client_id, None)
+            if self._admission is not None:
+                self._admission.finish(client_id)
+                if client_id in self._admission.queue:
+                    self._admission.queue.remove(client_id)
+                self._changed.notify_all()
             return self._version
+
+    def _learning_rate(self, staleness: int) -> float:
+        """The step of the push being applied: schedule x staleness policy."""
+        rate = self.schedule(self._version) if self.schedule else self.optimizer.learning_rate
+        if self.staleness_config.policy == "lr_scale":
+            rate *= staleness_lib.lr_scale(staleness)
+        return rate
+
+    def _dc_buffer(self) -> np.ndarray:
+        if self._dc_scratch is None or self._dc_scratch.size != self._params.size:
+            self._dc_scratch = np.empty(self._params.size, np.float32)
+        return self._dc_scratch
 
     # -- Internals -----------------------------------------------------------
 

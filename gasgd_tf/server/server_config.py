@@ -1,0 +1,64 @@
+"""From ``config.ps`` to the server's optimizer, learning-rate schedule and staleness policy.
+
+Kept apart from server.py (grpc) so that config validation can build them
+to check their hyperparameters; numpy only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gasgd_tf.server.optimizers import ServerOptimizer, make_optimizer
+from gasgd_tf.server.schedules import make_schedule
+from gasgd_tf.server.staleness import StalenessConfig
+
+# The config.ps fields each optimizer reads (named as in keras.optimizers).
+OPTIMIZER_HPARAMS: dict[str, tuple[str, ...]] = {
+    "sgd": ("momentum", "nesterov", "weight_decay"),
+    "adagrad": ("initial_accumulator_value", "epsilon", "weight_decay"),
+    "adadelta": ("rho", "epsilon", "weight_decay"),
+    "rmsprop": ("rho", "momentum", "epsilon", "centered", "weight_decay"),
+    "adam": ("beta_1", "beta_2", "epsilon", "amsgrad", "weight_decay"),
+}
+
+
+def build_optimizer(ps_config) -> ServerOptimizer:
+    """The server optimizer named by ``ps_config.optimizer``, with its hyperparameters.
+
+    Raises:
+      ValueError: Unknown optimizer or a bad hyperparameter.
+    """
+    name = ps_config.optimizer
+    if name not in OPTIMIZER_HPARAMS:
+        raise ValueError(f"unknown server optimizer {name!r}; known: {sorted(OPTIMIZER_HPARAMS)}")
+    hparams = {k: ps_config[k] for k in OPTIMIZER_HPARAMS[name] if ps_config.get(k) is not None}
+    return make_optimizer(name, learning_rate=ps_config.learning_rate, **hparams)
+
+
+def build_schedule(ps_config) -> Callable[[int], float]:
+    """The learning rate by server version (``ps_config.lr_schedule``).
+
+    Raises:
+      ValueError: Unknown schedule or bad parameters.
+    """
+    return make_schedule(
+        ps_config.lr_schedule,
+        learning_rate=ps_config.learning_rate,
+        decay_steps=ps_config.lr_decay_steps,
+        decay_rate=ps_config.lr_decay_rate,
+        alpha=ps_config.lr_alpha,
+    )
+
+
+def build_staleness(ps_config) -> StalenessConfig:
+    """The staleness policy of ``ps_config.staleness``.
+
+    Raises:
+      ValueError: Unknown policy or bad parameters.
+    """
+    return StalenessConfig(
+        policy=ps_config.staleness,
+        bound=ps_config.staleness_bound,
+        dc_lambda=ps_config.dc_lambda,
+        straggler_secs=ps_config.straggler_secs,
+    )
