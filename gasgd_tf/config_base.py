@@ -264,13 +264,29 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         f"ps.staleness='bounded' needs n_push == n_fetch (a round is fetch, steps, push), "
         f"got n_push={config.n_push}, n_fetch={config.n_fetch}",
     )
+    if config.ps.staleness == "bounded":
+        _check(
+            config.ps.straggler_secs < config.client.timeout_secs,
+            f"ps.straggler_secs ({config.ps.straggler_secs}) must be below client.timeout_secs "
+            f"({config.client.timeout_secs}): a bounded-staleness wait must end before the "
+            "waiting client's deadline",
+        )
+        # Every waiting Fetch holds a server thread; the pushes that end the
+        # waits need threads too (plus the evaluator and status calls).
+        _check(
+            config.ps.rpc_threads >= config.num_workers + 3,
+            f"ps.rpc_threads ({config.ps.rpc_threads}) must be at least num_workers + 3 "
+            f"({config.num_workers + 3}) with ps.staleness='bounded'",
+        )
     _check(
-        config.ps.straggler_secs < config.client.timeout_secs,
-        f"ps.straggler_secs ({config.ps.straggler_secs}) must be below client.timeout_secs "
-        f"({config.client.timeout_secs}): a bounded-staleness wait must end before the "
-        "waiting client's deadline",
+        config.ps.staleness != "dc_asgd" or config.n_fetch >= config.n_push,
+        f"ps.staleness='dc_asgd' needs n_fetch >= n_push (the compensation uses the "
+        f"parameters of the last fetch), got n_push={config.n_push}, n_fetch={config.n_fetch}",
     )
-    _check(config.ps.dc_lambda >= 0, f"ps.dc_lambda must be >= 0, got {config.ps.dc_lambda}")
+    _check(
+        math.isfinite(config.ps.dc_lambda) and config.ps.dc_lambda >= 0,
+        f"ps.dc_lambda must be a finite number >= 0, got {config.ps.dc_lambda}",
+    )
     try:  # The optimizer and schedule check their own hyperparameters (numpy only).
         from gasgd_tf.server import server_config
 

@@ -75,7 +75,10 @@ def test_explicit_n_push_and_n_fetch_are_kept():
         (dict(ps__staleness="sometimes"), "ps.staleness"),
         (dict(ps__staleness="bounded", n_fetch=2), "ps.staleness"),
         (dict(ps__lr_schedule="linear"), "ps"),
-        (dict(ps__straggler_secs=60.0), "ps.straggler_secs"),
+        (dict(ps__staleness="bounded", ps__straggler_secs=60.0), "ps.straggler_secs"),
+        (dict(ps__staleness="bounded", num_workers=30), "ps.rpc_threads"),
+        (dict(ps__staleness="dc_asgd", n_push=2, n_fetch=1), "ps.staleness"),
+        (dict(ps__dc_lambda=float("inf")), "ps.dc_lambda"),
         (dict(worker__momentum=1.0), "worker.momentum"),
         (dict(ps__momentum=1.0), "ps.momentum"),
         (dict(ps__momentum=-0.1), "ps.momentum"),
@@ -231,3 +234,7 @@ def test_an_experiment_config_also_runs_as_one_run(digits_data_dir, tmp_path):
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_a_short_client_deadline_is_fine_without_bounded_staleness():
+    config_base.finalize(_base(client__timeout_secs=5.0))  # straggler_secs only matters there.

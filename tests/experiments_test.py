@@ -334,3 +334,11 @@ def test_variants_are_one_more_axis_with_their_own_config_changes():
     assert (cells[0].config.ps.staleness, cells[1].config.ps.staleness) == ("bounded", "none")
     assert cells[0].config.ps.staleness_bound == 1
     assert cells[0].config.ps.learning_rate == cells[1].config.ps.learning_rate  # Untouched.
+
+
+def test_a_misspelt_field_in_a_variant_is_refused():
+    base, grid, _ = sweep.split_experiment(
+        experiment(**{"sweep.variants": {"typo": {"ps": {"stalenes": "bounded"}}}})
+    )
+    with pytest.raises(ValueError, match="sweep.variants.typo: unknown field"):
+        sweep.grid_cells(base, grid, None)

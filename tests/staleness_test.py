@@ -104,6 +104,61 @@ def test_stragglers_are_dropped_after_their_time():
     assert a.admissible("w1", 0)
 
 
+def bounded_store(bound=0, straggler_secs=10.0):
+    store = ParameterStore(
+        SGD(learning_rate=1.0),
+        staleness=StalenessConfig("bounded", bound=bound, straggler_secs=straggler_secs),
+    )
+    store.initialize("worker_0", SPECS, np.zeros(SIZE, np.float32))
+    return store
+
+
+def test_read_only_fetches_never_wait():
+    store = bounded_store(bound=0)
+    store.snapshot("worker_0")  # worker_0 computes; with s = 0 nobody else may start.
+    start = time.monotonic()
+    store.snapshot("eval", read_only=True)
+    assert time.monotonic() - start < 0.2
+    assert "eval" not in store._admission.outstanding
+
+
+def test_a_wait_ends_before_the_callers_deadline(capsys):
+    store = bounded_store(bound=0)
+    store.snapshot("worker_0")
+    start = time.monotonic()
+    store.snapshot("worker_1", time_left=2.5)  # Deadline margin 2 s: admitted after ~0.5 s.
+    assert 0.4 <= time.monotonic() - start < 2.0
+    assert "admitted worker_1 past the bound" in capsys.readouterr().out
+
+
+def test_a_cancelled_wait_leaves_no_trace():
+    from gasgd_tf.server.store import WaitAbandoned
+
+    store = bounded_store(bound=0)
+    store.snapshot("worker_0")
+    with pytest.raises(WaitAbandoned):
+        store.snapshot("worker_1", is_active=lambda: False)
+    assert store._admission.queue == [] and list(store._admission.outstanding) == ["worker_0"]
+
+
+def test_a_leave_ends_the_round_of_the_leaver():
+    store = bounded_store(bound=0)
+    store.snapshot("worker_0")
+    store.leave("worker_0")  # Its last round: pushed, then left without pushing again.
+    start = time.monotonic()
+    store.snapshot("worker_1")
+    assert time.monotonic() - start < 0.2
+
+
+def test_the_schedule_sets_each_steps_rate_by_version():
+    store = ParameterStore(SGD(learning_rate=1.0), schedule=lambda v: 1.0 if v == 0 else 0.25)
+    store.initialize("worker_0", SPECS, np.zeros(SIZE, np.float32))
+    ones = np.ones(SIZE, np.float32)
+    store.push("worker_0", 1, 0, ones)  # At version 0: rate 1.
+    store.push("worker_0", 2, 1, ones)  # At version 1: rate 0.25.
+    np.testing.assert_allclose(store.snapshot().flat, -1.25)
+
+
 def test_a_waiting_fetch_gives_up_on_a_silent_worker(capsys):
     store = ParameterStore(
         SGD(learning_rate=1.0), staleness=StalenessConfig("bounded", bound=0, straggler_secs=0.3)

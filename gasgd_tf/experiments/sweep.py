@@ -165,7 +165,14 @@ def grid_cells(base, sweep, warm_start: str | None) -> list[Cell]:
                     name = f"{variant}_" if variant else ""
                     name += f"clients{clients}_nsync{n_sync}_seed{seed}"
                     config = ml_collections.ConfigDict(base.to_dict())
-                    config.update(dict(overrides))
+                    config.lock()  # A misspelt field in a variant must fail, not be added.
+                    try:
+                        config.update(dict(overrides))
+                    except (KeyError, AttributeError) as e:
+                        raise ValueError(
+                            f"invalid config: sweep.variants.{variant}: unknown field {e}"
+                        ) from None
+                    config.unlock()
                     config = _cell_config(
                         config,
                         name=name,

@@ -8,8 +8,9 @@ on large models, see DESIGN.md's measurements). The math follows the
 in float32, so a run can move between a single Keras process and the server.
 
 All optimizer state (accumulators, Adam's step count) lives in the slots dict
-the caller owns, never on the optimizer object: the store checkpoints the
-slots, and a fresh optimizer given them continues the run exactly.
+the caller owns, never on the optimizer object, so a fresh optimizer given
+them continues the run exactly (the store's checkpoints hold the parameters
+only, for now: see BUILD_NOTES.md).
 """
 
 from __future__ import annotations

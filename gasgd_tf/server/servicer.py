@@ -15,6 +15,7 @@ from gasgd_tf.server.store import (
     NotInitializedError,
     ParameterStore,
     StalenessStats,
+    WaitAbandoned,
 )
 from gasgd_tf.tensors import ValidationError
 
@@ -61,6 +62,8 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {e}")
         except (NotInitializedError, DivergedError) as e:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{what}: {e}")
+        except WaitAbandoned as e:
+            context.abort(grpc.StatusCode.CANCELLED, f"{what}: {e}")
         except MemoryError:
             if is_push:
                 self._store.note_rejected()
@@ -111,7 +114,12 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
 
     def Fetch(self, request, context):
         with self._errors(context, "Fetch"):
-            snap = self._store.snapshot(request.client_id, read_only=request.read_only)
+            snap = self._store.snapshot(
+                request.client_id,
+                read_only=request.read_only,
+                time_left=context.time_remaining(),
+                is_active=context.is_active,
+            )
         header = pb.FetchHeader(
             version=snap.version,
             tensors=wire.specs_to_proto(snap.specs),

@@ -24,6 +24,7 @@ Numpy only, like the rest of the server.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -53,8 +54,8 @@ class StalenessConfig:
             raise ValueError(f"unknown staleness policy {self.policy!r}; known: {POLICIES}")
         if not isinstance(self.bound, int) or self.bound < 0:
             raise ValueError(f"staleness bound must be an integer >= 0, got {self.bound!r}")
-        if not self.dc_lambda >= 0:
-            raise ValueError(f"dc_lambda must be >= 0, got {self.dc_lambda}")
+        if not (math.isfinite(self.dc_lambda) and self.dc_lambda >= 0):
+            raise ValueError(f"dc_lambda must be a finite number >= 0, got {self.dc_lambda}")
         if not self.straggler_secs > 0:
             raise ValueError(f"straggler_secs must be > 0, got {self.straggler_secs}")
 
@@ -91,7 +92,9 @@ class BoundedAdmission:
     outstanding worker, the fetching one included. Pushes leave it
     unchanged (the version gains one, the outstanding others lose one) and
     are never delayed, so outstanding workers always finish and the waiting
-    ones always get in eventually: no deadlock. Waiting Fetches are served
+    ones always get in eventually: no deadlock, provided the server has a
+    thread for every waiting Fetch and the pushes besides (the config
+    requires ``ps.rpc_threads >= num_workers + 3``). Waiting Fetches are served
     in arrival order, so a slow worker is not starved by fast ones.
 
     With bound s, at most s + 1 workers compute at once; s = 0 runs one

@@ -27,12 +27,18 @@ DEFAULT_MAX_PARAMETER_BYTES = 16 << 30
 MAX_CLIENT_ID_LENGTH = 128
 # A bounded-staleness wait longer than this is logged, naming who it waits for.
 SLOW_WAIT_SECS = 1.0
+# A bounded-staleness wait ends this long before the caller's deadline.
+DEADLINE_MARGIN_SECS = 2.0
 
 log = logging.getLogger(__name__)
 
 
 class NotInitializedError(RuntimeError):
     """Fetch or push before the parameters were initialized."""
+
+
+class WaitAbandoned(RuntimeError):
+    """A bounded-staleness Fetch whose caller went away (its RPC was cancelled)."""
 
 
 class DivergedError(RuntimeError):
@@ -206,7 +212,13 @@ class ParameterStore:
     def specs(self) -> tuple[TensorSpec, ...]:
         return self._layout.specs if self._layout else ()
 
-    def snapshot(self, client_id: str = "", read_only: bool = False) -> Snapshot:
+    def snapshot(
+        self,
+        client_id: str = "",
+        read_only: bool = False,
+        time_left: float | None = None,
+        is_active: Callable[[], bool] | None = None,
+    ) -> Snapshot:
         """The current parameters as a consistent read-only copy.
 
         Args:
@@ -214,15 +226,21 @@ class ParameterStore:
           read_only: The client will not push gradients computed from these
             parameters (an evaluator, a monitor): the staleness policies
             leave it out.
+          time_left: ``bounded``: seconds until the caller's deadline; a wait
+            that would outlast it is cut short (the fetch is admitted past
+            the bound, and the log says so) rather than fail the worker.
+          is_active: ``bounded``: False once the caller has gone (its RPC
+            was cancelled): the wait ends without admitting it.
 
         Raises:
           NotInitializedError: Before initialization.
+          WaitAbandoned: The caller went away while waiting.
         """
         with self._lock:
             self._require_healthy()
             training = bool(client_id) and not read_only
             if training and self._admission is not None:
-                self._wait_for_admission(client_id)
+                self._wait_for_admission(client_id, time_left, is_active)
             if self._snapshot is None or self._snapshot.version != self._version:
                 flat = self._params.copy()
                 flat.flags.writeable = False
@@ -234,29 +252,46 @@ class ParameterStore:
                 self._fetched[client_id] = self._snapshot
             return self._snapshot
 
-    def _wait_for_admission(self, client_id: str) -> None:
+    def _wait_for_admission(
+        self, client_id: str, time_left: float | None, is_active: Callable[[], bool] | None
+    ) -> None:
         """``bounded``: waits (lock released) until this fetch keeps every push within the bound."""
         admission = self._admission
         if client_id not in admission.outstanding and client_id not in admission.queue:
             admission.queue.append(client_id)
         try:
-            self._admit(client_id)
+            self._admit(client_id, time_left, is_active)
         except BaseException:
             if client_id in admission.queue:  # Never leave a dead waiter at the head.
                 admission.queue.remove(client_id)
                 self._changed.notify_all()
             raise
 
-    def _admit(self, client_id: str) -> None:
+    def _admit(
+        self, client_id: str, time_left: float | None, is_active: Callable[[], bool] | None
+    ) -> None:
         admission = self._admission
         start = self._clock()
+        # Leave a margin to send the parameters before the caller's deadline.
+        give_up = None if time_left is None else time.monotonic() + time_left - DEADLINE_MARGIN_SECS
         logged = False
         while not admission.admissible(client_id, self._version):
+            if is_active is not None and not is_active():
+                raise WaitAbandoned(f"{client_id} went away while waiting for its turn")
+            if give_up is not None and time.monotonic() >= give_up:
+                print(
+                    f"bounded staleness: admitted {client_id} past the bound at version "
+                    f"{self._version} to meet its deadline (waiting for "
+                    f"{', '.join(admission.blockers()) or 'its turn'}); raise client.timeout_secs "
+                    "or lower ps.straggler_secs",
+                    flush=True,
+                )
+                break
             late = admission.drop_stragglers(self._clock(), self.staleness_config.straggler_secs)
             for name in late:
                 print(
                     f"bounded staleness: no longer waiting for {name}: no push for "
-                    f"{self.staleness_config.straggler_secs:.0f}s after its fetch",
+                    f"{self.staleness_config.straggler_secs:.1f}s after its fetch",
                     flush=True,
                 )
             if late:
@@ -273,6 +308,8 @@ class ParameterStore:
                 logged = True
             self._changed.wait(timeout=0.5)
             self._require_healthy()
+        if client_id in admission.queue:
+            admission.queue.remove(client_id)
         admission.start(client_id, self._version, self._clock())
         # The next waiter in line may be admissible now too.
         self._changed.notify_all()
@@ -441,10 +478,12 @@ class ParameterStore:
             with np.errstate(over="ignore", invalid="ignore"):  # Checked just below.
                 self.optimizer.apply(self._params, grad, self._slots, learning_rate)
             if self._admission is not None:
-                if client_id not in self._admission.outstanding:
+                if staleness > self._admission.bound:
+                    # Only after a straggler was given up on or a deadline forced an
+                    # admission (both logged when they happened); say it again here.
                     print(
-                        f"bounded staleness: applied a push of {client_id} that was not "
-                        f"waited for (staleness {staleness})",
+                        f"bounded staleness: applied a push of {client_id} with staleness "
+                        f"{staleness} > {self._admission.bound}",
                         flush=True,
                     )
                 self._admission.finish(client_id)
