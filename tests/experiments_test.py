@@ -342,3 +342,30 @@ def test_a_misspelt_field_in_a_variant_is_refused():
     )
     with pytest.raises(ValueError, match="sweep.variants.typo: unknown field"):
         sweep.grid_cells(base, grid, None)
+
+
+def test_the_plots_command_redraws_the_figures_from_events(tmp_path):
+    base, grid, _ = sweep.split_experiment(
+        experiment(**{"sweep.clients": (2,), "sweep.seeds": (0,)})
+    )
+    (cell,) = sweep.grid_cells(base, grid, None)
+    folder = tmp_path / cell.name
+    fake_run(str(folder), clients=2, steps=100)
+    (folder / "config.json").write_text(cell.config_json)
+    (folder / "summary.json").write_text("{}")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gasgd_tf.experiments.plots",
+            f"--workdir={tmp_path}",
+            "--window=20",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.split()) == 6
+    assert len(os.listdir(tmp_path / "plots")) == 6
