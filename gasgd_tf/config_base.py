@@ -73,6 +73,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.worker.cpu_threads = 0  # TF intra/inter-op threads on CPU; 0: TensorFlow's default.
     c.worker.log_every_steps = 50  # TensorBoard train/* and the progress file.
     c.worker.jit_compile = False  # XLA; slower on CPU here (DESIGN.md), try it on GPUs.
+    # Push and fetch on a background thread while the next steps compute
+    # (at most one in flight; fetched weights may be a step or two older).
+    c.worker.overlap = False
 
     # The server-side optimizer that applies pushed gradients, with the
     # keras.optimizers hyperparameters of the same names (each optimizer

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -178,6 +179,64 @@ class TrainStep:
         return loss, acc
 
 
+class BackgroundSync:
+    """Pushes and fetches on a background thread while the worker computes (``worker.overlap``).
+
+    DistBelief ran fetch, compute and push in loosely coupled threads. Here
+    the training thread hands each push (and the fetch due at the same
+    step) to this helper and goes on with the next minibatch. At most one
+    request is in flight: handing over the next one first waits for the
+    previous one, so pushes stay in order and memory stays bounded. Fetched
+    parameters are assigned by the training thread at its next step
+    boundary (``take_fetched``), so with overlap the weights a step computes
+    with may be one or two steps older than without it; the pushes still
+    name the version their oldest gradient was computed from. Errors of the
+    background calls surface in the training thread, at the next hand-over
+    or at ``wait``.
+    """
+
+    def __init__(self, client: ParameterClient):
+        self._client = client
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._fetched: tuple[int, tuple[TensorSpec, ...], np.ndarray] | None = None
+        self._lock = threading.Lock()  # Guards _fetched between the two threads.
+        self.ack = None
+
+    def submit(self, grad: np.ndarray | None, base_version: int, step: int, fetch: bool) -> None:
+        """Starts a push of ``grad`` (if any), then a fetch (if ``fetch``), in the background."""
+        self.wait()
+
+        def run():
+            try:
+                if grad is not None:
+                    self.ack = self._client.push(grad, base_version, client_step=step)
+                if fetch:
+                    fetched = self._client.fetch()
+                    with self._lock:
+                        self._fetched = fetched
+            except BaseException as e:  # Re-raised in the training thread.
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name="gasgd-sync", daemon=True)
+        self._thread.start()
+
+    def take_fetched(self) -> tuple[int, tuple[TensorSpec, ...], np.ndarray] | None:
+        """The parameters fetched since the last call, if any (does not wait)."""
+        with self._lock:
+            fetched, self._fetched = self._fetched, None
+        return fetched
+
+    def wait(self) -> None:
+        """Waits for the request in flight; raises its error, if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
 @dataclasses.dataclass
 class WorkerResult:
     steps: int
@@ -281,19 +340,32 @@ def train(
     start = window_start = time.perf_counter()
     window_images = 0
     loss = accuracy = images_per_sec = float("nan")
+    background = BackgroundSync(client) if config.worker.overlap else None
     for step in range(1, config.num_steps + 1):
+        if background is not None and (fetched := background.take_fetched()) is not None:
+            base_version, _, flat = fetched
+            sync.assign(flat)
         images, labels = next(data)
         step_fn(images, labels)
         window_images += config.batch_size
         last = step == config.num_steps
         pushed = step % config.n_push == 0 or last
-        if pushed:
-            ack = client.push(step_fn.take_gradient(), push_base, client_step=step)
-            pushes += 1
-        if step % config.n_fetch == 0:
-            base_version, _, flat = client.fetch()
-            sync.assign(flat)
-            fetches += 1
+        fetch_due = step % config.n_fetch == 0
+        if background is not None:
+            if pushed or fetch_due:
+                grad = step_fn.take_gradient() if pushed else None
+                background.submit(grad, push_base, step, fetch=fetch_due and not last)
+                pushes += int(pushed)
+                fetches += int(fetch_due and not last)
+                ack = background.ack or ack
+        else:
+            if pushed:
+                ack = client.push(step_fn.take_gradient(), push_base, client_step=step)
+                pushes += 1
+            if fetch_due:
+                base_version, _, flat = client.fetch()
+                sync.assign(flat)
+                fetches += 1
         if pushed:
             push_base = base_version
         if step % config.worker.log_every_steps == 0 or last:
@@ -330,6 +402,9 @@ def train(
                     "done": False,
                 },
             )
+    if background is not None:
+        background.wait()  # The last push lands before Leave.
+        ack = background.ack or ack
     final_version = client.leave()
     client.close()
     wall = time.perf_counter() - start

@@ -18,6 +18,7 @@ def small_config(data_dir, **overrides) -> ml_collections.ConfigDict:
     config.batch_size = 16
     config.worker.log_every_steps = 3
     config.worker.cpu_threads = 1
+    config.lock()  # A misspelt override must fail, not add a field.
     config.update_from_flattened_dict(overrides)
     return config_base.finalize(config)
 
@@ -205,3 +206,34 @@ def test_warm_start_weights_must_match_the_model(tmp_path, capsys):
     assert f"warm start from {path} (saved at version 7)" in capsys.readouterr().out
     with pytest.raises(ValueError, match="'b' has shape"):
         worker.warm_start_weights(path, (specs[0], TensorSpec("b", (4,))), "worker_0")
+
+
+def test_overlap_keeps_the_push_and_fetch_schedule(serve, digits_data_dir, tmp_path):
+    store = ParameterStore(SGD(learning_rate=0.05))
+    server = serve(store)
+    config = small_config(digits_data_dir, n_push=2, n_fetch=3, **{"worker.overlap": True})
+    assert config.worker.overlap
+    result = worker.train(config, 0, server.address, str(tmp_path))
+
+    # As without overlap: pushes at steps 2, 4, 6 and 7; fetches at join, 3 and 6.
+    assert (result.pushes, result.fetches) == (4, 2)
+    (record,) = store.status().clients
+    assert (record.pushes, record.fetches, record.last_step) == (4, 3, 7)
+    assert store.version == 4 == result.final_version  # The last push landed before Leave.
+
+
+def test_overlap_raises_a_background_push_error_in_the_worker(serve, digits_data_dir, tmp_path):
+    from gasgd_tf.client import RequestRejectedError
+
+    store = ParameterStore(SGD(learning_rate=0.05))
+    server = serve(store)
+    # As in the NaN test above: the local replica diverges, its gradient is refused.
+    config = small_config(
+        digits_data_dir,
+        num_steps=30,
+        n_fetch=1000,
+        **{"worker.learning_rate": 1e30, "worker.overlap": True},
+    )
+    with pytest.raises(RequestRejectedError, match="INVALID_ARGUMENT.*non-finite"):
+        worker.train(config, 0, server.address, str(tmp_path))
+    assert np.isfinite(store.snapshot().flat).all()
