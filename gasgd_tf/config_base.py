@@ -282,6 +282,12 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             f"({config.num_workers + 3}) with ps.staleness='bounded'",
         )
     _check(
+        not config.worker.overlap or config.ps.staleness not in ("bounded", "dc_asgd"),
+        f"worker.overlap cannot be used with ps.staleness={config.ps.staleness!r}: the policy "
+        "takes a Fetch as the moment a worker starts computing from it, and with overlap "
+        "the fetched weights are used a step later",
+    )
+    _check(
         config.ps.staleness != "dc_asgd" or config.n_fetch >= config.n_push,
         f"ps.staleness='dc_asgd' needs n_fetch >= n_push (the compensation uses the "
         f"parameters of the last fetch), got n_push={config.n_push}, n_fetch={config.n_fetch}",

@@ -192,7 +192,11 @@ class BackgroundSync:
     with may be one or two steps older than without it; the pushes still
     name the version their oldest gradient was computed from. Errors of the
     background calls surface in the training thread, at the next hand-over
-    or at ``wait``.
+    or at ``wait``. The fetch due at the last step is skipped (nothing would
+    use it), and the ack logged at a step is the previous push's. Not with
+    the ``bounded`` or ``dc_asgd`` staleness policies (the config refuses
+    it): both take the moment of a Fetch as the moment the worker starts
+    computing from it.
     """
 
     def __init__(self, client: ParameterClient):
@@ -336,15 +340,22 @@ def train(
     # The version the oldest gradient in the accumulator was computed from:
     # with n_fetch < n_push a fetch lands between pushes, and the push must
     # not claim the newer version for gradients computed before it.
-    push_base = base_version
+    push_base = base_version  # Set again at the first step of every push window.
     start = window_start = time.perf_counter()
     window_images = 0
     loss = accuracy = images_per_sec = float("nan")
     background = BackgroundSync(client) if config.worker.overlap else None
+    # True when the accumulator is empty: the next step's gradient is the
+    # oldest of the next push, so that push's base is the version the
+    # weights have at that step (with overlap, fetched weights arrive at a
+    # later step boundary than the fetch was asked for).
+    fresh = True
     for step in range(1, config.num_steps + 1):
         if background is not None and (fetched := background.take_fetched()) is not None:
             base_version, _, flat = fetched
             sync.assign(flat)
+        if fresh:
+            push_base, fresh = base_version, False
         images, labels = next(data)
         step_fn(images, labels)
         window_images += config.batch_size
@@ -367,7 +378,7 @@ def train(
                 sync.assign(flat)
                 fetches += 1
         if pushed:
-            push_base = base_version
+            fresh = True
         if step % config.worker.log_every_steps == 0 or last:
             loss, accuracy = step_fn.take_metrics()
             now = time.perf_counter()

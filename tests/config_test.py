@@ -79,6 +79,8 @@ def test_explicit_n_push_and_n_fetch_are_kept():
         (dict(ps__staleness="bounded", num_workers=30), "ps.rpc_threads"),
         (dict(ps__staleness="dc_asgd", n_push=2, n_fetch=1), "ps.staleness"),
         (dict(ps__dc_lambda=float("inf")), "ps.dc_lambda"),
+        (dict(worker__overlap=True, ps__staleness="bounded"), "worker.overlap"),
+        (dict(worker__overlap=True, ps__staleness="dc_asgd"), "worker.overlap"),
         (dict(worker__momentum=1.0), "worker.momentum"),
         (dict(ps__momentum=1.0), "ps.momentum"),
         (dict(ps__momentum=-0.1), "ps.momentum"),

@@ -237,3 +237,31 @@ def test_overlap_raises_a_background_push_error_in_the_worker(serve, digits_data
     with pytest.raises(RequestRejectedError, match="INVALID_ARGUMENT.*non-finite"):
         worker.train(config, 0, server.address, str(tmp_path))
     assert np.isfinite(store.snapshot().flat).all()
+
+
+def test_overlap_pushes_in_the_background_with_their_true_base(
+    serve, digits_data_dir, tmp_path, monkeypatch
+):
+    import threading
+    import time
+
+    threads = []
+    original = ParameterClient.push
+
+    def slow_push(self, grad, base_version, client_step=0):
+        threads.append(threading.current_thread().name)
+        time.sleep(0.05)  # Slower than a step: the fetched weights arrive a step late.
+        return original(self, grad, base_version, client_step=client_step)
+
+    monkeypatch.setattr(ParameterClient, "push", slow_push)
+    store = ParameterStore(SGD(learning_rate=0.05))
+    server = serve(store)
+    config = small_config(digits_data_dir, num_steps=8, **{"worker.overlap": True})
+    result = worker.train(config, 0, server.address, str(tmp_path))
+
+    assert threads == ["gasgd-sync"] * 8  # Every push left the training thread.
+    assert store.version == 8 == result.final_version  # The last one landed before Leave.
+    # One worker: a push is at most one version behind the weights it was
+    # computed from. Naming the base at the push instead of at the first step
+    # of its window would claim one version older (staleness 2).
+    assert store.status().staleness.max <= 1
