@@ -318,15 +318,25 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 def from_json(text: str) -> ml_collections.ConfigDict:
     """Reads a config written by ``to_json`` (for child processes and reruns)."""
+    return finalize(from_dict(json.loads(text), source="config JSON"))
+
+
+def from_dict(fields: dict, source: str = "config") -> ml_collections.ConfigDict:
+    """The defaults updated with nested ``fields``; not yet finalized.
+
+    Raises:
+      ValueError: A field that does not exist (naming ``source``), or a
+        value of the wrong type for its field.
+    """
     base = get_base_config()
     base.lock()  # Unknown keys (a typo, a newer version's field) raise instead of adding.
     try:
-        base.update_from_flattened_dict(_flatten(json.loads(text)))
+        base.update_from_flattened_dict(_flatten(fields))
     except (KeyError, AttributeError) as e:
-        raise ValueError(f"invalid config: unknown field in config JSON: {e}") from None
+        raise ValueError(f"invalid config: unknown field in {source}: {e}") from None
     except TypeError as e:  # A value of the wrong type for its field.
         raise ValueError(f"invalid config: {e}") from None
-    return finalize(base)
+    return base
 
 
 def hparams(config: ml_collections.ConfigDict) -> dict[str, bool | int | float | str]:

@@ -27,13 +27,15 @@ class Curve:
 
     def steps_to(self, error: float) -> float:
         """Steps per client when the error first fell to ``error`` or below (NaN: never)."""
-        below = np.flatnonzero(self.error <= error)
-        return float(self.steps[below[0]]) if below.size else float("nan")
+        return self._first_reaching(error, self.steps)
 
     def seconds_to(self, error: float) -> float:
         """Wall-clock seconds when the error first fell to ``error`` or below (NaN: never)."""
+        return self._first_reaching(error, self.seconds)
+
+    def _first_reaching(self, error: float, axis: np.ndarray) -> float:
         below = np.flatnonzero(self.error <= error)
-        return float(self.seconds[below[0]]) if below.size else float("nan")
+        return float(axis[below[0]]) if below.size else float("nan")
 
     def at_steps(self, steps: float) -> float:
         """The error at ``steps`` per client (linear interpolation; NaN before the first point)."""

@@ -85,13 +85,8 @@ def split_experiment(
         raise ValueError("an experiment config needs a `sweep` section (see configs/exp2*.py)")
     sweep = ml_collections.ConfigDict(config.sweep.to_dict())
     smoke = bool(config.get("smoke", False))
-    base = config_base.get_base_config()
-    base.lock()
     fields = {k: v for k, v in config.to_dict().items() if k not in ("sweep", "smoke")}
-    try:
-        base.update_from_flattened_dict(config_base._flatten(fields))
-    except (KeyError, AttributeError) as e:
-        raise ValueError(f"invalid config: unknown field {e}") from None
+    base = config_base.from_dict(fields, source="the experiment config")
     for axis, low in (("clients", 1), ("n_sync", 1), ("seeds", 0)):
         values = tuple(sweep[axis])
         if not values or not all(
@@ -117,9 +112,20 @@ def split_experiment(
     return base, sweep, smoke
 
 
-def _cell_config(base, **overrides) -> ml_collections.ConfigDict:
+def _cell_config(base, variant: str = "", changes=None, **fields) -> ml_collections.ConfigDict:
+    """A copy of ``base`` with a variant's ``changes`` and the cell's ``fields``, finalized.
+
+    Raises:
+      ValueError: ``changes`` name a field that does not exist (a misspelt
+        variant must fail, not add a field).
+    """
     config = ml_collections.ConfigDict(base.to_dict())
-    config.update(overrides)
+    config.lock()
+    try:
+        config.update(dict(changes or {}))
+    except (KeyError, AttributeError) as e:
+        raise ValueError(f"invalid config: sweep.variants.{variant}: unknown field {e}") from None
+    config.update(fields)
     return config_base.finalize(config)
 
 
@@ -164,17 +170,10 @@ def grid_cells(base, sweep, warm_start: str | None) -> list[Cell]:
                 for clients in sorted(sweep.clients):
                     name = f"{variant}_" if variant else ""
                     name += f"clients{clients}_nsync{n_sync}_seed{seed}"
-                    config = ml_collections.ConfigDict(base.to_dict())
-                    config.lock()  # A misspelt field in a variant must fail, not be added.
-                    try:
-                        config.update(dict(overrides))
-                    except (KeyError, AttributeError) as e:
-                        raise ValueError(
-                            f"invalid config: sweep.variants.{variant}: unknown field {e}"
-                        ) from None
-                    config.unlock()
                     config = _cell_config(
-                        config,
+                        base,
+                        variant,
+                        overrides,
                         name=name,
                         seed=seed,
                         num_workers=clients,
