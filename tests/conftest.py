@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -11,6 +12,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # For `configs.*` imports.
+
+
+def experiment_command(*flags: str) -> list[str]:
+    """The command line of the sweep runner, ``python -m gasgd_tf.experiments.run``."""
+    return [sys.executable, "-m", "gasgd_tf.experiments.run", *flags]
+
+
+def run_experiment(*flags: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs the sweep runner from the repository root and waits for it."""
+    return subprocess.run(
+        experiment_command(*flags), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture

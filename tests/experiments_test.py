@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, experiment_command, run_experiment
 
 from gasgd_tf import config_base
 from gasgd_tf.experiments import curves, events, plots, report, run, settings, sweep
@@ -241,17 +241,14 @@ def test_mean_curve_averages_seeds_where_all_have_data():
 @pytest.mark.slow
 def test_smoke_sweep_runs_end_to_end_and_resumes(digits_data_dir, tmp_path):
     workdir = str(tmp_path / "exp3")
-    command = [
-        sys.executable,
-        "-m",
-        "gasgd_tf.experiments.run",
+    flags = [
         "--experiment=exp3",
         "--config.smoke=True",
         "--config.sweep.smoke_steps=20",
         f"--config.data.data_dir={digits_data_dir}",
         f"--workdir={workdir}",
     ]
-    first = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    first = run_experiment(*flags)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     names = [
         "clients1_nsync1_seed0",
@@ -269,7 +266,7 @@ def test_smoke_sweep_runs_end_to_end_and_resumes(digits_data_dir, tmp_path):
     assert all(f"| {name} |" in table for name in names)
     assert len(os.listdir(os.path.join(workdir, "plots"))) == 6
 
-    again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    again = run_experiment(*flags, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count("done before, skipped") == 5
     assert "starting" not in again.stdout
@@ -280,16 +277,13 @@ def test_smoke_sweep_runs_end_to_end_and_resumes(digits_data_dir, tmp_path):
 def test_stopping_a_sweep_stops_its_running_cell(digits_data_dir, tmp_path, sig):
     workdir = str(tmp_path / "exp2")
     sweep_process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gasgd_tf.experiments.run",
+        experiment_command(
             "--experiment=exp2",
             "--config.smoke=True",
             "--config.sweep.smoke_steps=1000000",
             f"--config.data.data_dir={digits_data_dir}",
             f"--workdir={workdir}",
-        ],
+        ),
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

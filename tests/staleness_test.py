@@ -228,29 +228,18 @@ def test_bad_policies_are_refused(bad):
 def test_every_policy_and_adagrad_run_from_the_command_line(digits_data_dir, tmp_path):
     import json
     import os
-    import subprocess
-    import sys
 
-    from conftest import REPO_ROOT
+    from conftest import run_experiment
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     workdir = str(tmp_path / "exp4")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gasgd_tf.experiments.run",
-            "--experiment=exp4",
-            "--config.smoke=True",
-            "--config.sweep.smoke_steps=20",
-            "--config.sweep.clients=(2,)",
-            f"--config.data.data_dir={digits_data_dir}",
-            f"--workdir={workdir}",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = run_experiment(
+        "--experiment=exp4",
+        "--config.smoke=True",
+        "--config.sweep.smoke_steps=20",
+        "--config.sweep.clients=(2,)",
+        f"--config.data.data_dir={digits_data_dir}",
+        f"--workdir={workdir}",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for variant, field, value in [
