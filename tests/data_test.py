@@ -314,3 +314,16 @@ def test_variable_size_images_through_the_pipelines():
 
     with pytest.raises(ValueError, match="varies"):
         pipeline.train_batches(ds, ml_collections.ConfigDict(dict(shuffle_buffer=8)), 4, seed=0)
+
+
+def test_synthetic_cifar10_builds_offline_with_cifar10_shapes(tmp_path):
+    data_config = ml_collections.ConfigDict(
+        dict(name="synthetic_cifar10", data_dir=str(tmp_path), shuffle_buffer=64)
+    )
+    assert DATASETS["synthetic_cifar10"].offline
+    pipeline.prepare(data_config)
+    images, labels = next(iter(pipeline.train_dataset(data_config, 8, seed=0)))
+    assert images.shape == (8, 32, 32, 3) and labels.shape == (8,)
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
+    count = sum(int(y.shape[0]) for _, y in pipeline.eval_dataset(data_config, 256))
+    assert count == 1024

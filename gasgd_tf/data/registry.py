@@ -37,6 +37,14 @@ DATASETS: dict[str, DatasetInfo] = {
     "sklearn_digits": DatasetInfo(
         "sklearn_digits", (8, 8, 1), 10, builder_module="gasgd_tf.data.sklearn_digits", offline=True
     ),
+    # Random images with CIFAR-10's shapes, for throughput benchmarks: builds offline.
+    "synthetic_cifar10": DatasetInfo(
+        "synthetic_cifar10",
+        (32, 32, 3),
+        10,
+        builder_module="gasgd_tf.data.synthetic_cifar10",
+        offline=True,
+    ),
     # Downloaded by tfds into the user's data_dir on first use.
     "mnist": DatasetInfo("mnist", (28, 28, 1), 10),
     "cifar10": DatasetInfo("cifar10", (32, 32, 3), 10),
