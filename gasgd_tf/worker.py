@@ -102,9 +102,17 @@ class TrainStep:
       model: The local replica.
       optimizer: The local optimizer, applied every step.
       jit_compile: Compile the step with XLA.
+      accumulate: Sum the gradients for the next push; False for a replica
+        that never pushes (local training), which then skips that work.
     """
 
-    def __init__(self, model: keras.Model, optimizer: keras.Optimizer, jit_compile: bool = False):
+    def __init__(
+        self,
+        model: keras.Model,
+        optimizer: keras.Optimizer,
+        jit_compile: bool = False,
+        accumulate: bool = True,
+    ):
         self.model = model
         self.optimizer = optimizer
         variables = model.trainable_variables
@@ -127,8 +135,9 @@ class TrainStep:
                     loss += tf.add_n(model.losses)
             grads = tape.gradient(loss, variables)
             optimizer.apply_gradients(zip(grads, variables))
-            for acc, g in zip(self.accumulators, grads):
-                acc.assign_add(g)
+            if accumulate:
+                for acc, g in zip(self.accumulators, grads):
+                    acc.assign_add(g)
             n = tf.cast(tf.shape(labels)[0], tf.float32)
             self.loss_sum.assign_add(loss * n)
             hits = tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels)
@@ -299,9 +308,13 @@ def warm_start_weights(path: str, specs: tuple[TensorSpec, ...], name: str) -> n
 
 
 def train(
-    config: ml_collections.ConfigDict, task_index: int, address: str, workdir: str
+    config: ml_collections.ConfigDict, task_index: int, address: str | None, workdir: str
 ) -> WorkerResult:
     """Runs worker ``task_index`` against the server at ``address`` for ``config.num_steps``.
+
+    With ``address=None`` the same loop trains the local replica alone, with
+    no server, pushes or fetches: the no-communication baseline of the
+    benchmarks (the paper's single GPU).
 
     Raises:
       ServerUnavailableError: The server stopped answering (names the address).
@@ -315,7 +328,9 @@ def train(
     optimizer = keras.optimizers.SGD(
         learning_rate=config.worker.learning_rate, momentum=config.worker.momentum
     )
-    step_fn = TrainStep(model, optimizer, jit_compile=config.worker.jit_compile)
+    step_fn = TrainStep(
+        model, optimizer, jit_compile=config.worker.jit_compile, accumulate=address is not None
+    )
     sync = VariableSync(model.trainable_variables)
     data = iter(
         pipeline.train_dataset(config.data, config.batch_size, seed=config.seed * 1000 + task_index)
@@ -323,12 +338,17 @@ def train(
     writer = MetricWriter(os.path.join(workdir, "tb", name))
     progress_file = progress.progress_path(workdir, name)
 
-    client = connect(config, address, name)
+    client = connect(config, address, name) if address is not None else None
     step_fn.warm_up(*next(data))
     initial = None
     if config.warm_start:
         initial = functools.partial(warm_start_weights, config.warm_start, sync.specs, name)
-    base_version = join(client, sync, config.client.connect_timeout_secs, initial)
+    if client is not None:
+        base_version = join(client, sync, config.client.connect_timeout_secs, initial)
+    else:
+        base_version = 0
+        if initial is not None:
+            sync.assign(initial())
     print(
         f"{name}: {model.count_params():,} parameters on {device}; "
         f"joined at version {base_version}",
@@ -344,7 +364,7 @@ def train(
     start = window_start = time.perf_counter()
     window_images = 0
     loss = accuracy = images_per_sec = float("nan")
-    background = BackgroundSync(client) if config.worker.overlap else None
+    background = BackgroundSync(client) if config.worker.overlap and client else None
     # True when the accumulator is empty: the next step's gradient is the
     # oldest of the next push, so that push's base is the version the
     # weights have at that step (with overlap, fetched weights arrive at a
@@ -360,8 +380,8 @@ def train(
         step_fn(images, labels)
         window_images += config.batch_size
         last = step == config.num_steps
-        pushed = step % config.n_push == 0 or last
-        fetch_due = step % config.n_fetch == 0
+        pushed = client is not None and (step % config.n_push == 0 or last)
+        fetch_due = client is not None and step % config.n_fetch == 0
         if background is not None:
             if pushed or fetch_due:
                 grad = step_fn.take_gradient() if pushed else None
@@ -416,8 +436,10 @@ def train(
     if background is not None:
         background.wait()  # The last push lands before Leave.
         ack = background.ack or ack
-    final_version = client.leave()
-    client.close()
+    final_version = base_version
+    if client is not None:
+        final_version = client.leave()
+        client.close()
     wall = time.perf_counter() - start
     result = WorkerResult(
         steps=config.num_steps,

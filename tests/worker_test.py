@@ -265,3 +265,11 @@ def test_overlap_pushes_in_the_background_with_their_true_base(
     # computed from. Naming the base at the push instead of at the first step
     # of its window would claim one version older (staleness 2).
     assert store.status().staleness.max <= 1
+
+
+def test_worker_without_a_server_trains_locally(digits_data_dir, tmp_path):
+    # address=None: the benchmarks' no-communication baseline runs the same loop.
+    config = small_config(digits_data_dir, num_steps=6)
+    result = worker.train(config, 0, None, str(tmp_path))
+    assert (result.steps, result.pushes, result.fetches, result.final_version) == (6, 0, 0, 0)
+    assert np.isfinite(result.loss) and result.images_per_sec > 0
