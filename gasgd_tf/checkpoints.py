@@ -1,7 +1,9 @@
 """Parameter checkpoints: named float32 arrays plus the server version, in one .npz file.
 
 The parameter server writes one when it shuts down (``ps.save_checkpoint``)
-to ``<workdir>/checkpoints/params-<version>.npz``; ``--config.warm_start``
+to ``<workdir>/checkpoints/params-<version>.npz`` (each shard of a sharded
+server writes ``params-<version>-shard-<k>-of-<K>.npz``, holding its pieces,
+and ``load`` merges the newest file of every shard back into whole tensors); ``--config.warm_start``
 reads one back to start a new run from it, as the paper's warm-start runs
 started from a single-GPU model. The format is NumPy's (a zip of ``.npy``
 files, one per tensor, keyed by the tensor's name), so that programs in
@@ -28,7 +30,9 @@ from gasgd_tf.tensors import FlatLayout, TensorSpec
 
 CHECKPOINT_DIR = "checkpoints"
 _META_KEY = "__meta__"
-_NAME = re.compile(r"params-(\d+)\.npz$")
+_NAME = re.compile(r"params-(\d+)(?:-shard-(\d+)-of-(\d+))?\.npz$")
+# The files of one sharded checkpoint are written together as the shards stop.
+SHARD_SET_WINDOW_SECS = 300.0
 
 
 class CheckpointError(ValueError):
@@ -58,11 +62,21 @@ def save(
     flat: np.ndarray,
     version: int,
     meta: Mapping | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> str:
     """Writes ``flat`` (laid out by ``specs``) to ``directory/params-<version>.npz``.
 
     The file appears whole or not at all (written aside, then renamed), so a
     reader never sees a half-written checkpoint.
+
+    Args:
+      directory: Where to write.
+      specs: The tensors of ``flat``.
+      flat: The parameters.
+      version: The server version they have.
+      meta: More JSON metadata.
+      shard: (k, K) for shard k of a K-shard server: the file is named
+        ``params-<version>-shard-<k>-of-<K>.npz``.
 
     Returns:
       The path written.
@@ -72,8 +86,12 @@ def save(
     if _META_KEY in arrays:
         raise ValueError(f"a tensor may not be named {_META_KEY!r}")
     document = {"version": int(version), "saved_unix": time.time(), **(meta or {})}
+    name = f"params-{version:09d}.npz"
+    if shard is not None:
+        document.update(shard=shard[0], num_shards=shard[1])
+        name = f"params-{version:09d}-shard-{shard[0]}-of-{shard[1]}.npz"
     arrays[_META_KEY] = np.array(json.dumps(document))
-    path = os.path.join(directory, f"params-{version:09d}.npz")
+    path = os.path.join(directory, name)
     tmp = f"{path}.tmp"
     try:
         with open(tmp, "wb") as f:
@@ -124,19 +142,103 @@ def _read(path: str, with_arrays: bool) -> Checkpoint:
     return Checkpoint(path, version, arrays, meta)
 
 
+def _shard_set(path: str) -> list[str] | None:
+    """The files of the sharded checkpoint ``path`` belongs to, in shard order; None if unsharded.
+
+    For each shard, the newest file of that shard written within
+    SHARD_SET_WINDOW_SECS of ``path``.
+
+    Raises:
+      CheckpointError: A shard's file is missing.
+    """
+    match = _NAME.search(path)
+    if not match or match.group(2) is None:
+        return None
+    num_shards = int(match.group(3))
+    folder = os.path.dirname(path)
+    when = os.path.getmtime(path)
+    files = []
+    for k in range(num_shards):
+        candidates = [
+            f
+            for f in glob.glob(os.path.join(folder, f"params-*-shard-{k}-of-{num_shards}.npz"))
+            if abs(os.path.getmtime(f) - when) <= SHARD_SET_WINDOW_SECS
+        ]
+        if not candidates:
+            raise CheckpointError(
+                f"{path} is shard {match.group(2)} of {num_shards}, but {folder} has no file of "
+                f"shard {k} written within {SHARD_SET_WINDOW_SECS:.0f}s of it"
+            )
+        files.append(max(candidates, key=os.path.getmtime))
+    return files
+
+
+def _merge_pieces(arrays: Mapping[str, np.ndarray], path: str) -> dict[str, np.ndarray]:
+    """Whole tensors from shard arrays: pieces of split tensors joined and reshaped."""
+    from gasgd_tf.sharding import parse_piece_name  # numpy only
+
+    merged: dict[str, np.ndarray] = {}
+    pieces: dict[str, list[tuple[int, int, np.ndarray]]] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, array in arrays.items():
+        parsed = parse_piece_name(name)
+        if parsed is None:
+            merged[name] = array
+            continue
+        source, start, stop, shape = parsed
+        pieces.setdefault(source, []).append((start, stop, array.ravel()))
+        shapes[source] = shape
+    for source, parts in pieces.items():
+        parts.sort(key=lambda p: p[0])
+        expected = 0
+        for start, stop, array in parts:
+            if start != expected or array.size != stop - start:
+                raise CheckpointError(f"{path}: the pieces of tensor {source!r} do not join up")
+            expected = stop
+        size = int(np.prod(shapes[source], dtype=np.int64))
+        if expected != size:
+            raise CheckpointError(f"{path}: tensor {source!r} has {expected} of {size} elements")
+        merged[source] = np.concatenate([a for _, _, a in parts]).reshape(shapes[source])
+    return merged
+
+
+def _read_any(path: str, with_arrays: bool) -> Checkpoint:
+    """Reads one file, or every file of a sharded checkpoint merged into one Checkpoint."""
+    files = _shard_set(path)
+    if files is None:
+        return _read(path, with_arrays)
+    shards = [_read(f, with_arrays) for f in files]
+    arrays: dict[str, np.ndarray] = {}
+    for shard in shards:
+        arrays.update(shard.arrays)
+    meta = {
+        **shards[0].meta,
+        "server_id": ",".join(str(c.meta.get("server_id", "")) for c in shards),
+        "versions": [c.version for c in shards],
+        "files": files,
+    }
+    version = min(c.version for c in shards)
+    meta["version"] = version
+    return Checkpoint(files[0], version, _merge_pieces(arrays, path) if with_arrays else {}, meta)
+
+
 def load(path: str) -> Checkpoint:
     """Reads the checkpoint ``path`` names (see ``resolve``).
 
+    A shard's file is read together with the other shards' files of the
+    same checkpoint, and split tensors are joined: the result is the whole
+    model (version: the smallest shard version).
+
     Raises:
       FileNotFoundError: See ``resolve``.
-      CheckpointError: The file is not a gasgd_tf checkpoint.
+      CheckpointError: The file is not a gasgd_tf checkpoint, or a shard is missing.
     """
-    return _read(resolve(path), with_arrays=True)
+    return _read_any(resolve(path), with_arrays=True)
 
 
 def load_meta(path: str) -> Checkpoint:
     """Like ``load`` but reads only the metadata (``arrays`` is empty): a cheap check."""
-    return _read(resolve(path), with_arrays=False)
+    return _read_any(resolve(path), with_arrays=False)
 
 
 def flatten_for(checkpoint: Checkpoint, specs: Sequence[TensorSpec]) -> np.ndarray:

@@ -20,8 +20,10 @@ from gasgd_tf.data.registry import DATASETS
 from gasgd_tf.models.registry import MODELS
 from gasgd_tf.server import staleness
 from gasgd_tf.server.optimizers import OPTIMIZERS
+from gasgd_tf.tensors import WIRE_DTYPES
 
 WORKER_OPTIMIZERS = ("sgd",)
+MAX_SHARDS = 64
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -105,6 +107,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.ps.staleness_bound = 2
     c.ps.dc_lambda = 0.04
     c.ps.straggler_secs = 30.0  # bounded: stop waiting for a worker silent this long.
+    # Sharded parameter server (DistBelief): num_shards server processes, each
+    # holding part of the parameters (gasgd_tf/sharding.py); tensors above
+    # shard_split_bytes are split over all shards, the rest balanced by size.
+    c.ps.num_shards = 1
+    c.ps.shard_split_bytes = 4 << 20
     c.ps.rpc_threads = 32
     c.ps.summary_every_secs = 2.0
     c.ps.max_parameter_bytes = 16 << 30  # Initialize refuses larger models.
@@ -117,6 +124,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.client.retry_secs = 10.0
     c.client.connect_timeout_secs = 60.0
     c.client.chunk_bytes = 1 << 20
+    # The dtypes gradients (push) and parameters (fetch) travel in: float32,
+    # or bfloat16 / float16 for half the bytes. The server keeps float32.
+    c.client.push_dtype = "float32"
+    c.client.fetch_dtype = "float32"
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every_secs = 5.0
@@ -152,6 +163,8 @@ _POSITIVE_INTS = (
     "data.shuffle_buffer",
     "worker.log_every_steps",
     "ps.rpc_threads",
+    "ps.num_shards",
+    "ps.shard_split_bytes",
     "ps.lr_decay_steps",
     "ps.max_parameter_bytes",
     "eval.batch_size",
@@ -303,6 +316,20 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         server_config.build_schedule(config.ps)
     except ValueError as e:
         _check(False, f"ps: {e}")
+    _check(
+        config.ps.num_shards <= MAX_SHARDS,
+        f"ps.num_shards must be at most {MAX_SHARDS}, got {config.ps.num_shards}",
+    )
+    _check(
+        config.ps.num_shards == 1 or config.ps.staleness != "bounded",
+        "ps.staleness='bounded' needs ps.num_shards=1: each shard would admit fetches in its "
+        "own order, and two shards can each wait for a worker the other holds back",
+    )
+    for field in ("push_dtype", "fetch_dtype"):
+        _check(
+            config.client[field] in WIRE_DTYPES,
+            f"client.{field} must be one of {WIRE_DTYPES}, got {config.client[field]!r}",
+        )
     _check(
         64 << 10 <= config.client.chunk_bytes <= 4 << 20,
         f"client.chunk_bytes must be in [64 KiB, 4 MiB], got {config.client.chunk_bytes}",

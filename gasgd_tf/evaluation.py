@@ -17,7 +17,7 @@ import ml_collections
 import tensorflow as tf
 
 from gasgd_tf import config_base, devices, progress, worker
-from gasgd_tf.client import ServerUnavailableError
+from gasgd_tf.client import ServerUnavailableError, version_number
 from gasgd_tf.data import pipeline
 from gasgd_tf.summaries import MetricWriter
 
@@ -147,6 +147,7 @@ def run(config: ml_collections.ConfigDict, address: str, workdir: str) -> EvalRe
         if (result is None or status.version != result.version) and (due or finished):
             steps = _steps_per_client(status, config.num_workers)
             version, _, flat = client.fetch(read_only=True)
+            version = version_number(version)  # One number for a sharded server too.
             sync.assign(flat)
             accuracy, loss, count, multi = evaluate()
             last_eval = time.monotonic()

@@ -1,6 +1,6 @@
-"""The local launcher: one parameter server, N workers and an evaluator as processes.
+"""The local launcher: the parameter server (one process per shard), N workers and an evaluator.
 
-It starts the server first (on a free loopback port, which the server
+It starts the server shards first (each on a free loopback port, which it
 reports through a file, so there is no race for ports), then the workers and
 the evaluator, prints a progress line every ``launcher.log_every_secs``, and
 ends with a summary in ``<workdir>/summary.json``.
@@ -36,7 +36,7 @@ from gasgd_tf import checkpoints, progress
 
 # Outputs of a previous run in the same workdir, cleared before a new one.
 # Checkpoints are kept: they may be hours of work, and a warm start takes the newest.
-RUN_OUTPUTS = ("tb", "logs", "progress", "summary.json", "ps_0.port")
+RUN_OUTPUTS = ("tb", "logs", "progress", "summary.json", "ports")
 PS_STOP_GRACE_SECS = 120.0  # SIGTERM to SIGKILL; the server saves its checkpoint meanwhile.
 _PR_SET_PDEATHSIG = 1
 # Set by the launcher in each child's environment: the launcher's pid.
@@ -223,17 +223,31 @@ class LocalLauncher:
         )
         self.children.remove(prep)
 
-    def _start_server(self) -> tuple[Child, str]:
-        port_file = os.path.join(self.workdir, "ps_0.port")
-        ps = self._child("ps_0", ps_address="127.0.0.1:0", port_file=port_file)
-        self._wait_for(
-            ps,
-            lambda: os.path.exists(port_file),
-            "serving",
-            self.config.launcher.startup_timeout_secs,
-        )
-        with open(port_file) as f:
-            return ps, f"127.0.0.1:{f.read().strip()}"
+    def _start_servers(self) -> tuple[list[Child], str]:
+        """Starts every shard; returns them and the workers' --ps_address (comma-separated)."""
+        shards = []
+        for k in range(self.config.ps.num_shards):
+            port_file = os.path.join(self.workdir, "ports", f"ps_{k}.port")
+            os.makedirs(os.path.dirname(port_file), exist_ok=True)
+            shards.append(
+                (
+                    self._child(
+                        f"ps_{k}", task_index=k, ps_address="127.0.0.1:0", port_file=port_file
+                    ),
+                    port_file,
+                )
+            )
+        addresses = []
+        for ps, port_file in shards:  # They start in parallel; wait for each in turn.
+            self._wait_for(
+                ps,
+                lambda f=port_file: os.path.exists(f),
+                "serving",
+                self.config.launcher.startup_timeout_secs,
+            )
+            with open(port_file) as f:
+                addresses.append(f"127.0.0.1:{f.read().strip()}")
+        return [ps for ps, _ in shards], ",".join(addresses)
 
     def run(self) -> int:
         """Runs the job; returns the process exit code (0 on success)."""
@@ -243,9 +257,10 @@ class LocalLauncher:
         previous_int = signal.getsignal(signal.SIGINT)
         try:
             self._prepare_data()
-            ps, address = self._start_server()
+            servers, address = self._start_servers()
+            what = "parameter server" if len(servers) == 1 else f"{len(servers)} server shards"
             self._say(
-                f"parameter server on {address} (loopback only); starting {cfg.num_workers} "
+                f"{what} on {address} (loopback only); starting {cfg.num_workers} "
                 f"workers x {cfg.num_steps} steps and an evaluator; logs in {self.workdir}/logs"
             )
             workers = [
@@ -254,20 +269,21 @@ class LocalLauncher:
             ]
             evaluator = self._child("eval", ps_address=address)
             # Only now, with every child started: see the module docstring on fork.
-            from gasgd_tf.client import ParameterClient  # grpc only; no TensorFlow.
+            from gasgd_tf.client import make_client  # grpc only; no TensorFlow.
 
             # Progress lines must not stall the loop: short deadlines, few retries.
-            self._status_client = ParameterClient(address, "launcher", timeout_secs=5, retry_secs=1)
+            self._status_client = make_client(address, "launcher", timeout_secs=5, retry_secs=1)
             next_line = time.monotonic() + cfg.launcher.log_every_secs
             while not (all(w.poll() == 0 for w in workers) and evaluator.poll() == 0):
                 self._check_children()
-                if ps.poll() is not None:
-                    raise ChildFailed(ps, ps.poll(), "exited before training finished")
+                for ps in servers:
+                    if ps.poll() is not None:
+                        raise ChildFailed(ps, ps.poll(), "exited before training finished")
                 if time.monotonic() >= next_line:
                     self._say(self.progress_line())
                     next_line += cfg.launcher.log_every_secs
                 time.sleep(0.1)
-            summary = self.finish(ps)
+            summary = self.finish(servers)
         except ChildFailed as e:
             stop_all(self.children)
             self._say(f"error: {e}; last lines of {e.child.log_path}:\n{e.child.tail()}")
@@ -339,10 +355,11 @@ class LocalLauncher:
             return None
         return checkpoint.path
 
-    def finish(self, ps: Child) -> dict:
-        """Collects the final numbers, stops the server and writes summary.json."""
+    def finish(self, servers: list[Child]) -> dict:
+        """Collects the final numbers, stops the server shards and writes summary.json."""
         from gasgd_tf.client import RequestRejectedError, ServerUnavailableError
 
+        ps = servers[0]
         try:
             status = self._status_client.status()
         except (ServerUnavailableError, RequestRejectedError) as e:
@@ -373,8 +390,10 @@ class LocalLauncher:
         }
         if ev.get("accuracy_multi_crop") is not None:
             summary["test_accuracy_multi_crop"] = ev["accuracy_multi_crop"]
+        if len(servers) > 1:
+            summary["num_shards"] = len(servers)
         # The server writes its checkpoint as it stops: give it time for a large model.
-        stop_all([ps], grace_secs=PS_STOP_GRACE_SECS)
+        stop_all(servers, grace_secs=PS_STOP_GRACE_SECS)
         stop_all(self.children)
         if self.config.ps.save_checkpoint:
             summary["checkpoint"] = self._checkpoint_of(status)

@@ -7,6 +7,11 @@ Usage:
   python -m gasgd_tf.main --config=configs/default.py --role=worker --task_index=0 \\
       --ps_address=HOST:50051
   python -m gasgd_tf.main --config=configs/default.py --role=eval --ps_address=HOST:50051
+  # A server sharded over two processes (--task_index is the shard index):
+  python -m gasgd_tf.main --config=configs/default.py --config.ps.num_shards=2 --role=ps \
+      --task_index=1 --ps_address=0.0.0.0:50052
+  python -m gasgd_tf.main --config=configs/default.py --config.ps.num_shards=2 --role=worker \
+      --task_index=0 --ps_address=HOST:50051,HOST:50052
 
 Roles: ``local`` starts a server, ``num_workers`` workers and an evaluator on
 this machine; ``ps``, ``worker`` and ``eval`` run one process each, for
@@ -33,12 +38,15 @@ flags.DEFINE_string("workdir", None, "Run folder. Default: runs/<config file nam
 flags.DEFINE_enum(
     "role", "local", ["local", "ps", "worker", "eval", "prepare"], "What this process runs."
 )
-flags.DEFINE_integer("task_index", 0, "Worker index (role=worker).")
+flags.DEFINE_integer(
+    "task_index", 0, "Worker index (role=worker); shard index (role=ps with ps.num_shards > 1)."
+)
 flags.DEFINE_string(
     "ps_address",
     None,
     "role=ps: host:port to listen on (default 127.0.0.1:50051; 0.0.0.0:PORT for other hosts). "
-    "role=worker/eval: the server's host:port.",
+    "role=worker/eval: the server's host:port; with ps.num_shards > 1, every shard's "
+    "host:port in shard order, separated by commas.",
 )
 flags.DEFINE_string("port_file", None, "role=ps: write the bound port here (for launchers).")
 
@@ -90,7 +98,18 @@ def main(argv):
         from gasgd_tf.server import server  # No TensorFlow in this process.
 
         os.makedirs(workdir, exist_ok=True)
-        server.run(config, workdir, FLAGS.ps_address or "127.0.0.1:50051", FLAGS.port_file)
+        if not 0 <= FLAGS.task_index < config.ps.num_shards:
+            raise app.UsageError(
+                f"--task_index={FLAGS.task_index} is not a shard index of "
+                f"ps.num_shards={config.ps.num_shards}"
+            )
+        server.run(
+            config,
+            workdir,
+            FLAGS.ps_address or "127.0.0.1:50051",
+            FLAGS.port_file,
+            shard_index=FLAGS.task_index,
+        )
         return 0
     if role == "local":
         from gasgd_tf import launch  # No TensorFlow in the launcher either.
@@ -109,6 +128,12 @@ def main(argv):
 
     if not FLAGS.ps_address:
         raise app.UsageError(f"--role={role} needs --ps_address=HOST:PORT of the server")
+    shards = len([a for a in FLAGS.ps_address.split(",") if a.strip()])
+    if shards != config.ps.num_shards:
+        raise app.UsageError(
+            f"--ps_address names {shards} servers but ps.num_shards={config.ps.num_shards}: "
+            "give every shard's host:port, in shard order, separated by commas"
+        )
     from gasgd_tf.checkpoints import CheckpointError
     from gasgd_tf.client import RequestRejectedError, ServerUnavailableError
 

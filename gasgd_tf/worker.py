@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from gasgd_tf import checkpoints, devices, progress
-from gasgd_tf.client import ParameterClient
+from gasgd_tf.client import ParameterClient, ShardedClient, make_client, version_number
 from gasgd_tf.data import pipeline
 from gasgd_tf.models import build_model
 from gasgd_tf.summaries import MetricWriter
@@ -41,14 +41,32 @@ def client_id(task_index: int) -> str:
     return f"worker_{task_index}"
 
 
-def connect(config: ml_collections.ConfigDict, address: str, name: str) -> ParameterClient:
-    """A client of the server at ``address`` with the deadlines of ``config.client``."""
-    return ParameterClient(
-        address,
+def connect(
+    config: ml_collections.ConfigDict, address: str, name: str
+) -> ParameterClient | ShardedClient:
+    """A client of the server at ``address`` with the deadlines of ``config.client``.
+
+    ``address`` lists every shard's host:port, separated by commas, when
+    ``ps.num_shards`` > 1.
+
+    Raises:
+      ValueError: The number of addresses is not ``ps.num_shards``.
+    """
+    addresses = [a for a in address.split(",") if a.strip()]
+    if len(addresses) != config.ps.num_shards:
+        raise ValueError(
+            f"{len(addresses)} server addresses ({address}) for ps.num_shards="
+            f"{config.ps.num_shards}: give one host:port per shard, separated by commas"
+        )
+    return make_client(
+        addresses,
         name,
+        split_bytes=config.ps.shard_split_bytes,
         timeout_secs=config.client.timeout_secs,
         retry_secs=config.client.retry_secs,
         chunk_bytes=config.client.chunk_bytes,
+        push_dtype=config.client.push_dtype,
+        fetch_dtype=config.client.fetch_dtype,
     )
 
 
@@ -208,7 +226,7 @@ class BackgroundSync:
     computing from it.
     """
 
-    def __init__(self, client: ParameterClient):
+    def __init__(self, client: ParameterClient | ShardedClient):
         self._client = client
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -263,7 +281,7 @@ class WorkerResult:
 
 
 def join(
-    client: ParameterClient,
+    client: ParameterClient | ShardedClient,
     sync: VariableSync,
     timeout_secs: float,
     initial: Callable[[], np.ndarray] | None = None,
@@ -351,7 +369,7 @@ def train(
             sync.assign(initial())
     print(
         f"{name}: {model.count_params():,} parameters on {device}; "
-        f"joined at version {base_version}",
+        f"joined at version {version_number(base_version)}",
         flush=True,
     )
 
@@ -404,7 +422,7 @@ def train(
             now = time.perf_counter()
             images_per_sec = window_images / max(now - window_start, 1e-9)
             window_start, window_images = now, 0
-            server_version = ack.version if ack else base_version
+            server_version = ack.version if ack else version_number(base_version)
             writer.scalars(
                 {
                     "train/loss": loss,

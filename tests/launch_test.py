@@ -258,7 +258,7 @@ def test_prepare_workdir_removes_only_previous_outputs(tmp_path, capsys):
     for name in ("tb", "logs", "progress", "checkpoints"):
         (workdir / name).mkdir(parents=True)
         (workdir / name / "file").write_text("x")
-    for name in ("summary.json", "ps_0.port", "notes.txt", "config.json"):
+    for name in ("summary.json", "ports", "notes.txt", "config.json"):
         (workdir / name).write_text("x")
 
     prepare_workdir(str(workdir))
@@ -437,7 +437,9 @@ def fake_client(monkeypatch):
 
     _FakeClient.events = []
     monkeypatch.setattr(gasgd_tf.client, "ParameterClient", _FakeClient)
-    monkeypatch.setattr(launch, "ParameterClient", _FakeClient, raising=False)
+    monkeypatch.setattr(
+        gasgd_tf.client, "make_client", lambda address, name, **kw: _FakeClient(address, name, **kw)
+    )
     return _FakeClient
 
 

@@ -7,6 +7,7 @@ from gasgd_tf.client.client import (
     RequestRejectedError,
     ServerUnavailableError,
 )
+from gasgd_tf.client.sharded import ShardedClient, Version, make_client, version_number
 
 __all__ = [
     "ParameterClient",
@@ -14,4 +15,8 @@ __all__ = [
     "Registration",
     "RequestRejectedError",
     "ServerUnavailableError",
+    "ShardedClient",
+    "Version",
+    "make_client",
+    "version_number",
 ]

@@ -22,7 +22,20 @@ import numpy as np
 from gasgd_tf import wire
 from gasgd_tf.proto import parameter_service_pb2 as pb
 from gasgd_tf.proto import parameter_service_pb2_grpc as pb_grpc
-from gasgd_tf.tensors import FlatLayout, TensorSpec, ValidationError
+from gasgd_tf.tensors import (
+    PARAMETER_DTYPE,
+    WIRE_DTYPES,
+    FlatLayout,
+    TensorSpec,
+    ValidationError,
+    byte_view,
+    numpy_dtype,
+    with_dtype,
+)
+
+# One flat float32 buffer, or the pieces that laid end to end make one (a
+# shard's runs inside the full buffer of a sharded client).
+Buffer = np.ndarray | Sequence[np.ndarray]
 
 T = TypeVar("T")
 
@@ -75,6 +88,10 @@ class ParameterClient:
       timeout_secs: Deadline of each attempt of each call.
       retry_secs: How long transport failures are retried before giving up.
       chunk_bytes: Chunk size for Push and Initialize streams.
+      push_dtype: The dtype gradients travel in: float32, or bfloat16 /
+        float16 for half the bytes (the server applies them in float32).
+      fetch_dtype: The dtype parameters travel in (the same choices); the
+        client always returns float32.
     """
 
     def __init__(
@@ -84,14 +101,33 @@ class ParameterClient:
         timeout_secs: float = 60.0,
         retry_secs: float = 10.0,
         chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES,
+        push_dtype: str = PARAMETER_DTYPE,
+        fetch_dtype: str = PARAMETER_DTYPE,
     ):
+        for what, dtype in (("push_dtype", push_dtype), ("fetch_dtype", fetch_dtype)):
+            if dtype not in WIRE_DTYPES:
+                raise ValueError(f"{what} must be one of {WIRE_DTYPES}, got {dtype!r}")
         self.address = address
         self.client_id = client_id
         self.timeout_secs = timeout_secs
         self.retry_secs = retry_secs
         self.chunk_bytes = min(chunk_bytes, wire.MAX_CHUNK_BYTES)
+        self.push_dtype = push_dtype
+        self.fetch_dtype = fetch_dtype
         self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.ParameterServiceStub(self._channel)
+        # The streams go through serializer-free methods: chunks are framed
+        # and parsed by wire.encode_frames / wire.frame_parser (one copy each).
+        method = f"/{wire.SERVICE_NAME}/"
+        self._initialize = self._channel.stream_unary(
+            method + "Initialize", None, pb.InitializeResponse.FromString
+        )
+        self._push = self._channel.stream_unary(method + "Push", None, pb.PushResponse.FromString)
+        self._fetch = self._channel.unary_stream(
+            method + "Fetch",
+            pb.FetchRequest.SerializeToString,
+            wire.frame_parser(pb.FetchResponse),
+        )
         self._sequence = 0
         self._specs: tuple[TensorSpec, ...] = ()
 
@@ -162,27 +198,43 @@ class ParameterClient:
         header = pb.InitializeHeader(client_id=self.client_id, tensors=wire.specs_to_proto(specs))
 
         def attempt(timeout):
-            stream = wire.encode_stream(pb.InitializeRequest, header, flat, self.chunk_bytes)
-            return self._stub.Initialize(stream, timeout=timeout)
+            stream = wire.encode_frames(
+                pb.InitializeRequest, header, np.asarray(flat, np.float32), self.chunk_bytes
+            )
+            return self._initialize(stream, timeout=timeout)
 
         response = self._call("Initialize", attempt)
         self._specs = tuple(specs)
         return response.accepted, response.version
 
-    def fetch(self, read_only: bool = False) -> tuple[int, tuple[TensorSpec, ...], np.ndarray]:
+    def fetch(
+        self, read_only: bool = False, out: Sequence[np.ndarray] | None = None
+    ) -> tuple[int, tuple[TensorSpec, ...], np.ndarray | None]:
         """Returns (version, specs, flat float32 parameters) of one consistent snapshot.
 
         Args:
           read_only: This client will not push gradients computed from the
             result (an evaluator): a bounded-staleness server neither delays
             the fetch nor waits for a push after it.
+          out: Float32 arrays that laid end to end receive the parameters
+            (a sharded client's places in its full buffer); then the
+            returned buffer is None.
         """
-        request = pb.FetchRequest(client_id=self.client_id, read_only=read_only)
+        request = pb.FetchRequest(
+            client_id=self.client_id,
+            read_only=read_only,
+            dtype=wire.dtype_to_proto(self.fetch_dtype),
+        )
+        direct = out is not None and self.fetch_dtype == PARAMETER_DTYPE
 
         def attempt(timeout):
-            stream = self._stub.Fetch(request, timeout=timeout)
+            stream = self._fetch(request, timeout=timeout)
             try:
-                header, flat = wire.decode_stream(stream, _fetch_layout)
+                header, flat = wire.decode_stream(
+                    stream,
+                    _fetch_layout,
+                    out=(lambda layout: [byte_view(a) for a in out]) if direct else None,
+                )
             except ValidationError as e:
                 raise RequestRejectedError(
                     f"Fetch from {self.address}: malformed reply: {e}", grpc.StatusCode.INTERNAL
@@ -190,23 +242,49 @@ class ParameterClient:
             return header.version, wire.specs_from_proto(header.tensors), flat
 
         version, specs, flat = self._call("Fetch", attempt)
+        specs = with_dtype(specs, PARAMETER_DTYPE)
+        if flat is not None and flat.dtype != np.float32:  # Fetched in half precision.
+            if out is None:
+                flat = flat.astype(np.float32)
+            else:
+                start = 0
+                for part in out:
+                    part[...] = flat[start : start + part.size]
+                    start += part.size
+                flat = None
         self._specs = specs
         return version, specs, flat
 
-    def push(self, grad: np.ndarray, base_version: int, client_step: int = 0) -> PushAck:
+    def push(self, grad: Buffer, base_version: int, client_step: int = 0) -> PushAck:
         """Pushes a flat float32 gradient computed from ``base_version``.
 
         Uses the signature from the last register/initialize/fetch. A retried
         attempt reuses the sequence number, so it is applied at most once.
+
+        Args:
+          grad: The gradient, flat in the server's layout, or float32 pieces
+            that laid end to end make it (sent without gathering them).
+          base_version: The version of the parameters it was computed from.
+          client_step: This client's step count, for the server's status.
         """
         if not self._specs:
             raise RuntimeError("push before register, initialize or fetch: no signature known")
+        parts = [grad] if isinstance(grad, np.ndarray) else list(grad)
+        if self.push_dtype == PARAMETER_DTYPE:
+            payload = [byte_view(np.ascontiguousarray(p, np.float32)) for p in parts]
+        else:  # One conversion; the result is what travels, so retries reuse it.
+            half = np.empty(sum(p.size for p in parts), numpy_dtype(self.push_dtype))
+            start = 0
+            for p in parts:
+                half[start : start + p.size] = p.ravel()
+                start += p.size
+            payload = [byte_view(half)]
         self._sequence += 1
         header = pb.PushHeader(
             client_id=self.client_id,
             sequence=self._sequence,
             base_version=base_version,
-            tensors=wire.specs_to_proto(self._specs),
+            tensors=wire.specs_to_proto(with_dtype(self._specs, self.push_dtype)),
             client_step=client_step,
         )
 
@@ -215,8 +293,8 @@ class ParameterClient:
         def attempt(timeout):
             nonlocal attempts
             attempts += 1
-            stream = wire.encode_stream(pb.PushRequest, header, grad, self.chunk_bytes)
-            return self._stub.Push(stream, timeout=timeout)
+            stream = wire.encode_frames(pb.PushRequest, header, payload, self.chunk_bytes)
+            return self._push(stream, timeout=timeout)
 
         response = self._call("Push", attempt)
         if response.duplicate and attempts == 1:

@@ -39,14 +39,16 @@ class Chunk(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("push_dtypes", "max_chunk_bytes", "optimizer")
+    __slots__ = ("push_dtypes", "max_chunk_bytes", "optimizer", "fetch_dtypes")
     PUSH_DTYPES_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    FETCH_DTYPES_FIELD_NUMBER: _ClassVar[int]
     push_dtypes: _containers.RepeatedScalarFieldContainer[DType]
     max_chunk_bytes: int
     optimizer: str
-    def __init__(self, push_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., max_chunk_bytes: _Optional[int] = ..., optimizer: _Optional[str] = ...) -> None: ...
+    fetch_dtypes: _containers.RepeatedScalarFieldContainer[DType]
+    def __init__(self, push_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., max_chunk_bytes: _Optional[int] = ..., optimizer: _Optional[str] = ..., fetch_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("client_id", "tensors")
@@ -97,12 +99,14 @@ class InitializeResponse(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., version: _Optional[int] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
-    __slots__ = ("client_id", "read_only")
+    __slots__ = ("client_id", "read_only", "dtype")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     read_only: bool
-    def __init__(self, client_id: _Optional[str] = ..., read_only: _Optional[bool] = ...) -> None: ...
+    dtype: DType
+    def __init__(self, client_id: _Optional[str] = ..., read_only: _Optional[bool] = ..., dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
 
 class FetchHeader(_message.Message):
     __slots__ = ("version", "tensors", "total_bytes")

@@ -12,9 +12,8 @@ from concurrent import futures
 import grpc
 
 from gasgd_tf import checkpoints, wire
-from gasgd_tf.proto import parameter_service_pb2_grpc as pb_grpc
 from gasgd_tf.server import server_config
-from gasgd_tf.server.servicer import ParameterServicer
+from gasgd_tf.server.servicer import ParameterServicer, add_to_server
 from gasgd_tf.server.store import STALENESS_BUCKETS, DivergedError, ParameterStore
 from gasgd_tf.summaries import MetricWriter
 
@@ -51,9 +50,7 @@ class ParameterServer:
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ps-rpc"),
             options=SERVER_OPTIONS,
         )
-        pb_grpc.add_ParameterServiceServicer_to_server(
-            ParameterServicer(store, fetch_chunk_bytes=fetch_chunk_bytes), self._server
-        )
+        add_to_server(ParameterServicer(store, fetch_chunk_bytes=fetch_chunk_bytes), self._server)
         host = address.rsplit(":", 1)[0]
         try:
             self.port = self._server.add_insecure_port(address)
@@ -129,8 +126,13 @@ class SummaryLoop:
         self.write()
 
 
-def save_checkpoint(store: ParameterStore, directory: str) -> str | None:
-    """Writes the store's parameters to ``directory``; None if there is nothing sound to save."""
+def save_checkpoint(
+    store: ParameterStore, directory: str, shard: tuple[int, int] | None = None
+) -> str | None:
+    """Writes the store's parameters to ``directory``; None if there is nothing sound to save.
+
+    ``shard`` is (k, K) for shard k of a K-shard server (see ``checkpoints.save``).
+    """
     if not store.initialized:
         print("parameter server: never initialized, no checkpoint written", flush=True)
         return None
@@ -145,21 +147,30 @@ def save_checkpoint(store: ParameterStore, directory: str) -> str | None:
         snapshot.flat,
         snapshot.version,
         meta={"server_id": store.server_id, "optimizer": store.optimizer.get_config()},
+        shard=shard,
     )
     print(f"parameter server: saved version {snapshot.version} to {path}", flush=True)
     return path
 
 
-def run(config, workdir: str, address: str, port_file: str | None = None) -> None:
+def run(
+    config, workdir: str, address: str, port_file: str | None = None, shard_index: int = 0
+) -> None:
     """The ``ps`` role: serves until SIGTERM or SIGINT, then writes final summaries.
 
     Args:
       config: The resolved run config (uses ``config.ps``).
-      workdir: Run folder; events go to ``<workdir>/tb/ps_0``.
+      workdir: Run folder; events go to ``<workdir>/tb/ps_<shard_index>``.
       address: host:port to listen on (port 0: any free port).
       port_file: If set, the bound port is written there (atomically) once
         the server accepts calls, for a launcher that asked for port 0.
+      shard_index: Which shard of ``config.ps.num_shards`` this server is.
+        The server itself holds whatever tensors its clients initialize it
+        with; the index names its events and its checkpoint.
     """
+    num_shards = config.ps.num_shards
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard index {shard_index} is not in [0, ps.num_shards={num_shards})")
     store = ParameterStore(
         server_config.build_optimizer(config.ps),
         config.ps.max_parameter_bytes,
@@ -167,14 +178,16 @@ def run(config, workdir: str, address: str, port_file: str | None = None) -> Non
         schedule=server_config.build_schedule(config.ps),
     )
     server = ParameterServer(store, address, max_workers=config.ps.rpc_threads).start()
-    writer = MetricWriter(os.path.join(workdir, "tb", "ps_0"))
+    writer = MetricWriter(os.path.join(workdir, "tb", f"ps_{shard_index}"))
     summaries = SummaryLoop(store, writer, config.ps.summary_every_secs).start()
     if port_file:
         tmp = f"{port_file}.tmp"
         with open(tmp, "w") as f:
             f.write(str(server.port))
         os.replace(tmp, port_file)
-    print(f"parameter server {store.server_id} listening on {server.address}", flush=True)
+    shard = (shard_index, num_shards) if num_shards > 1 else None
+    name = f"(shard {shard_index} of {num_shards}) " if shard else ""
+    print(f"parameter server {store.server_id} {name}listening on {server.address}", flush=True)
 
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -184,7 +197,7 @@ def run(config, workdir: str, address: str, port_file: str | None = None) -> Non
     summaries.stop()
     writer.close()
     if config.ps.save_checkpoint:
-        save_checkpoint(store, os.path.join(workdir, checkpoints.CHECKPOINT_DIR))
+        save_checkpoint(store, os.path.join(workdir, checkpoints.CHECKPOINT_DIR), shard)
     status = store.status()
     print(
         f"parameter server stopped at version {status.version} "

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 
 import grpc
+import numpy as np
 
 from gasgd_tf import wire
 from gasgd_tf.proto import parameter_service_pb2 as pb
@@ -17,9 +19,54 @@ from gasgd_tf.server.store import (
     StalenessStats,
     WaitAbandoned,
 )
-from gasgd_tf.tensors import ValidationError
+from gasgd_tf.tensors import (
+    PARAMETER_DTYPE,
+    WIRE_DTYPES,
+    ValidationError,
+    numpy_dtype,
+    with_dtype,
+)
 
 log = logging.getLogger(__name__)
+
+
+def add_to_server(servicer: ParameterServicer, server: grpc.Server) -> None:
+    """Registers ``servicer`` with the fast stream encoding (``wire.frame_parser``).
+
+    Use this instead of the generated ``add_ParameterServiceServicer_to_server``:
+    Initialize and Push requests are parsed into views of the received bytes,
+    and Fetch yields ready-serialized messages. The bytes on the wire are the
+    same, so every client (the generated stubs included) talks to it.
+    """
+    proto = {  # method: (request deserializer, response serializer)
+        "Register": (pb.RegisterRequest.FromString, pb.RegisterResponse.SerializeToString),
+        "Leave": (pb.LeaveRequest.FromString, pb.LeaveResponse.SerializeToString),
+        "Status": (pb.StatusRequest.FromString, pb.StatusResponse.SerializeToString),
+    }
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name), request_deserializer=de, response_serializer=ser
+        )
+        for name, (de, ser) in proto.items()
+    }
+    handlers["Initialize"] = grpc.stream_unary_rpc_method_handler(
+        servicer.Initialize,
+        request_deserializer=wire.frame_parser(pb.InitializeRequest),
+        response_serializer=pb.InitializeResponse.SerializeToString,
+    )
+    handlers["Push"] = grpc.stream_unary_rpc_method_handler(
+        servicer.Push,
+        request_deserializer=wire.frame_parser(pb.PushRequest),
+        response_serializer=pb.PushResponse.SerializeToString,
+    )
+    handlers["Fetch"] = grpc.unary_stream_rpc_method_handler(
+        servicer.Fetch,
+        request_deserializer=pb.FetchRequest.FromString,
+        response_serializer=None,  # Fetch yields serialized messages.
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(wire.SERVICE_NAME, handlers),)
+    )
 
 
 def _staleness_proto(stats: StalenessStats) -> pb.StalenessSummary:
@@ -33,6 +80,11 @@ def _staleness_proto(stats: StalenessStats) -> pb.StalenessSummary:
 
 class ParameterServicer(pb_grpc.ParameterServiceServicer):
     """Implements ParameterService over a ParameterStore.
+
+    Register it with ``add_to_server``: Fetch yields serialized messages.
+    Gradients pushed in bfloat16 or float16 are converted to float32 before
+    the store sees them; parameters fetched in those dtypes are converted
+    once per version and dtype, and the copy is shared by every fetcher.
 
     Args:
       store: The parameters.
@@ -49,6 +101,18 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
         self._store = store
         self._fetch_chunk_bytes = fetch_chunk_bytes
         self._max_chunk_bytes = max_chunk_bytes
+        self._converted: dict[str, tuple[int, np.ndarray]] = {}  # dtype: (version, params)
+        self._convert_lock = threading.Lock()
+
+    def _in_dtype(self, version: int, flat: np.ndarray, dtype: str) -> np.ndarray:
+        """The snapshot ``flat`` of ``version`` in ``dtype``, converted once per version."""
+        if dtype == PARAMETER_DTYPE:
+            return flat
+        with self._convert_lock:  # One conversion per version, however many fetch it.
+            cached = self._converted.get(dtype)
+            if cached is None or cached[0] != version:
+                cached = self._converted[dtype] = (version, flat.astype(numpy_dtype(dtype)))
+            return cached[1]
 
     @contextlib.contextmanager
     def _errors(self, context: grpc.ServicerContext, what: str, is_push: bool = False):
@@ -85,7 +149,8 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
                 tensors=wire.specs_to_proto(info.specs),
                 last_sequence=info.last_sequence,
                 capabilities=pb.Capabilities(
-                    push_dtypes=[pb.DTYPE_FLOAT32],
+                    push_dtypes=[wire.dtype_to_proto(d) for d in WIRE_DTYPES],
+                    fetch_dtypes=[wire.dtype_to_proto(d) for d in WIRE_DTYPES],
                     max_chunk_bytes=self._max_chunk_bytes,
                     optimizer=self._store.optimizer.name,
                 ),
@@ -114,18 +179,20 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
 
     def Fetch(self, request, context):
         with self._errors(context, "Fetch"):
+            dtype = wire.fetch_dtype_from_proto(request.dtype)
             snap = self._store.snapshot(
                 request.client_id,
                 read_only=request.read_only,
                 time_left=context.time_remaining(),
                 is_active=context.is_active,
             )
+            flat = self._in_dtype(snap.version, snap.flat, dtype)
         header = pb.FetchHeader(
             version=snap.version,
-            tensors=wire.specs_to_proto(snap.specs),
-            total_bytes=snap.flat.nbytes,
+            tensors=wire.specs_to_proto(with_dtype(snap.specs, dtype)),
+            total_bytes=flat.nbytes,
         )
-        yield from wire.encode_stream(pb.FetchResponse, header, snap.flat, self._fetch_chunk_bytes)
+        yield from wire.encode_frames(pb.FetchResponse, header, flat, self._fetch_chunk_bytes)
 
     def Push(self, request_iterator, context):
         with self._errors(context, "Push", is_push=True):
@@ -136,6 +203,8 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
                 ),
                 self._max_chunk_bytes,
             )
+            if grad.dtype != np.float32:  # Sent in half precision: apply in float32.
+                grad = grad.astype(np.float32)
             result = self._store.push(
                 header.client_id, header.sequence, header.base_version, grad, header.client_step
             )

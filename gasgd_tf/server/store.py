@@ -18,7 +18,15 @@ import numpy as np
 from gasgd_tf.server import staleness as staleness_lib
 from gasgd_tf.server.optimizers import ServerOptimizer
 from gasgd_tf.server.staleness import StalenessConfig
-from gasgd_tf.tensors import FlatLayout, TensorSpec, ValidationError, check_same_specs
+from gasgd_tf.tensors import (
+    PARAMETER_DTYPE,
+    FlatLayout,
+    TensorSpec,
+    ValidationError,
+    check_same_specs,
+    common_dtype,
+    with_dtype,
+)
 
 # Staleness histogram buckets: 0, 1, ..., STALENESS_BUCKETS - 2, and ">= last".
 STALENESS_BUCKETS = 64
@@ -187,6 +195,7 @@ class ParameterStore:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # Pushes and Leaves: bounded waits.
         self._layout: FlatLayout | None = None
+        self._wire_layouts: dict[str, FlatLayout] = {}  # Pushes in bfloat16 / float16.
         self._params: np.ndarray | None = None
         self._slots: dict[str, np.ndarray] = {}
         self._version = 0
@@ -383,10 +392,21 @@ class ParameterStore:
         if not specs:
             raise ValidationError("no tensors in the header")
         if initialize:
-            return FlatLayout(specs, self.max_parameter_bytes)
+            layout = FlatLayout(specs, self.max_parameter_bytes)
+            if layout.dtype != PARAMETER_DTYPE:
+                raise ValidationError(
+                    f"initial parameters must be {PARAMETER_DTYPE}, got {layout.dtype}"
+                )
+            return layout
         self._require_healthy()
-        check_same_specs(self._layout.specs, specs)
-        return self._layout
+        dtype = common_dtype(specs)  # A gradient may travel in half precision.
+        check_same_specs(with_dtype(self._layout.specs, dtype), specs)
+        if dtype == PARAMETER_DTYPE:
+            return self._layout
+        layout = self._wire_layouts.get(dtype)
+        if layout is None:
+            layout = self._wire_layouts[dtype] = FlatLayout(with_dtype(self._layout.specs, dtype))
+        return layout
 
     def initialize(
         self, client_id: str, specs: Sequence[TensorSpec], flat: np.ndarray
@@ -476,7 +496,12 @@ class ParameterStore:
                     out=self._dc_buffer(),
                 )
             with np.errstate(over="ignore", invalid="ignore"):  # Checked just below.
-                self.optimizer.apply(self._params, grad, self._slots, learning_rate)
+                # The optimizer checks the new parameters block by block while
+                # each block is still in cache: a separate pass afterwards cost
+                # about one more copy's time of the parameters, under the lock.
+                finite = self.optimizer.apply(
+                    self._params, grad, self._slots, learning_rate, check_finite=True
+                )
             if self._admission is not None:
                 if staleness > self._admission.bound:
                     # Only after a straggler was given up on or a deadline forced an
@@ -497,7 +522,7 @@ class ParameterStore:
             record.staleness.add(staleness)
             self._staleness.add(staleness)
             self._recent_staleness.append((client_id, staleness))
-            if not np.isfinite(self._params).all():
+            if not finite:
                 self._diverged = (
                     f"the parameters became non-finite (NaN or Inf) at version {self._version}, "
                     f"applying push {sequence} of {client_id!r}; the server refuses further "
