@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: train test test-fast protos check-protos lint clean
+.PHONY: train test test-fast protos check-protos lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +29,20 @@ test: $(VENV)/.installed-dev
 test-fast: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# Every benchmark in benchmarks/, one after another (about 15 minutes); rewrites
+# the tables in BENCHMARKS.md. BENCH_ARGS=--quick for a short pass.
+bench: $(VENV)/.installed-dev
+	$(PY) -m benchmarks.run_all $(BENCH_ARGS)
+
 protos: $(VENV)/.installed-dev
 	$(PY) protos/generate.py
 
-check-protos: $(VENV)/.installed-dev
+check-# Every benchmark in benchmarks/, one after another (about 15 minutes); rewrites
+# the tables in BENCHMARKS.md. BENCH_ARGS=--quick for a short pass.
+bench: $(VENV)/.installed-dev
+	$(PY) -m benchmarks.run_all $(BENCH_ARGS)
+
+protos: $(VENV)/.installed-dev
 	$(PY) protos/generate.py --check
 
 lint: $(VENV)/.installed-dev

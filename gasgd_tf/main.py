@@ -157,6 +157,9 @@ def run():
     from gasgd_tf.launch import die_with_parent_if_asked
 
     die_with_parent_if_asked()  # Before anything slow: see gasgd_tf/launch.py.
+    from gasgd_tf.allocator import tune_for_streams
+
+    tune_for_streams()  # Megabyte chunks from the heap, not mmap: gasgd_tf/allocator.py.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # Hide TensorFlow's INFO lines.
     app.run(lambda argv: sys.exit(main(argv)))
 
