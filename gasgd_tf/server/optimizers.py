@@ -107,9 +107,10 @@ class ServerOptimizer(abc.ABC):
     def __init__(self, learning_rate: float, weight_decay: float = 0.0):
         self.learning_rate = _positive("learning_rate", learning_rate)
         self.weight_decay = _non_negative("weight_decay", weight_decay)
-        # Block-sized scratch, kept here rather than in the slots: it holds no
-        # state between calls (each block overwrites what it reads), so it
-        # needs no checkpointing. Sharing it is safe because calls are
+        # Block-sized scratch (a few hundred KiB, not model-sized), kept here
+        # rather than in the slots: it carries nothing from one block or call
+        # to the next (each block writes it before reading it), so it needs no
+        # checkpointing. One set per optimizer is safe because calls are
         # serialised: ParameterStore applies one push at a time, under its lock.
         self._scratch: list[np.ndarray] = []
         self._finite = np.empty(0, dtype=bool)
