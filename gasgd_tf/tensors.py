@@ -339,6 +339,20 @@ class ChunkAssembler:
                     f"output views hold {self._scatter.nbytes} bytes, the layout {layout.nbytes}"
                 )
         self.received = 0
+        # Whether every chunk so far was checked for NaN and Inf as it arrived
+        # (while in cache) and passed; chunks that do not start and end on
+        # element boundaries are left to a check of the whole buffer.
+        self._finite = True
+        self._dtype = numpy_dtype(layout.dtype)
+
+    @property
+    def all_finite(self) -> bool:
+        """True when every value was seen as it arrived, and none was NaN or Inf.
+
+        False means "not known finite": the caller checks the whole buffer,
+        which also names the tensor with the bad value.
+        """
+        return self._finite and self.received == self._layout.nbytes
 
     def add(self, offset: int, data: bytes | memoryview) -> None:
         """Copies one chunk into place.
@@ -359,7 +373,14 @@ class ChunkAssembler:
                 f"chunks run past the end: {offset + n} bytes for tensors of "
                 f"{self._layout.nbytes} bytes"
             )
-        self._scatter.write(offset, memoryview(data).cast("B"))
+        view = memoryview(data).cast("B")
+        self._scatter.write(offset, view)
+        if self._finite:
+            itemsize = self._dtype.itemsize
+            if offset % itemsize or n % itemsize:
+                self._finite = False
+            else:
+                self._finite = all_finite(np.frombuffer(view, self._dtype))
         self.received += n
 
     def finish(self) -> np.ndarray | None:

@@ -264,6 +264,7 @@ def decode_stream(
     layout_for_header: Callable[[Any], FlatLayout],
     max_chunk_bytes: int = MAX_CHUNK_BYTES,
     out: Callable[[FlatLayout], Sequence[memoryview] | None] | None = None,
+    verified: list[bool] | None = None,
 ) -> tuple[Any, np.ndarray | None]:
     """Reads a header-then-chunks stream into (header, flat buffer).
 
@@ -275,6 +276,8 @@ def decode_stream(
       max_chunk_bytes: Largest accepted chunk.
       out: Given the layout, the byte views to write into (None: a new
         buffer); then the returned buffer is None.
+      verified: If given, receives one bool: whether every value was
+        checked finite as its chunk arrived (``ChunkAssembler.all_finite``).
 
     Returns:
       The header and the buffer in the layout's dtype.
@@ -295,4 +298,7 @@ def decode_stream(
         if kind != "chunk":
             raise ValidationError("a second header in one stream; expected chunks only")
         assembler.add(chunk.offset, chunk.data)
-    return header, assembler.finish()
+    flat = assembler.finish()
+    if verified is not None:
+        verified.append(assembler.all_finite)
+    return header, flat

@@ -102,3 +102,26 @@ def test_sizes_are_exact_and_bounded_before_allocation():
     with pytest.raises(ValidationError, match=r"exceed the limit of 1024 bytes \(largest: 'w'"):
         FlatLayout([huge], max_bytes=1024)
     assert FlatLayout([TensorSpec("b", (16, 16))], max_bytes=1024).nbytes == 1024
+
+
+def test_assembler_checks_values_as_chunks_arrive():
+    layout = FlatLayout([TensorSpec("w", (1000,))])
+    flat = np.random.rand(layout.size).astype(np.float32)
+    assembler = ChunkAssembler(layout, max_chunk_bytes=1024)
+    for offset, data in iter_chunks(flat.data, 1024):
+        assembler.add(offset, data)
+    assert assembler.finish().tobytes() == flat.tobytes() and assembler.all_finite
+
+    flat[999] = np.nan
+    assembler = ChunkAssembler(layout, max_chunk_bytes=1024)
+    for offset, data in iter_chunks(flat.data, 1024):
+        assembler.add(offset, data)
+    assembler.finish()
+    assert not assembler.all_finite
+
+    # Chunks off element boundaries are not checked here: "not known finite".
+    assembler = ChunkAssembler(layout, max_chunk_bytes=1024)
+    for offset, data in iter_chunks(np.ones(1000, np.float32).data, 1022):
+        assembler.add(offset, data)
+    assembler.finish()
+    assert not assembler.all_finite

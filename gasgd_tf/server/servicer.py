@@ -196,17 +196,24 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
 
     def Push(self, request_iterator, context):
         with self._errors(context, "Push", is_push=True):
+            verified: list[bool] = []
             header, grad = wire.decode_stream(
                 request_iterator,
                 lambda h: self._store.layout_for(
                     wire.specs_from_proto(h.tensors), initialize=False
                 ),
                 self._max_chunk_bytes,
+                verified=verified,
             )
             if grad.dtype != np.float32:  # Sent in half precision: apply in float32.
                 grad = grad.astype(np.float32)
             result = self._store.push(
-                header.client_id, header.sequence, header.base_version, grad, header.client_step
+                header.client_id,
+                header.sequence,
+                header.base_version,
+                grad,
+                header.client_step,
+                known_finite=verified[0],  # Checked chunk by chunk, in cache, as it arrived.
             )
             return pb.PushResponse(
                 version=result.version, staleness=result.staleness, duplicate=result.duplicate
