@@ -113,6 +113,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.ps.num_shards = 1
     c.ps.shard_split_bytes = 4 << 20
     c.ps.rpc_threads = 32
+    # Pushes received and applied at once, each in a buffer the size of the
+    # parameters: bounds the server's memory; more wait (flow control).
+    c.ps.max_concurrent_pushes = 2
     c.ps.summary_every_secs = 2.0
     c.ps.max_parameter_bytes = 16 << 30  # Initialize refuses larger models.
     c.ps.save_checkpoint = True  # Final parameters to <workdir>/checkpoints on shutdown.
@@ -164,6 +167,7 @@ _POSITIVE_INTS = (
     "worker.log_every_steps",
     "ps.rpc_threads",
     "ps.num_shards",
+    "ps.max_concurrent_pushes",
     "ps.shard_split_bytes",
     "ps.lr_decay_steps",
     "ps.max_parameter_bytes",

@@ -36,6 +36,8 @@ class ParameterServer:
       address: host:port to listen on; port 0 picks a free port.
       max_workers: Threads handling RPCs; each in-flight stream holds one.
       fetch_chunk_bytes: Chunk size of Fetch streams.
+      max_concurrent_pushes: Pushes received and applied at once (see
+        ParameterServicer); bounds the memory for gradient buffers.
     """
 
     def __init__(
@@ -44,13 +46,19 @@ class ParameterServer:
         address: str = "127.0.0.1:0",
         max_workers: int = 32,
         fetch_chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES,
+        max_concurrent_pushes: int = 2,
     ):
         self.store = store
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ps-rpc"),
             options=SERVER_OPTIONS,
         )
-        add_to_server(ParameterServicer(store, fetch_chunk_bytes=fetch_chunk_bytes), self._server)
+        servicer = ParameterServicer(
+            store,
+            fetch_chunk_bytes=fetch_chunk_bytes,
+            max_concurrent_pushes=max_concurrent_pushes,
+        )
+        add_to_server(servicer, self._server)
         host = address.rsplit(":", 1)[0]
         try:
             self.port = self._server.add_insecure_port(address)
@@ -177,7 +185,12 @@ def run(
         staleness=server_config.build_staleness(config.ps),
         schedule=server_config.build_schedule(config.ps),
     )
-    server = ParameterServer(store, address, max_workers=config.ps.rpc_threads).start()
+    server = ParameterServer(
+        store,
+        address,
+        max_workers=config.ps.rpc_threads,
+        max_concurrent_pushes=config.ps.max_concurrent_pushes,
+    ).start()
     writer = MetricWriter(os.path.join(workdir, "tb", f"ps_{shard_index}"))
     summaries = SummaryLoop(store, writer, config.ps.summary_every_secs).start()
     if port_file:

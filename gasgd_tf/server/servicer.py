@@ -29,6 +29,9 @@ from gasgd_tf.tensors import (
 
 log = logging.getLogger(__name__)
 
+# A push waiting for a slot gives up this long before its deadline, to answer in time.
+PUSH_SLOT_MARGIN_SECS = 1.0
+
 
 def add_to_server(servicer: ParameterServicer, server: grpc.Server) -> None:
     """Registers ``servicer`` with the fast stream encoding (``wire.frame_parser``).
@@ -90,6 +93,12 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
       store: The parameters.
       fetch_chunk_bytes: Chunk size for Fetch streams.
       max_chunk_bytes: Largest chunk accepted from clients.
+      max_concurrent_pushes: How many pushes may be received and applied at
+        once, each into a gradient buffer the size of the parameters: this
+        bounds the server's memory. A push beyond it waits, before reading
+        its chunks (gRPC's flow control then holds its sender), until a
+        slot frees; one that cannot get a slot before its deadline is
+        answered UNAVAILABLE, which clients retry.
     """
 
     def __init__(
@@ -97,8 +106,11 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
         store: ParameterStore,
         fetch_chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES,
         max_chunk_bytes: int = wire.MAX_CHUNK_BYTES,
+        max_concurrent_pushes: int = 2,
     ):
         self._store = store
+        self._push_slots = threading.BoundedSemaphore(max_concurrent_pushes)
+        self._max_concurrent_pushes = max_concurrent_pushes
         self._fetch_chunk_bytes = fetch_chunk_bytes
         self._max_chunk_bytes = max_chunk_bytes
         self._converted: dict[str, tuple[int, np.ndarray]] = {}  # dtype: (version, params)
@@ -194,30 +206,52 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
         )
         yield from wire.encode_frames(pb.FetchResponse, header, flat, self._fetch_chunk_bytes)
 
+    def _take_push_slot(self, context) -> None:
+        """Waits for one of the ``max_concurrent_pushes`` slots, at most until the deadline."""
+        left = context.time_remaining()
+        wait = None if left is None else max(left - PUSH_SLOT_MARGIN_SECS, 0.0)
+        if not self._push_slots.acquire(timeout=wait):
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"Push: server busy, {self._max_concurrent_pushes} pushes already being "
+                "received (ps.max_concurrent_pushes); retry",
+            )
+
     def Push(self, request_iterator, context):
-        with self._errors(context, "Push", is_push=True):
-            verified: list[bool] = []
-            header, grad = wire.decode_stream(
-                request_iterator,
-                lambda h: self._store.layout_for(
-                    wire.specs_from_proto(h.tensors), initialize=False
-                ),
-                self._max_chunk_bytes,
-                verified=verified,
-            )
-            if grad.dtype != np.float32:  # Sent in half precision: apply in float32.
-                grad = grad.astype(np.float32)
-            result = self._store.push(
-                header.client_id,
-                header.sequence,
-                header.base_version,
-                grad,
-                header.client_step,
-                known_finite=verified[0],  # Checked chunk by chunk, in cache, as it arrived.
-            )
-            return pb.PushResponse(
-                version=result.version, staleness=result.staleness, duplicate=result.duplicate
-            )
+        slot = []  # Filled once a slot is held, so that only a held slot is released.
+
+        def layout(header):
+            specs = wire.specs_from_proto(header.tensors)
+            layout = self._store.layout_for(specs, initialize=False)  # Refuse before waiting.
+            self._take_push_slot(context)
+            slot.append(True)
+            return layout
+
+        try:
+            with self._errors(context, "Push", is_push=True):
+                verified: list[bool] = []
+                header, grad = wire.decode_stream(
+                    request_iterator, layout, self._max_chunk_bytes, verified=verified
+                )
+                return self._apply_push(header, grad, verified[0])
+        finally:
+            if slot:
+                self._push_slots.release()
+
+    def _apply_push(self, header, grad: np.ndarray, known_finite: bool) -> pb.PushResponse:
+        if grad.dtype != np.float32:  # Sent in half precision: apply in float32.
+            grad = grad.astype(np.float32)
+        result = self._store.push(
+            header.client_id,
+            header.sequence,
+            header.base_version,
+            grad,
+            header.client_step,
+            known_finite=known_finite,  # Checked chunk by chunk, in cache, as it arrived.
+        )
+        return pb.PushResponse(
+            version=result.version, staleness=result.staleness, duplicate=result.duplicate
+        )
 
     def Leave(self, request, context):
         with self._errors(context, "Leave"):

@@ -146,8 +146,9 @@ class ParameterStore:
     once per version (a cached read-only snapshot), then streams the copy
     outside the lock, so streaming never blocks pushes.
 
-    Memory: parameters + optimizer slots + one snapshot + the gradients of
-    the pushes being received.
+    Memory: parameters + optimizer slots + one snapshot (plus older ones
+    while fetches still stream them) + the gradients of the pushes being
+    received (the servicer bounds how many: ``max_concurrent_pushes``).
 
     Divergence: finite gradients can still overflow float32 parameters. After
     each update the store checks the parameters; if any became NaN or Inf it
@@ -251,6 +252,9 @@ class ParameterStore:
             if training and self._admission is not None:
                 self._wait_for_admission(client_id, time_left, is_active)
             if self._snapshot is None or self._snapshot.version != self._version:
+                # Let go of the old copy first: unless a fetch still streams
+                # it, its memory is free again before the new one is made.
+                self._snapshot = None
                 flat = self._params.copy()
                 flat.flags.writeable = False
                 self._snapshot = Snapshot(self._version, self._layout.specs, flat)
