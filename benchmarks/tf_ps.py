@@ -1,0 +1,336 @@
+"""TensorFlow's own answer: ``tf.distribute.ParameterServerStrategy`` throughput.
+
+The baseline a TensorFlow user would otherwise pick for asynchronous
+data-parallel SGD: ``ParameterServerStrategy`` (PSS) driven by a
+``ClusterCoordinator`` with a custom training loop (Keras 3's ``model.fit``
+does not support PSS). One *cell* is (model, width, workers, batch size):
+
+* an in-process loopback cluster (the TF tutorial's
+  ``create_in_process_cluster``): ``num_workers`` worker and 1 ps
+  ``tf.distribute.Server`` on 127.0.0.1, ``protocol="grpc"``, with this
+  process as the coordinator;
+* the model from ``gasgd_tf.models.build_model`` (32x32x3 input, 10 classes),
+  plain ``keras.optimizers.SGD`` and sparse softmax cross-entropy on logits;
+* a per-worker dataset of endless batches from 1024 random images held in
+  memory, so the input pipeline is never the bottleneck;
+* ``warmup_steps`` scheduled steps and ``join()`` (tracing, first transfers),
+  then ``repeats`` times: ``steps`` scheduled steps + ``join()``, timed.
+
+images/s = steps * batch_size / seconds, aggregated over all workers (each
+scheduled step is one worker-step of ``batch_size`` images), median [min-max]
+over the timed runs; s/step = seconds / steps, i.e. wall time per worker-step
+of the whole cluster (each worker's own step takes ``num_workers`` times
+that). Each timed run ends with ``join()``, so its tail, where fewer workers
+are busy, is counted. The last step's loss is recorded and checked to be
+finite; the ps-side optimizer step counter is recorded too.
+
+Every cell runs in a fresh subprocess (``python -m benchmarks.tf_ps
+--cell=<json>``): in-process ``tf.distribute.Server``s cannot be shut down,
+and a second cluster in the same process is unreliable.
+
+What Keras 3 + PSS needed (TF 2.21, Keras 3.15): nothing beyond creating the
+model *and the optimizer* under ``strategy.scope()`` (Keras 3 on the TF
+backend creates plain ``tf.Variable``s, which PSS's variable creator places
+on the ps; the Keras TF optimizer picks up the strategy at construction), and
+building the optimizer (``optimizer.build``) in scope before the first step,
+since its ``iterations``/learning-rate variables would otherwise be created
+lazily inside the remote ``tf.function``, where variable creation is not
+allowed. Surprise: with more than one worker the optimizer's ``iterations``
+ends below the number of steps run, because Keras 3's ``Variable.assign_add``
+is a read followed by an assign, and concurrent increments from two workers
+get lost; the weights themselves are updated by ``tf.Variable.assign_sub``
+(one op on the ps) and are not affected.
+
+Limitations: all tasks share this machine's cores (and one process), so more
+workers compete for the same CPUs; free ports are picked by binding port 0
+and closing, which can race with other programs. Other load on the machine
+slows cells down: ``cores_busy`` (CPU time / wall time while timed) and
+``load_before`` (1-minute load average) are recorded to spot it.
+
+Usage:
+
+  .venv/bin/python -m benchmarks.tf_ps [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from benchmarks.common import fmt, machine_info, stats, timed, write_report
+
+_RESULT_TAG = "TF_PS_RESULT "
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_IMAGE_SHAPE = (32, 32, 3)
+_NUM_CLASSES = 10
+_POOL_IMAGES = 1024
+
+# (model, width, batch size, steps per timed run, quick steps); each with 1 and
+# 2 workers, 3 timed runs (1 with --quick). ~10-20 s of timed work per cell on
+# a quiet 2-core machine (~5 s quick), besides ~5 s of start-up.
+GRID = (
+    ("cifar10_18pct", None, 128, 100, 80),  # ~90k params, compute-bound
+    ("cifar10_80sec", 7.35, 128, 7, 6),  # 7.7M params ("7.7M net")
+    ("cifar10_80sec", 7.35, 8, 60, 60),  # same net, communication-bound
+)
+REPEATS = 3
+WORKERS = (1, 2)
+
+
+def measure(
+    model: str,
+    width: float | None,
+    num_workers: int,
+    batch_size: int,
+    steps: int,
+    warmup_steps: int,
+    learning_rate: float = 0.01,
+    repeats: int = 1,
+    cpu_threads: int = 0,
+    timeout_s: float = 600.0,
+) -> dict:
+    """Measures one cell in a fresh subprocess; returns its result dict.
+
+    Args:
+      model, width: ``build_model`` name and width multiplier (None: default).
+      num_workers: Worker tasks of the cluster (plus 1 ps).
+      batch_size: Images per worker-step.
+      steps: Steps scheduled (over all workers) per timed run.
+      warmup_steps: Untimed steps first (tracing, first transfers).
+      learning_rate: Plain SGD's learning rate.
+      repeats: Timed runs; images/s is their median.
+      cpu_threads: TF intra/inter-op threads; 0 = TF's default.
+      timeout_s: Hard limit for the subprocess.
+
+    Returns:
+      The cell's config plus ``params``, ``images_per_s`` (+ ``_stats``),
+      ``s_per_step``, ``seconds_stats``, ``final_loss``, ``loss_finite``,
+      ``optimizer_iterations``, ``cores_busy``, ``setup_s``, ``load_before``.
+
+    Raises:
+      RuntimeError: The subprocess failed, timed out or printed no result.
+    """
+    cell = dict(
+        model=model,
+        width=width,
+        num_workers=num_workers,
+        batch_size=batch_size,
+        steps=steps,
+        warmup_steps=warmup_steps,
+        learning_rate=learning_rate,
+        repeats=repeats,
+        cpu_threads=cpu_threads,
+    )
+    # GRPC_FAIL_FAST as in the TF tutorial: let the coordinator, not gRPC,
+    # decide what to do when a task is unreachable.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", GRPC_FAIL_FAST="use_caller")
+    cmd = [sys.executable, "-m", "benchmarks.tf_ps", "--cell=" + json.dumps(cell)]
+    load_before = os.getloadavg()[0]  # other load on the box skews the numbers
+    try:
+        proc = subprocess.run(
+            cmd, cwd=_REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
+        )
+    except subprocess.TimeoutExpired as e:
+        tail = _tail(e.stderr)
+        raise RuntimeError(f"tf_ps cell {cell} timed out after {timeout_s} s:\n{tail}") from e
+    for line in reversed(proc.stdout.splitlines()):
+        if proc.returncode == 0 and line.startswith(_RESULT_TAG):
+            return dict(json.loads(line[len(_RESULT_TAG) :]), load_before=load_before)
+    raise RuntimeError(f"tf_ps cell {cell} failed (exit {proc.returncode}):\n{_tail(proc.stderr)}")
+
+
+def _tail(text: str | bytes | None, lines: int = 30) -> str:
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return "\n".join((text or "").splitlines()[-lines:])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_cell(cell: dict) -> dict:
+    """The subprocess side: builds the cluster, trains, times. Once per process."""
+    import tensorflow as tf
+
+    # Thread pools are fixed at the first op, so before anything else.
+    threads = int(cell.get("cpu_threads", 0))
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+    import keras
+
+    from gasgd_tf.models import build_model
+
+    setup_start = time.perf_counter()
+    num_workers = cell["num_workers"]
+    cluster = tf.train.ClusterSpec(
+        {
+            "worker": [f"127.0.0.1:{_free_port()}" for _ in range(num_workers)],
+            "ps": [f"127.0.0.1:{_free_port()}"],
+        }
+    )
+    worker_config = tf.compat.v1.ConfigProto(
+        intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads
+    )
+    # As in the TF tutorial: with fewer cores than tasks, the workers' default
+    # inter-op pool is too small for the coordinator's concurrent functions
+    # and can deadlock.
+    if (os.cpu_count() or 1) < num_workers + 1:
+        worker_config.inter_op_parallelism_threads = max(threads, num_workers + 1)
+    for i in range(num_workers):
+        tf.distribute.Server(
+            cluster, job_name="worker", task_index=i, config=worker_config, protocol="grpc"
+        )
+    tf.distribute.Server(cluster, job_name="ps", task_index=0, protocol="grpc")
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(cluster, rpc_layer="grpc")
+    strategy = tf.distribute.ParameterServerStrategy(resolver)
+    coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
+
+    width = cell["width"]
+    with strategy.scope():
+        # Variables (model's and optimizer's) must be created here, so that
+        # PSS places them on the ps; see the module docstring.
+        model = build_model(
+            cell["model"], _IMAGE_SHAPE, _NUM_CLASSES, **({"width": width} if width else {})
+        )
+        optimizer = keras.optimizers.SGD(cell["learning_rate"])
+        optimizer.build(model.trainable_variables)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    batch_size = cell["batch_size"]
+
+    def dataset_fn() -> tf.data.Dataset:
+        # Runs on each worker: a fixed pool of random images, repeated forever.
+        images = tf.random.stateless_uniform((_POOL_IMAGES, *_IMAGE_SHAPE), seed=(1, 2))
+        labels = tf.random.stateless_uniform(
+            (_POOL_IMAGES,), seed=(3, 4), minval=0, maxval=_NUM_CLASSES, dtype=tf.int32
+        )
+        return (
+            tf.data.Dataset.from_tensor_slices((images, labels))
+            .repeat()
+            .batch(batch_size, drop_remainder=True)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+
+    iterator = iter(coordinator.create_per_worker_dataset(dataset_fn))
+
+    @tf.function
+    def step(iterator):
+        def replica_fn(batch):
+            images, labels = batch
+            with tf.GradientTape() as tape:
+                loss = loss_fn(labels, model(images, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        # One replica per worker, so the per-replica value is a plain tensor.
+        return strategy.run(replica_fn, args=(next(iterator),))
+
+    last: list = []  # the latest scheduled step's RemoteValue, for the final loss
+
+    def run_steps(n: int) -> None:
+        for _ in range(n):
+            last[:] = [coordinator.schedule(step, args=(iterator,))]
+        coordinator.join()
+
+    run_steps(cell["warmup_steps"])
+    setup_s = time.perf_counter() - setup_start
+    cpu_start = os.times()
+    seconds = [timed(lambda: run_steps(cell["steps"])) for _ in range(cell["repeats"])]
+    cpu_end = os.times()
+    # Cores this process (all tasks) kept busy while timed: near the core
+    # count means CPU-bound; well below it, waiting (or other load on the box).
+    cores_busy = (cpu_end.user + cpu_end.system - cpu_start.user - cpu_start.system) / sum(seconds)
+    final_loss = float(last[0].fetch())
+    rates = [cell["steps"] * batch_size / s for s in seconds]
+    return dict(
+        cell,
+        params=int(model.count_params()),
+        images_per_s=stats(rates)["median"],
+        images_per_s_stats=stats(rates),
+        s_per_step=stats([s / cell["steps"] for s in seconds])["median"],
+        seconds_stats=stats(seconds),
+        setup_s=setup_s,
+        cores_busy=cores_busy,
+        final_loss=final_loss,
+        loss_finite=math.isfinite(final_loss),
+        # Fewer than the steps scheduled with >1 worker: Keras 3's
+        # Variable.assign_add is a read then an assign, so concurrent
+        # increments get lost. Weight updates use tf.Variable.assign_sub
+        # (one op on the ps) and are not affected.
+        optimizer_iterations=int(optimizer.iterations.numpy()),
+        variables_on=model.trainable_variables[0].value.device,
+        tensorflow=tf.__version__,
+        keras=keras.__version__,
+    )
+
+
+def run(quick: bool = False) -> dict:
+    """Measures the default grid (each cell in its own subprocess); returns the report."""
+    start = time.perf_counter()
+    cells = []
+    for model, width, batch, steps, quick_steps in GRID:
+        for workers in WORKERS:
+            n = quick_steps if quick else steps
+            cell = measure(
+                model, width, workers, batch, n, max(2, n // 5), repeats=1 if quick else REPEATS
+            )
+            print(
+                f"{model} width={width} workers={workers} batch={batch}: "
+                f"{cell['images_per_s']:.1f} images/s, {cell['s_per_step'] * 1e3:.1f} ms/step, "
+                f"loss {cell['final_loss']:.3f}",
+                flush=True,
+            )
+            cells.append(cell)
+    return dict(
+        machine=machine_info(),
+        command="python -m benchmarks.tf_ps" + (" --quick" if quick else ""),
+        total_s=time.perf_counter() - start,
+        cells=cells,
+    )
+
+
+def markdown(report: dict) -> str:
+    """The report as a Markdown table."""
+    lines = [
+        "| model | params | workers | batch | runs x steps | images/s | s/step |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in report["cells"]:
+        name = c["model"] + (f" (width {c['width']})" if c["width"] else "")
+        lines.append(
+            f"| {name} | {c['params']:,} | {c['num_workers']} | {c['batch_size']} "
+            f"| {c['repeats']}x{c['steps']} | {fmt(c['images_per_s_stats'], digits=4)} "
+            f"| {c['s_per_step']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="~5 s per cell instead of ~15 s")
+    parser.add_argument("--cell", help="internal: JSON of one cell to run in this process")
+    args = parser.parse_args(argv)
+    if args.cell:
+        result = _run_cell(json.loads(args.cell))
+        print(_RESULT_TAG + json.dumps(result), flush=True)
+        # The servers' and coordinator's threads may keep a normal exit
+        # waiting forever; the result is out, so leave at once.
+        os._exit(0)
+    report = run(quick=args.quick)
+    path = write_report("tf_ps", report)
+    print(markdown(report))
+    print(f"total {report['total_s']:.0f} s; wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
