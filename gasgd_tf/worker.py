@@ -399,13 +399,14 @@ def train(
         window_images += config.batch_size
         last = step == config.num_steps
         pushed = client is not None and (step % config.n_push == 0 or last)
-        fetch_due = client is not None and step % config.n_fetch == 0
+        # Nothing would use a fetch at the last step (with or without overlap).
+        fetch_due = client is not None and step % config.n_fetch == 0 and not last
         if background is not None:
             if pushed or fetch_due:
                 grad = step_fn.take_gradient() if pushed else None
-                background.submit(grad, push_base, step, fetch=fetch_due and not last)
+                background.submit(grad, push_base, step, fetch=fetch_due)
                 pushes += int(pushed)
-                fetches += int(fetch_due and not last)
+                fetches += int(fetch_due)
                 ack = background.ack or ack
         else:
             if pushed:
