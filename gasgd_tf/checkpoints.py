@@ -145,8 +145,10 @@ def _read(path: str, with_arrays: bool) -> Checkpoint:
 def _shard_set(path: str) -> list[str] | None:
     """The files of the sharded checkpoint ``path`` belongs to, in shard order; None if unsharded.
 
-    For each shard, the newest file of that shard written within
-    SHARD_SET_WINDOW_SECS of ``path``.
+    ``path`` stands for its own shard. For each other shard: the file with
+    the same ``run_id`` in its metadata (every shard of a run writes the
+    run's id); for files without one, the file of that shard written
+    closest in time to ``path``, within SHARD_SET_WINDOW_SECS.
 
     Raises:
       CheckpointError: A shard's file is missing.
@@ -154,23 +156,40 @@ def _shard_set(path: str) -> list[str] | None:
     match = _NAME.search(path)
     if not match or match.group(2) is None:
         return None
-    num_shards = int(match.group(3))
+    shard, num_shards = int(match.group(2)), int(match.group(3))
     folder = os.path.dirname(path)
     when = os.path.getmtime(path)
+    run_id = _read(path, with_arrays=False).meta.get("run_id")
     files = []
     for k in range(num_shards):
-        candidates = [
-            f
-            for f in glob.glob(os.path.join(folder, f"params-*-shard-{k}-of-{num_shards}.npz"))
-            if abs(os.path.getmtime(f) - when) <= SHARD_SET_WINDOW_SECS
-        ]
-        if not candidates:
+        if k == shard:
+            files.append(path)
+            continue
+        candidates = glob.glob(os.path.join(folder, f"params-*-shard-{k}-of-{num_shards}.npz"))
+        if run_id:
+            same_run = [f for f in candidates if _meta_run_id(f) == run_id]
+            if not same_run:
+                raise CheckpointError(
+                    f"{path} is shard {shard} of {num_shards} of run {run_id}, but {folder} has "
+                    f"no file of shard {k} from that run (did that shard fail to write it?)"
+                )
+            files.append(max(same_run, key=os.path.getmtime))
+            continue
+        near = [f for f in candidates if abs(os.path.getmtime(f) - when) <= SHARD_SET_WINDOW_SECS]
+        if not near:
             raise CheckpointError(
-                f"{path} is shard {match.group(2)} of {num_shards}, but {folder} has no file of "
+                f"{path} is shard {shard} of {num_shards}, but {folder} has no file of "
                 f"shard {k} written within {SHARD_SET_WINDOW_SECS:.0f}s of it"
             )
-        files.append(max(candidates, key=os.path.getmtime))
+        files.append(min(near, key=lambda f: abs(os.path.getmtime(f) - when)))
     return files
+
+
+def _meta_run_id(path: str) -> str | None:
+    try:
+        return _read(path, with_arrays=False).meta.get("run_id")
+    except CheckpointError:
+        return None
 
 
 def _merge_pieces(arrays: Mapping[str, np.ndarray], path: str) -> dict[str, np.ndarray]:

@@ -31,6 +31,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "default"  # Names the default workdir: runs/<name>.
     c.seed = 0  # Model init (identical on every worker) and per-worker data seeds.
+    # Names this run in its checkpoints, so that the files of a sharded
+    # server's shards are merged only with each other. The local launcher
+    # sets a fresh one; on several hosts, pass the same string to every ps.
+    c.run_id = config_dict.placeholder(str)
 
     c.num_workers = 2
     c.num_steps = 400  # Training steps per worker.
@@ -374,7 +378,7 @@ def hparams(config: ml_collections.ConfigDict) -> dict[str, bool | int | float |
     """Every set field as a flat ``{"a.b": value}`` dict, for TensorBoard's HParams dashboard."""
     out = {}
     for key, value in _flatten(config.to_dict()).items():
-        if value is None:
+        if value is None or key == "run_id":  # run_id names a run, not a setting.
             continue
         out[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
     return out

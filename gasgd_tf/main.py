@@ -117,6 +117,11 @@ def main(argv):
 
         if config.warm_start:
             config = _resolve_warm_start(config)
+        if not config.run_id:
+            import uuid
+
+            with config.unlocked():
+                config.run_id = uuid.uuid4().hex[:12]
         launch.prepare_workdir(workdir)
         write_json(os.path.join(workdir, "config.json"), config.to_dict())
         return launch.LocalLauncher(config, workdir).run()

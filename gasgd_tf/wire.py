@@ -295,8 +295,10 @@ def decode_stream(
     assembler = ChunkAssembler(layout, max_chunk_bytes, out(layout) if out else None)
     for message in iterator:
         kind, chunk = _part(message)
-        if kind != "chunk":
+        if kind == "header":
             raise ValidationError("a second header in one stream; expected chunks only")
+        if kind != "chunk":
+            raise ValidationError("a message with neither header nor chunk in the stream")
         assembler.add(chunk.offset, chunk.data)
     flat = assembler.finish()
     if verified is not None:

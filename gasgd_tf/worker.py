@@ -28,7 +28,13 @@ import numpy as np
 import tensorflow as tf
 
 from gasgd_tf import checkpoints, devices, progress
-from gasgd_tf.client import ParameterClient, ShardedClient, make_client, version_number
+from gasgd_tf.client import (
+    ParameterClient,
+    ShardedClient,
+    Version,
+    make_client,
+    version_number,
+)
 from gasgd_tf.data import pipeline
 from gasgd_tf.models import build_model
 from gasgd_tf.summaries import MetricWriter
@@ -234,7 +240,9 @@ class BackgroundSync:
         self._lock = threading.Lock()  # Guards _fetched between the two threads.
         self.ack = None
 
-    def submit(self, grad: np.ndarray | None, base_version: int, step: int, fetch: bool) -> None:
+    def submit(
+        self, grad: np.ndarray | None, base_version: Version, step: int, fetch: bool
+    ) -> None:
         """Starts a push of ``grad`` (if any), then a fetch (if ``fetch``), in the background."""
         self.wait()
 
@@ -285,7 +293,7 @@ def join(
     sync: VariableSync,
     timeout_secs: float,
     initial: Callable[[], np.ndarray] | None = None,
-) -> int:
+) -> Version:
     """Registers, offers initial weights if the server has none, and fetches.
 
     Args:

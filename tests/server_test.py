@@ -304,3 +304,31 @@ def test_a_push_that_cannot_get_a_slot_in_time_is_unavailable(serve):
     finally:
         release.set()
         server.stop(grace=None)
+
+
+def test_a_cancelled_push_gives_its_slot_back(serve):
+    import threading
+
+    from gasgd_tf.server import ParameterServer
+
+    store = ParameterStore(SGD(learning_rate=1.0))
+    store.initialize("init", SPECS, np.zeros(SIZE, np.float32))
+    server = ParameterServer(store, max_concurrent_pushes=1).start()
+    try:
+        stub = pb_grpc.ParameterServiceStub(grpc.insecure_channel(server.address))
+        first = push_stream(SPECS, np.ones(SIZE, np.float32), sequence=1)
+        never = threading.Event()
+
+        def stalled():
+            yield from first[:2]
+            never.wait(5)
+
+        call = stub.Push.future(stalled(), timeout=20)
+        time.sleep(0.3)  # It holds the only slot.
+        call.cancel()
+        time.sleep(0.3)
+        never.set()
+        second = push_stream(SPECS, np.ones(SIZE, np.float32), sequence=2)
+        assert stub.Push(iter(second), timeout=5).version == 1  # The slot was given back.
+    finally:
+        server.stop(grace=None)

@@ -163,3 +163,50 @@ def test_shard_checkpoints_merge_into_whole_tensors(shards, tmp_path):
     os.remove(os.path.join(folder, "params-000000000-shard-1-of-3.npz"))
     with pytest.raises(checkpoints.CheckpointError, match="no file of shard 1"):
         checkpoints.load(str(tmp_path))
+
+
+def test_sharded_float16_overflow_is_refused_before_any_shard_applies(shards):
+    stores, address = shards
+    with make_client(
+        address, "worker_0", split_bytes=4096, timeout_secs=10, push_dtype="float16"
+    ) as client:
+        client.register(SPECS)
+        client.initialize(SPECS, np.zeros(SIZE, np.float32))
+        grad = np.ones(SIZE, np.float32)
+        grad[-1] = 1e5  # Finite in float32, Inf in float16; in one shard's part.
+        with pytest.raises(RequestRejectedError, match="'head/bias'.*use bfloat16"):
+            client.push(grad, 0)
+        assert client.push(np.ones(SIZE, np.float32), 0).version == 1
+    assert [s.version for s in stores] == [1, 1, 1]
+
+
+def test_sharded_bfloat16_fetch_lands_in_place(shards):
+    import ml_dtypes
+
+    _, address = shards
+    init = np.random.default_rng(3).normal(size=SIZE).astype(np.float32)
+    with make_client(address, "w", split_bytes=4096, fetch_dtype="bfloat16") as client:
+        client.register(SPECS)
+        client.initialize(SPECS, init)
+        _, _, flat = client.fetch()
+    assert flat.tobytes() == init.astype(ml_dtypes.bfloat16).astype(np.float32).tobytes()
+
+
+def test_shard_checkpoints_of_two_runs_are_not_mixed(shards, tmp_path):
+    stores, address = shards
+    with make_client(address, "worker_0", split_bytes=4096, timeout_secs=10) as client:
+        client.register(SPECS)
+        client.initialize(SPECS, np.zeros(SIZE, np.float32))
+    folder = str(tmp_path / "checkpoints")
+    for k, store in enumerate(stores):
+        save_checkpoint(store, folder, shard=(k, 3), run_id="run_a")
+    with make_client(address, "worker_0", split_bytes=4096, timeout_secs=10) as client:
+        client.register(SPECS)
+        client.push(np.ones(SIZE, np.float32), (0, 0, 0))
+    # Run B: shard 1 never wrote its file.
+    for k in (0, 2):
+        save_checkpoint(stores[k], folder, shard=(k, 3), run_id="run_b")
+    with pytest.raises(checkpoints.CheckpointError, match="no file of shard 1 from that run"):
+        checkpoints.load(str(tmp_path))  # The newest file is run B's.
+    run_a = os.path.join(folder, "params-000000000-shard-0-of-3.npz")
+    assert checkpoints.load(run_a).meta["versions"] == [0, 0, 0]

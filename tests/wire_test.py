@@ -124,3 +124,58 @@ def test_mixed_dtypes_and_unknown_fetch_dtypes_are_invalid_argument(server):
         pb.DTYPE_BFLOAT16,
         pb.DTYPE_FLOAT16,
     }
+
+
+def test_canonical_frames_take_the_fast_path_and_bad_ones_do_not():
+    frame = wire.chunk_frame(1 << 20, [memoryview(b"x" * 1000)])
+    assert wire._parse_canonical_chunk(frame) is not None  # Not protobuf's fallback.
+    rng = np.random.default_rng(0)
+    # Truncated, extended or corrupted frames: the fast path either agrees
+    # with protobuf or steps aside (None); it never returns something else.
+    for _ in range(300):
+        data = bytearray(frame[: rng.integers(0, len(frame) + 1)])
+        if data and rng.random() < 0.5:
+            data[rng.integers(0, min(len(data), 8))] = rng.integers(0, 256)
+        if rng.random() < 0.2:
+            data += b"\x00"
+        fast = wire._parse_canonical_chunk(bytes(data))
+        if fast is None:
+            continue
+        message = pb.PushRequest.FromString(bytes(data))
+        assert (fast.offset, bytes(fast.data)) == (message.chunk.offset, message.chunk.data)
+
+
+def test_byte_scatter_handles_empty_parts():
+    from gasgd_tf.tensors import ByteScatter
+
+    a, b, c = bytearray(3), bytearray(0), bytearray(4)
+    scatter = ByteScatter([memoryview(b), memoryview(a), memoryview(b), memoryview(c)])
+    scatter.write(0, memoryview(b"abcd"))
+    scatter.write(4, memoryview(b"efg"))
+    assert (bytes(a), bytes(c)) == (b"abc", b"defg")
+
+
+def test_fetch_into_views_converts_any_reply_dtype(server):
+    store, srv = server
+    init = np.random.default_rng(2).normal(size=SIZE).astype(np.float32)
+    store.initialize("init", SPECS, init)
+    out = [np.empty(100, np.float32), np.empty(SIZE - 100, np.float32)]
+    with ParameterClient(srv.address, "eval", fetch_dtype="bfloat16") as client:
+        _, _, flat = client.fetch(out=out)
+    assert flat is None
+    expected = init.astype(ml_dtypes.bfloat16).astype(np.float32)
+    assert np.concatenate(out).tobytes() == expected.tobytes()
+    with ParameterClient(srv.address, "eval", retry_secs=1) as client:
+        with pytest.raises(RequestRejectedError, match="reply has"):
+            client.fetch(out=[np.empty(5, np.float32)])
+
+
+def test_store_refuses_half_precision_parameters():
+    from gasgd_tf.tensors import ValidationError
+
+    store = ParameterStore(SGD())
+    half = (TensorSpec("w", (4,), "bfloat16"),)
+    with pytest.raises(ValidationError, match="half precision is for transport only"):
+        store.initialize("w", half, np.zeros(4, np.float32))
+    with pytest.raises(ValidationError, match="half precision is for transport only"):
+        store.register("w", half)

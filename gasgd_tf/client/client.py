@@ -134,8 +134,13 @@ class ParameterClient:
     # -- Plumbing ------------------------------------------------------------
 
     def _call(self, what: str, attempt: Callable[[float], T]) -> T:
-        """Runs ``attempt(timeout)``, retrying transport failures within ``retry_secs``."""
-        give_up = time.monotonic() + self.retry_secs
+        """Runs ``attempt(timeout)``, retrying transport failures within ``retry_secs``.
+
+        The retry window starts at the first failure, so an attempt that
+        took long before failing (a push that waited for a busy server) is
+        still retried.
+        """
+        give_up = None
         backoff = 0.05
         while True:
             try:
@@ -146,6 +151,8 @@ class ParameterClient:
                     raise RequestRejectedError(
                         f"{what} to {self.address} refused: {code.name}: {e.details()}", code
                     ) from None
+                if give_up is None:
+                    give_up = time.monotonic() + self.retry_secs
                 if time.monotonic() + backoff > give_up:
                     raise ServerUnavailableError(
                         f"parameter server at {self.address} unreachable: {what} failed with "
@@ -225,15 +232,19 @@ class ParameterClient:
             read_only=read_only,
             dtype=wire.dtype_to_proto(self.fetch_dtype),
         )
-        direct = out is not None and self.fetch_dtype == PARAMETER_DTYPE
+
+        def into_out(layout: FlatLayout) -> list[memoryview] | None:
+            """Float32 replies go straight into ``out``; others are converted after."""
+            size = sum(a.size for a in out)
+            if layout.size != size:
+                raise ValidationError(f"reply has {layout.size} values, expected {size}")
+            return [byte_view(a) for a in out] if layout.dtype == PARAMETER_DTYPE else None
 
         def attempt(timeout):
             stream = self._fetch(request, timeout=timeout)
             try:
                 header, flat = wire.decode_stream(
-                    stream,
-                    _fetch_layout,
-                    out=(lambda layout: [byte_view(a) for a in out]) if direct else None,
+                    stream, _fetch_layout, out=into_out if out is not None else None
                 )
             except ValidationError as e:
                 raise RequestRejectedError(
@@ -243,15 +254,14 @@ class ParameterClient:
 
         version, specs, flat = self._call("Fetch", attempt)
         specs = with_dtype(specs, PARAMETER_DTYPE)
-        if flat is not None and flat.dtype != np.float32:  # Fetched in half precision.
-            if out is None:
-                flat = flat.astype(np.float32)
-            else:
-                start = 0
-                for part in out:
-                    part[...] = flat[start : start + part.size]
-                    start += part.size
-                flat = None
+        if flat is not None and out is not None:  # Arrived in half precision: convert.
+            start = 0
+            for part in out:
+                part[...] = flat[start : start + part.size]
+                start += part.size
+            flat = None
+        elif flat is not None and flat.dtype != np.float32:
+            flat = flat.astype(np.float32)
         self._specs = specs
         return version, specs, flat
 
@@ -262,16 +272,18 @@ class ParameterClient:
         attempt reuses the sequence number, so it is applied at most once.
 
         Args:
-          grad: The gradient, flat in the server's layout, or float32 pieces
-            that laid end to end make it (sent without gathering them).
+          grad: The gradient, flat in the server's layout, or pieces that
+            laid end to end make it (sent without gathering them); float32,
+            or already in ``push_dtype``.
           base_version: The version of the parameters it was computed from.
           client_step: This client's step count, for the server's status.
         """
         if not self._specs:
             raise RuntimeError("push before register, initialize or fetch: no signature known")
         parts = [grad] if isinstance(grad, np.ndarray) else list(grad)
-        if self.push_dtype == PARAMETER_DTYPE:
-            payload = [byte_view(np.ascontiguousarray(p, np.float32)) for p in parts]
+        wire_dtype = numpy_dtype(self.push_dtype)
+        if all(p.dtype == wire_dtype for p in parts):  # Already in the wire dtype.
+            payload = [byte_view(np.ascontiguousarray(p)) for p in parts]
         else:  # One conversion; the result is what travels, so retries reuse it.
             half = np.empty(sum(p.size for p in parts), numpy_dtype(self.push_dtype))
             start = 0

@@ -36,7 +36,13 @@ from gasgd_tf.client.client import (
     RequestRejectedError,
 )
 from gasgd_tf.proto import parameter_service_pb2 as pb
-from gasgd_tf.tensors import FlatLayout, TensorSpec, ValidationError
+from gasgd_tf.tensors import (
+    PARAMETER_DTYPE,
+    FlatLayout,
+    TensorSpec,
+    ValidationError,
+    numpy_dtype,
+)
 
 T = TypeVar("T")
 Version = int | tuple[int, ...]
@@ -127,7 +133,8 @@ class ShardedClient:
         return Registration(
             initialized=all(r.initialized for r in regs),
             version=tuple(r.version for r in regs),
-            specs=tuple(specs),
+            # The full signature; without one, no shard's pieces say it.
+            specs=self.plan.specs if self.plan else (),
             last_sequence=min(r.last_sequence for r in regs),
             server_id=",".join(r.server_id for r in regs),
             max_chunk_bytes=min(r.max_chunk_bytes for r in regs),
@@ -175,11 +182,18 @@ class ShardedClient:
         """
         plan = self._require_plan("push")
         grad = np.asarray(grad, np.float32)
+        dtype = self.clients[0].push_dtype
+        if dtype != PARAMETER_DTYPE:
+            # Converted once, here, so that the check below sees what the
+            # shards will (float16 turns values above 65504 into Inf).
+            with np.errstate(over="ignore"):
+                grad = grad.astype(numpy_dtype(dtype))
         try:
             self._layout.check_finite(grad)
         except ValidationError as e:
+            hint = " (beyond float16's range: use bfloat16)" if dtype == "float16" else ""
             raise RequestRejectedError(
-                f"Push to {self.address}: {e}", grpc.StatusCode.INVALID_ARGUMENT
+                f"Push to {self.address}: {e}{hint}", grpc.StatusCode.INVALID_ARGUMENT
             ) from None
         bases = self._bases(base_version, plan.num_shards)
         acks = self._each(lambda k, c: c.push(self._views(grad, k), bases[k], client_step))
@@ -233,6 +247,12 @@ class ShardedClient:
                 client.active = client.active and (other is None or other.active)
                 if other is not None:
                     client.last_step = min(client.last_step, other.last_step)
+        known = {c.client_id for c in merged.clients}
+        for table in others:  # Clients that never reached shard 0 (a failed call).
+            for client_id, client in table.items():
+                if client_id not in known:
+                    merged.clients.append(client)
+                    known.add(client_id)
         return merged
 
     def close(self) -> None:

@@ -191,7 +191,13 @@ def is_done(cell: Cell, workdir: str) -> bool:
     folder = os.path.join(workdir, cell.name)
     summary = progress.read_json(os.path.join(folder, "summary.json"))
     written = progress.read_json(os.path.join(folder, "config.json"))
-    return summary is not None and written == json.loads(cell.config_json)
+    if summary is None or written is None:
+        return False
+    # The launcher names every run afresh (run_id): not part of the experiment.
+    written.pop("run_id", None)
+    expected = json.loads(cell.config_json)
+    expected.pop("run_id", None)
+    return written == expected
 
 
 def _pump(stream, prefix: str, log_path: str, out: TextIO, lock: threading.Lock) -> None:

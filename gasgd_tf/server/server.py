@@ -135,11 +135,15 @@ class SummaryLoop:
 
 
 def save_checkpoint(
-    store: ParameterStore, directory: str, shard: tuple[int, int] | None = None
+    store: ParameterStore,
+    directory: str,
+    shard: tuple[int, int] | None = None,
+    run_id: str | None = None,
 ) -> str | None:
     """Writes the store's parameters to ``directory``; None if there is nothing sound to save.
 
-    ``shard`` is (k, K) for shard k of a K-shard server (see ``checkpoints.save``).
+    ``shard`` is (k, K) for shard k of a K-shard server (see ``checkpoints.save``);
+    ``run_id`` (the config's) ties the shards' files of one run together.
     """
     if not store.initialized:
         print("parameter server: never initialized, no checkpoint written", flush=True)
@@ -154,7 +158,11 @@ def save_checkpoint(
         snapshot.specs,
         snapshot.flat,
         snapshot.version,
-        meta={"server_id": store.server_id, "optimizer": store.optimizer.get_config()},
+        meta={
+            "server_id": store.server_id,
+            "optimizer": store.optimizer.get_config(),
+            "run_id": run_id,
+        },
         shard=shard,
     )
     print(f"parameter server: saved version {snapshot.version} to {path}", flush=True)
@@ -210,7 +218,9 @@ def run(
     summaries.stop()
     writer.close()
     if config.ps.save_checkpoint:
-        save_checkpoint(store, os.path.join(workdir, checkpoints.CHECKPOINT_DIR), shard)
+        save_checkpoint(
+            store, os.path.join(workdir, checkpoints.CHECKPOINT_DIR), shard, config.run_id
+        )
     status = store.status()
     print(
         f"parameter server stopped at version {status.version} "

@@ -29,7 +29,9 @@ from gasgd_tf.tensors import (
 
 log = logging.getLogger(__name__)
 
-# A push waiting for a slot gives up this long before its deadline, to answer in time.
+# A push waits at most this long for a slot (then UNAVAILABLE, which clients
+# retry), and gives up this long before its deadline, to answer in time.
+PUSH_SLOT_WAIT_SECS = 5.0
 PUSH_SLOT_MARGIN_SECS = 1.0
 
 
@@ -98,7 +100,8 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
         bounds the server's memory. A push beyond it waits, before reading
         its chunks (gRPC's flow control then holds its sender), until a
         slot frees; one that cannot get a slot before its deadline is
-        answered UNAVAILABLE, which clients retry.
+        answered UNAVAILABLE (after at most PUSH_SLOT_WAIT_SECS), which
+        clients retry.
     """
 
     def __init__(
@@ -122,9 +125,13 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
             return flat
         with self._convert_lock:  # One conversion per version, however many fetch it.
             cached = self._converted.get(dtype)
-            if cached is None or cached[0] != version:
-                cached = self._converted[dtype] = (version, flat.astype(numpy_dtype(dtype)))
-            return cached[1]
+            if cached is not None and cached[0] == version:
+                return cached[1]
+            with np.errstate(over="ignore"):  # float16: Inf beyond its range, as documented.
+                converted = flat.astype(numpy_dtype(dtype))
+            if cached is None or version > cached[0]:  # A slow fetcher's old version: not kept.
+                self._converted[dtype] = (version, converted)
+            return converted
 
     @contextlib.contextmanager
     def _errors(self, context: grpc.ServicerContext, what: str, is_push: bool = False):
@@ -209,7 +216,8 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
     def _take_push_slot(self, context) -> None:
         """Waits for one of the ``max_concurrent_pushes`` slots, at most until the deadline."""
         left = context.time_remaining()
-        wait = None if left is None else max(left - PUSH_SLOT_MARGIN_SECS, 0.0)
+        wait = PUSH_SLOT_WAIT_SECS if left is None else left - PUSH_SLOT_MARGIN_SECS
+        wait = max(min(wait, PUSH_SLOT_WAIT_SECS), 0.0)
         if not self._push_slots.acquire(timeout=wait):
             context.abort(
                 grpc.StatusCode.UNAVAILABLE,

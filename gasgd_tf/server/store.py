@@ -380,7 +380,7 @@ class ParameterStore:
             if specs and self._layout is not None:
                 check_same_specs(self._layout.specs, specs)
             elif specs:
-                FlatLayout(specs, self.max_parameter_bytes)  # Validates early.
+                _parameter_layout(specs, self.max_parameter_bytes)  # Validates early.
             record = self._touch(client_id)
             record.active = True
             return RegisterInfo(self.initialized, self._version, self.specs, record.last_sequence)
@@ -396,12 +396,7 @@ class ParameterStore:
         if not specs:
             raise ValidationError("no tensors in the header")
         if initialize:
-            layout = FlatLayout(specs, self.max_parameter_bytes)
-            if layout.dtype != PARAMETER_DTYPE:
-                raise ValidationError(
-                    f"initial parameters must be {PARAMETER_DTYPE}, got {layout.dtype}"
-                )
-            return layout
+            return _parameter_layout(specs, self.max_parameter_bytes)
         self._require_healthy()
         dtype = common_dtype(specs)  # A gradient may travel in half precision.
         check_same_specs(with_dtype(self._layout.specs, dtype), specs)
@@ -423,7 +418,7 @@ class ParameterStore:
           ValidationError: Invalid signature or non-finite values.
         """
         _check_client_id(client_id)
-        layout = FlatLayout(specs, self.max_parameter_bytes)
+        layout = _parameter_layout(specs, self.max_parameter_bytes)
         if flat.shape != (layout.size,) or flat.dtype != np.float32:
             raise ValidationError(
                 f"initial values have shape {flat.shape} and dtype {flat.dtype}, "
@@ -587,6 +582,21 @@ class ParameterStore:
         self._require_initialized()
         if self._diverged:
             raise DivergedError(self._diverged)
+
+
+def _parameter_layout(specs: Sequence[TensorSpec], max_bytes: int) -> FlatLayout:
+    """The layout of a parameter signature: float32 only (the server's masters).
+
+    Raises:
+      ValidationError: Any other dtype, or what FlatLayout refuses.
+    """
+    layout = FlatLayout(specs, max_bytes)
+    if layout.dtype != PARAMETER_DTYPE:
+        raise ValidationError(
+            f"parameters must be {PARAMETER_DTYPE}, got {layout.dtype} "
+            f"(tensor {layout.specs[0].name!r}); half precision is for transport only"
+        )
+    return layout
 
 
 def _check_client_id(client_id: str) -> None:
