@@ -128,6 +128,9 @@ class TrainStep:
       jit_compile: Compile the step with XLA.
       accumulate: Sum the gradients for the next push; False for a replica
         that never pushes (local training), which then skips that work.
+      return_gradient: Each call returns that step's gradient, flat, instead
+        of summing it (for ``n_push = 1``: one compiled call per step instead
+        of two, and no accumulator to add to and clear).
     """
 
     def __init__(
@@ -136,6 +139,7 @@ class TrainStep:
         optimizer: keras.Optimizer,
         jit_compile: bool = False,
         accumulate: bool = True,
+        return_gradient: bool = False,
     ):
         self.model = model
         self.optimizer = optimizer
@@ -159,7 +163,7 @@ class TrainStep:
                     loss += tf.add_n(model.losses)
             grads = tape.gradient(loss, variables)
             optimizer.apply_gradients(zip(grads, variables))
-            if accumulate:
+            if accumulate and not return_gradient:
                 for acc, g in zip(self.accumulators, grads):
                     acc.assign_add(g)
             n = tf.cast(tf.shape(labels)[0], tf.float32)
@@ -167,6 +171,9 @@ class TrainStep:
             hits = tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels)
             self.correct.assign_add(tf.reduce_sum(tf.cast(hits, tf.float32)))
             self.count.assign_add(n)
+            if return_gradient:
+                return tf.concat([tf.reshape(g, [-1]) for g in grads], axis=0)
+            return None
 
         @tf.function
         def take_gradient():
@@ -178,9 +185,12 @@ class TrainStep:
 
         self._step = step
         self._take_gradient = take_gradient
+        self.return_gradient = return_gradient
 
-    def __call__(self, images: tf.Tensor, labels: tf.Tensor) -> None:
-        self._step(images, labels)
+    def __call__(self, images: tf.Tensor, labels: tf.Tensor) -> np.ndarray | None:
+        """One step; with ``return_gradient``, its flat gradient."""
+        grad = self._step(images, labels)
+        return grad.numpy() if self.return_gradient else None
 
     def warm_up(self, images: tf.Tensor, labels: tf.Tensor) -> None:
         """Runs one step, then puts every variable back as it was.
@@ -196,7 +206,8 @@ class TrainStep:
         self._step(images, labels)
         for v, value in zip(variables, saved):
             v.assign(value)
-        self.take_gradient()
+        if not self.return_gradient:
+            self.take_gradient()
         self.take_metrics()
 
     def take_gradient(self) -> np.ndarray:
@@ -354,8 +365,14 @@ def train(
     optimizer = keras.optimizers.SGD(
         learning_rate=config.worker.learning_rate, momentum=config.worker.momentum
     )
+    # n_push = 1: every step's gradient is pushed as it is; no accumulator.
+    direct = address is not None and config.n_push == 1
     step_fn = TrainStep(
-        model, optimizer, jit_compile=config.worker.jit_compile, accumulate=address is not None
+        model,
+        optimizer,
+        jit_compile=config.worker.jit_compile,
+        accumulate=address is not None,
+        return_gradient=direct,
     )
     sync = VariableSync(model.trainable_variables)
     data = iter(
@@ -403,7 +420,7 @@ def train(
         if fresh:
             push_base, fresh = base_version, False
         images, labels = next(data)
-        step_fn(images, labels)
+        step_grad = step_fn(images, labels)
         window_images += config.batch_size
         last = step == config.num_steps
         pushed = client is not None and (step % config.n_push == 0 or last)
@@ -411,14 +428,15 @@ def train(
         fetch_due = client is not None and step % config.n_fetch == 0 and not last
         if background is not None:
             if pushed or fetch_due:
-                grad = step_fn.take_gradient() if pushed else None
+                grad = (step_grad if direct else step_fn.take_gradient()) if pushed else None
                 background.submit(grad, push_base, step, fetch=fetch_due)
                 pushes += int(pushed)
                 fetches += int(fetch_due)
                 ack = background.ack or ack
         else:
             if pushed:
-                ack = client.push(step_fn.take_gradient(), push_base, client_step=step)
+                grad = step_grad if direct else step_fn.take_gradient()
+                ack = client.push(grad, push_base, client_step=step)
                 pushes += 1
             if fetch_due:
                 base_version, _, flat = client.fetch()

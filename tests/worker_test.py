@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from gasgd_tf import config_base, evaluation, progress, worker
+from gasgd_tf.data import pipeline
 from gasgd_tf.client import ParameterClient
 from gasgd_tf.server import SGD, ParameterStore
 from gasgd_tf.summaries import MetricWriter
@@ -273,3 +274,19 @@ def test_worker_without_a_server_trains_locally(digits_data_dir, tmp_path):
     result = worker.train(config, 0, None, str(tmp_path))
     assert (result.steps, result.pushes, result.fetches, result.final_version) == (6, 0, 0, 0)
     assert np.isfinite(result.loss) and result.images_per_sec > 0
+
+
+def test_returned_gradient_equals_the_accumulated_one(digits_data_dir):
+    # n_push = 1 takes each step's gradient straight from the step; it must be
+    # the gradient the accumulator would have held.
+    import keras
+
+    config = small_config(digits_data_dir)
+    images, labels = next(iter(pipeline.train_dataset(config.data, 16, seed=0)))
+    grads = []
+    for direct in (False, True):
+        model = worker.build(config)
+        step = worker.TrainStep(model, keras.optimizers.SGD(0.05), return_gradient=direct)
+        returned = step(images, labels)
+        grads.append(returned if direct else step.take_gradient())
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-7)
