@@ -53,6 +53,10 @@ def run(quick: bool = False) -> dict:
     start = time.perf_counter()
     rows = []
     for net, batch, n_syncs, tf_steps, tf_quick_steps in GRID:
+        # The ceiling of any parameter-server scheme here: one worker, no server.
+        local = worker_throughput.b6_kwargs(net, batch, 1, 1, quick)
+        local_rate = worker_throughput.measure(**{**local, "server": False})["images_per_sec"]
+        print(f"{_name(net, batch)}: local, no server: {local_rate:.0f} images/s", flush=True)
         for workers in WORKERS:
             steps = tf_quick_steps if quick else tf_steps
             tf_samples: list[float] = []
@@ -74,6 +78,7 @@ def run(quick: bool = False) -> dict:
                     "n_sync": n_sync,
                     "tensorflow": common.stats(tf_samples),
                     "ours": common.stats(samples),
+                    "local_one_worker": local_rate,
                 }
                 row["ratio"] = statistics.median(samples) / statistics.median(tf_samples)
                 rows.append(row)
@@ -108,14 +113,15 @@ def markdown(report: dict) -> str:
         "row, alternating; images/s summed over the workers, median [min-max].",
         "",
         "| setting | workers | our n_sync | TensorFlow PS images/s | gasgd_tf images/s "
-        "| ratio | target |",
-        "|---|---:|---:|---|---|---:|---|",
+        "| ratio | target | one local worker, no server (ceiling) |",
+        "|---|---:|---:|---|---|---:|---|---:|",
     ]
     for r in report["rows"]:
         lines.append(
             f"| {r['setting']} | {r['workers']} | {r['n_sync']} "
             f"| {common.fmt(r['tensorflow'])} | {common.fmt(r['ours'])} "
-            f"| {r['ratio']:.2f} | {_target(r)} |"
+            f"| {r['ratio']:.2f} | {_target(r)} | {r['local_one_worker']:.0f} "
+            f"({r['local_one_worker'] / r['tensorflow']['median']:.2f}x TF) |"
         )
     return "\n".join(lines)
 
