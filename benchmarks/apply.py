@@ -288,8 +288,6 @@ def markdown(report: dict) -> str:
     """The report's section of BENCHMARKS.md: the table, the profile and the verdict."""
     m = report["machine"]
     lines = [
-        "## B2: server apply rate (`benchmarks/apply.py`)",
-        "",
         f"`{report['command']}` on {m.get('cpu_model', m['processor'])} "
         f"({m['cpu_count']} cores), numpy {m['numpy']}, {m['date']}; "
         f"{report['repeats']} samples per cell after a warm-up, median [min-max].",

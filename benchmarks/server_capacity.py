@@ -947,8 +947,6 @@ def markdown(report: dict) -> str:
     setup = report["setup"]
     mem = report["memory"]
     lines = [
-        "## B5: server capacity (`benchmarks/server_capacity.py`)",
-        "",
         f"`{report['command']}` on {m.get('cpu_model', m['processor'])} "
         f"({m['cpu_count']} cores), Python {m['python']}, grpcio {m['grpcio']}, numpy "
         f"{m['numpy']}, {m['date']}. **The server shards and all simulated clients share "
