@@ -42,12 +42,15 @@ def stats(values: list[float]) -> dict:
     }
 
 
+def _num(value: float, digits: int) -> str:
+    """``digits`` significant digits, but whole numbers (1,234) from 1,000 on, never 1.23e+03."""
+    return f"{value:,.0f}" if abs(value) >= 10 ** (digits - 1) * 10 else f"{value:.{digits}g}"
+
+
 def fmt(s: dict, scale: float = 1.0, digits: int = 3) -> str:
     """'median [min-max]' of a ``stats`` dict, times ``scale``, ``digits`` significant."""
-    return (
-        f"{s['median'] * scale:.{digits}g} "
-        f"[{s['min'] * scale:.{digits}g}-{s['max'] * scale:.{digits}g}]"
-    )
+    median, low, high = (_num(s[k] * scale, digits) for k in ("median", "min", "max"))
+    return f"{median} [{low}-{high}]"
 
 
 def machine_info() -> dict:
