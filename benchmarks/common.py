@@ -95,6 +95,14 @@ def read_report(name: str) -> dict | None:
         return None
 
 
+def main(name: str, run, markdown, argv: list[str]) -> None:
+    """A benchmark's command line: ``[--quick]``; writes its report and prints its table."""
+    report = run(quick="--quick" in argv)
+    path = write_report(name, report)
+    print(markdown(report))
+    print(f"wrote {path}")
+
+
 def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
     """'met' or 'missed by N%' for a ratio against its target."""
     ok = value >= target if higher_is_better else value <= target

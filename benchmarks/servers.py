@@ -10,13 +10,12 @@ each process's peak resident memory (VmHWM) before stopping it.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 
-from gasgd_tf import config_base
+from gasgd_tf import config_base, launch
 from gasgd_tf.progress import write_json
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,15 +99,8 @@ class ServerProcesses:
         return [peak_rss_bytes(p.pid) for p in self.processes]
 
     def stop(self) -> None:
-        for p in self.processes:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.processes:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        """SIGTERM to every shard, SIGKILL after 30 s."""
+        launch.stop_processes(self.processes, 30.0)
 
     def __exit__(self, *exc) -> None:
         self.stop()

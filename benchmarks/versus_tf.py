@@ -126,12 +126,5 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-    report = run(quick="--quick" in argv)
-    path = common.write_report("versus_tf", report)
-    print(markdown(report))
-    print(f"wrote {path} in {report['seconds']:.0f} s")
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    common.main("versus_tf", run, markdown, sys.argv[1:])

@@ -87,7 +87,6 @@ import inspect
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -96,7 +95,7 @@ import time
 import ml_collections
 
 from benchmarks import common
-from gasgd_tf import progress  # Neither imports TensorFlow.
+from gasgd_tf import launch, progress  # Neither imports TensorFlow.
 from gasgd_tf.experiments import events
 
 NAME = "worker_throughput"
@@ -249,16 +248,7 @@ class _Child:
 
 def _stop(processes: list[subprocess.Popen]) -> None:
     """SIGTERM to every live process, SIGKILL to any still alive after ``STOP_GRACE_SECS``."""
-    live = [p for p in processes if p.poll() is None]
-    for p in live:
-        p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECS
-    for p in live:
-        try:
-            p.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    launch.stop_processes(processes, STOP_GRACE_SECS)
 
 
 def _wait_for_port(ps: _Child, port_file: str, deadline: float) -> str:

@@ -1,5 +1,6 @@
 """The parameter service over real gRPC on a loopback port: data integrity and rejections."""
 
+import threading
 import time
 
 import grpc
@@ -234,101 +235,74 @@ def test_diverged_server_refuses_pushes_and_fetches(serve):
             client.fetch()
 
 
-def test_pushes_beyond_the_limit_wait_for_a_slot(serve):
+@pytest.fixture
+def one_slot():
+    """A server initialized with zeros that receives one push at a time, and a raw stub."""
+    from gasgd_tf.server import ParameterServer
+
+    store = ParameterStore(SGD(learning_rate=1.0))
+    store.initialize("init", SPECS, np.zeros(SIZE, np.float32))
+    server = ParameterServer(store, max_concurrent_pushes=1).start()
+    release = threading.Event()  # Ends the stalled streams below.
+    try:
+        yield store, pb_grpc.ParameterServiceStub(grpc.insecure_channel(server.address)), release
+    finally:
+        release.set()
+        server.stop(grace=None)
+
+
+def stalled(messages, release):
+    """Sends the header and one chunk, then waits for ``release`` before the rest."""
+    yield from messages[:2]
+    release.wait(10)
+    yield from messages[2:]
+
+
+def test_pushes_beyond_the_limit_wait_for_a_slot(one_slot):
     # One slot: a second push waits (without reading its chunks) until the
     # first, stalled mid-stream, is done; then both are applied.
-    import threading
-
-    from gasgd_tf.server import ParameterServer
-
-    store = ParameterStore(SGD(learning_rate=1.0))
-    store.initialize("init", SPECS, np.zeros(SIZE, np.float32))
-    server = ParameterServer(store, max_concurrent_pushes=1).start()
-    try:
-        stub = pb_grpc.ParameterServiceStub(grpc.insecure_channel(server.address))
-        release = threading.Event()
-        first = push_stream(SPECS, np.ones(SIZE, np.float32), sequence=1)
-
-        def stalled():
-            yield first[0]
-            yield first[1]
-            release.wait(10)
-            yield from first[2:]
-
-        results = {}
-        t1 = threading.Thread(target=lambda: results.update(a=stub.Push(stalled(), timeout=20)))
-        t1.start()
-        time.sleep(0.3)  # The first push holds the slot.
-        second = push_stream(SPECS, np.ones(SIZE, np.float32), sequence=2)
-        t2 = threading.Thread(target=lambda: results.update(b=stub.Push(iter(second), timeout=20)))
-        t2.start()
-        time.sleep(0.5)
-        assert store.version == 0 and t2.is_alive()  # Waiting for the slot.
-        release.set()
-        t1.join(10)
-        t2.join(10)
-        assert store.version == 2 and {r.version for r in results.values()} == {1, 2}
-    finally:
-        server.stop(grace=None)
+    store, stub, release = one_slot
+    first = push_stream(SPECS, np.ones(SIZE, np.float32), sequence=1)
+    results = {}
+    t1 = threading.Thread(
+        target=lambda: results.update(a=stub.Push(stalled(first, release), timeout=20))
+    )
+    t1.start()
+    time.sleep(0.3)  # The first push holds the slot.
+    second = push_stream(SPECS, np.ones(SIZE, np.float32), sequence=2)
+    t2 = threading.Thread(target=lambda: results.update(b=stub.Push(iter(second), timeout=20)))
+    t2.start()
+    time.sleep(0.5)
+    assert store.version == 0 and t2.is_alive()  # Waiting for the slot.
+    release.set()
+    t1.join(10)
+    t2.join(10)
+    assert store.version == 2 and {r.version for r in results.values()} == {1, 2}
 
 
-def test_a_push_that_cannot_get_a_slot_in_time_is_unavailable(serve):
-    import threading
-
-    from gasgd_tf.server import ParameterServer
-
-    store = ParameterStore(SGD(learning_rate=1.0))
-    store.initialize("init", SPECS, np.zeros(SIZE, np.float32))
-    server = ParameterServer(store, max_concurrent_pushes=1).start()
-    release = threading.Event()
-    try:
-        stub = pb_grpc.ParameterServiceStub(grpc.insecure_channel(server.address))
-        first = push_stream(SPECS, np.ones(SIZE, np.float32), sequence=1)
-
-        def stalled():
-            yield from first[:2]
-            release.wait(10)
-            yield from first[2:]
-
-        holder = threading.Thread(target=lambda: stub.Push(stalled(), timeout=20))
-        holder.start()
-        time.sleep(0.3)
-        second = push_stream(SPECS, np.ones(SIZE, np.float32), sequence=2)
-        with pytest.raises(grpc.RpcError) as e:
-            stub.Push(iter(second), timeout=1.5)
-        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "server busy" in e.value.details()
-        release.set()
-        holder.join(10)
-        assert store.version == 1  # The first push was not disturbed.
-    finally:
-        release.set()
-        server.stop(grace=None)
+def test_a_push_that_cannot_get_a_slot_in_time_is_unavailable(one_slot):
+    store, stub, release = one_slot
+    first = push_stream(SPECS, np.ones(SIZE, np.float32), sequence=1)
+    holder = threading.Thread(target=lambda: stub.Push(stalled(first, release), timeout=20))
+    holder.start()
+    time.sleep(0.3)
+    second = push_stream(SPECS, np.ones(SIZE, np.float32), sequence=2)
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Push(iter(second), timeout=1.5)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "server busy" in e.value.details()
+    release.set()
+    holder.join(10)
+    assert store.version == 1  # The first push was not disturbed.
 
 
-def test_a_cancelled_push_gives_its_slot_back(serve):
-    import threading
-
-    from gasgd_tf.server import ParameterServer
-
-    store = ParameterStore(SGD(learning_rate=1.0))
-    store.initialize("init", SPECS, np.zeros(SIZE, np.float32))
-    server = ParameterServer(store, max_concurrent_pushes=1).start()
-    try:
-        stub = pb_grpc.ParameterServiceStub(grpc.insecure_channel(server.address))
-        first = push_stream(SPECS, np.ones(SIZE, np.float32), sequence=1)
-        never = threading.Event()
-
-        def stalled():
-            yield from first[:2]
-            never.wait(5)
-
-        call = stub.Push.future(stalled(), timeout=20)
-        time.sleep(0.3)  # It holds the only slot.
-        call.cancel()
-        time.sleep(0.3)
-        never.set()
-        second = push_stream(SPECS, np.ones(SIZE, np.float32), sequence=2)
-        assert stub.Push(iter(second), timeout=5).version == 1  # The slot was given back.
-    finally:
-        server.stop(grace=None)
+def test_a_cancelled_push_gives_its_slot_back(one_slot):
+    store, stub, release = one_slot
+    first = push_stream(SPECS, np.ones(SIZE, np.float32), sequence=1)
+    call = stub.Push.future(stalled(first, release), timeout=20)
+    time.sleep(0.3)  # It holds the only slot.
+    call.cancel()
+    time.sleep(0.3)
+    release.set()
+    second = push_stream(SPECS, np.ones(SIZE, np.float32), sequence=2)
+    assert stub.Push(iter(second), timeout=5).version == 1  # The slot was given back.

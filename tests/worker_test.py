@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from gasgd_tf import config_base, evaluation, progress, worker
-from gasgd_tf.data import pipeline
 from gasgd_tf.client import ParameterClient
+from gasgd_tf.data import pipeline
 from gasgd_tf.server import SGD, ParameterStore
 from gasgd_tf.summaries import MetricWriter
 
