@@ -29,7 +29,7 @@ test: $(VENV)/.installed-dev
 test-fast: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# Every benchmark in benchmarks/, one after another (about 13 minutes); rewrites
+# Every benchmark in benchmarks/, one after another (about 15 minutes); rewrites
 # the tables in BENCHMARKS.md. BENCH_ARGS=--quick for a short pass.
 bench: $(VENV)/.installed-dev
 	$(PY) -m benchmarks.run_all $(BENCH_ARGS)
