@@ -136,6 +136,20 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.client.push_dtype = "float32"
     c.client.fetch_dtype = "float32"
 
+    # Who may talk to the parameter service (gasgd_tf/security.py). A bearer
+    # token from token_file, or from the environment variable token_env;
+    # TLS with the server's PEM certificate and key, verified by clients
+    # against tls_ca; tls_client_auth: mutual TLS with client certificates.
+    c.security = ml_collections.ConfigDict()
+    c.security.token_file = config_dict.placeholder(str)
+    c.security.token_env = "GASGD_TF_TOKEN"
+    c.security.tls_cert = config_dict.placeholder(str)
+    c.security.tls_key = config_dict.placeholder(str)
+    c.security.tls_ca = config_dict.placeholder(str)
+    c.security.tls_client_auth = False
+    c.security.tls_client_cert = config_dict.placeholder(str)
+    c.security.tls_client_key = config_dict.placeholder(str)
+
     c.eval = ml_collections.ConfigDict()
     c.eval.every_secs = 5.0
     c.eval.batch_size = 512
@@ -338,6 +352,20 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             config.client[field] in WIRE_DTYPES,
             f"client.{field} must be one of {WIRE_DTYPES}, got {config.client[field]!r}",
         )
+    sec = config.security
+    _check(
+        bool(sec.tls_cert) == bool(sec.tls_key),
+        "security.tls_cert and security.tls_key go together (the server's PEM certificate "
+        "and its key)",
+    )
+    _check(
+        bool(sec.tls_client_cert) == bool(sec.tls_client_key),
+        "security.tls_client_cert and security.tls_client_key go together",
+    )
+    _check(
+        not sec.tls_client_auth or (sec.tls_cert and sec.tls_ca),
+        "security.tls_client_auth needs security.tls_cert, tls_key and tls_ca",
+    )
     _check(
         64 << 10 <= config.client.chunk_bytes <= 4 << 20,
         f"client.chunk_bytes must be in [64 KiB, 4 MiB], got {config.client.chunk_bytes}",

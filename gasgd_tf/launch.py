@@ -270,9 +270,16 @@ class LocalLauncher:
             evaluator = self._child("eval", ps_address=address)
             # Only now, with every child started: see the module docstring on fork.
             from gasgd_tf.client import make_client  # grpc only; no TensorFlow.
+            from gasgd_tf.security import client_credentials
 
             # Progress lines must not stall the loop: short deadlines, few retries.
-            self._status_client = make_client(address, "launcher", timeout_secs=5, retry_secs=1)
+            self._status_client = make_client(
+                address,
+                "launcher",
+                timeout_secs=5,
+                retry_secs=1,
+                credentials=client_credentials(cfg.security),
+            )
             next_line = time.monotonic() + cfg.launcher.log_every_secs
             while not (all(w.poll() == 0 for w in workers) and evaluator.poll() == 0):
                 self._check_children()

@@ -95,6 +95,7 @@ def main(argv):
     role = FLAGS.role
 
     if role == "ps":
+        from gasgd_tf.security import SecurityConfigError
         from gasgd_tf.server import server  # No TensorFlow in this process.
 
         os.makedirs(workdir, exist_ok=True)
@@ -103,13 +104,17 @@ def main(argv):
                 f"--task_index={FLAGS.task_index} is not a shard index of "
                 f"ps.num_shards={config.ps.num_shards}"
             )
-        server.run(
-            config,
-            workdir,
-            FLAGS.ps_address or "127.0.0.1:50051",
-            FLAGS.port_file,
-            shard_index=FLAGS.task_index,
-        )
+        try:
+            server.run(
+                config,
+                workdir,
+                FLAGS.ps_address or "127.0.0.1:50051",
+                FLAGS.port_file,
+                shard_index=FLAGS.task_index,
+            )
+        except SecurityConfigError as e:
+            print(f"error: ps: {e}", file=sys.stderr, flush=True)
+            return 1
         return 0
     if role == "local":
         from gasgd_tf import launch  # No TensorFlow in the launcher either.
@@ -141,6 +146,7 @@ def main(argv):
         )
     from gasgd_tf.checkpoints import CheckpointError
     from gasgd_tf.client import RequestRejectedError, ServerUnavailableError
+    from gasgd_tf.security import SecurityConfigError
 
     try:
         if role == "worker":
@@ -151,7 +157,13 @@ def main(argv):
             from gasgd_tf import evaluation
 
             evaluation.run(config, FLAGS.ps_address, workdir)
-    except (ServerUnavailableError, RequestRejectedError, FileNotFoundError, CheckpointError) as e:
+    except (
+        ServerUnavailableError,
+        RequestRejectedError,
+        FileNotFoundError,
+        CheckpointError,
+        SecurityConfigError,
+    ) as e:
         print(f"error: {role}: {e}", file=sys.stderr, flush=True)
         return 1
     return 0

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from gasgd_tf import checkpoints, devices, progress
+from gasgd_tf import checkpoints, devices, progress, security
 from gasgd_tf.client import (
     ParameterClient,
     ShardedClient,
@@ -73,6 +73,7 @@ def connect(
         chunk_bytes=config.client.chunk_bytes,
         push_dtype=config.client.push_dtype,
         fetch_dtype=config.client.fetch_dtype,
+        credentials=security.client_credentials(config.security),
     )
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from gasgd_tf import wire
 from gasgd_tf.proto import parameter_service_pb2 as pb
 from gasgd_tf.proto import parameter_service_pb2_grpc as pb_grpc
+from gasgd_tf.security import Credentials
 from gasgd_tf.tensors import (
     PARAMETER_DTYPE,
     WIRE_DTYPES,
@@ -92,6 +93,8 @@ class ParameterClient:
         float16 for half the bytes (the server applies them in float32).
       fetch_dtype: The dtype parameters travel in (the same choices); the
         client always returns float32.
+      credentials: A bearer token and/or TLS channel credentials
+        (``gasgd_tf.security``); None: plaintext, no token.
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class ParameterClient:
         chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES,
         push_dtype: str = PARAMETER_DTYPE,
         fetch_dtype: str = PARAMETER_DTYPE,
+        credentials: Credentials | None = None,
     ):
         for what, dtype in (("push_dtype", push_dtype), ("fetch_dtype", fetch_dtype)):
             if dtype not in WIRE_DTYPES:
@@ -114,7 +118,12 @@ class ParameterClient:
         self.chunk_bytes = min(chunk_bytes, wire.MAX_CHUNK_BYTES)
         self.push_dtype = push_dtype
         self.fetch_dtype = fetch_dtype
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        credentials = credentials or Credentials()
+        self._metadata = credentials.metadata()  # The token goes with every call.
+        if credentials.tls is not None:
+            self._channel = grpc.secure_channel(address, credentials.tls, options=CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.ParameterServiceStub(self._channel)
         # The streams go through serializer-free methods: chunks are framed
         # and parsed by wire.encode_frames / wire.frame_parser (one copy each).
@@ -184,7 +193,9 @@ class ParameterClient:
         this client id, so a restarted client is not mistaken for a retry.
         """
         request = pb.RegisterRequest(client_id=self.client_id, tensors=wire.specs_to_proto(specs))
-        response = self._call("Register", lambda t: self._stub.Register(request, timeout=t))
+        response = self._call(
+            "Register", lambda t: self._stub.Register(request, timeout=t, metadata=self._metadata)
+        )
         self._sequence = max(self._sequence, response.last_sequence)
         reg = Registration(
             initialized=response.initialized,
@@ -208,7 +219,7 @@ class ParameterClient:
             stream = wire.encode_frames(
                 pb.InitializeRequest, header, np.asarray(flat, np.float32), self.chunk_bytes
             )
-            return self._initialize(stream, timeout=timeout)
+            return self._initialize(stream, timeout=timeout, metadata=self._metadata)
 
         response = self._call("Initialize", attempt)
         self._specs = tuple(specs)
@@ -241,7 +252,7 @@ class ParameterClient:
             return [byte_view(a) for a in out] if layout.dtype == PARAMETER_DTYPE else None
 
         def attempt(timeout):
-            stream = self._fetch(request, timeout=timeout)
+            stream = self._fetch(request, timeout=timeout, metadata=self._metadata)
             try:
                 header, flat = wire.decode_stream(
                     stream, _fetch_layout, out=into_out if out is not None else None
@@ -307,7 +318,7 @@ class ParameterClient:
             nonlocal attempts
             attempts += 1
             stream = wire.encode_frames(pb.PushRequest, header, payload, self.chunk_bytes)
-            return self._push(stream, timeout=timeout)
+            return self._push(stream, timeout=timeout, metadata=self._metadata)
 
         response = self._call("Push", attempt)
         if response.duplicate and attempts == 1:
@@ -324,11 +335,16 @@ class ParameterClient:
     def leave(self) -> int:
         """Tells the server this client has finished; returns the version."""
         request = pb.LeaveRequest(client_id=self.client_id)
-        return self._call("Leave", lambda t: self._stub.Leave(request, timeout=t)).version
+        return self._call(
+            "Leave", lambda t: self._stub.Leave(request, timeout=t, metadata=self._metadata)
+        ).version
 
     def status(self) -> pb.StatusResponse:
         """The server's StatusResponse (version, updates, clients, staleness)."""
-        return self._call("Status", lambda t: self._stub.Status(pb.StatusRequest(), timeout=t))
+        return self._call(
+            "Status",
+            lambda t: self._stub.Status(pb.StatusRequest(), timeout=t, metadata=self._metadata),
+        )
 
     def close(self) -> None:
         self._channel.close()

@@ -10,8 +10,11 @@ import time
 from concurrent import futures
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from gasgd_tf import checkpoints, wire
+from gasgd_tf.security import Credentials, TokenInterceptor, server_credentials
 from gasgd_tf.server import server_config
 from gasgd_tf.server.servicer import ParameterServicer, add_to_server
 from gasgd_tf.server.store import STALENESS_BUCKETS, DivergedError, ParameterStore
@@ -38,6 +41,8 @@ class ParameterServer:
       fetch_chunk_bytes: Chunk size of Fetch streams.
       max_concurrent_pushes: Pushes received and applied at once (see
         ParameterServicer); bounds the memory for gradient buffers.
+      credentials: A bearer token every call must carry and/or TLS server
+        credentials (``gasgd_tf.security``); None: plaintext, open.
     """
 
     def __init__(
@@ -47,11 +52,15 @@ class ParameterServer:
         max_workers: int = 32,
         fetch_chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES,
         max_concurrent_pushes: int = 2,
+        credentials: Credentials | None = None,
     ):
         self.store = store
+        credentials = credentials or Credentials()
+        interceptors = [TokenInterceptor(credentials.token)] if credentials.token else []
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ps-rpc"),
             options=SERVER_OPTIONS,
+            interceptors=interceptors,
         )
         servicer = ParameterServicer(
             store,
@@ -59,9 +68,25 @@ class ParameterServer:
             max_concurrent_pushes=max_concurrent_pushes,
         )
         add_to_server(servicer, self._server)
+        # Standard services, so that ordinary gRPC tools can probe (grpc_health_probe)
+        # and call (grpcurl, with reflection) the parameter service.
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (
+                wire.SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self._server,
+        )
         host = address.rsplit(":", 1)[0]
+        self.tls = credentials.tls is not None
         try:
-            self.port = self._server.add_insecure_port(address)
+            if self.tls:
+                self.port = self._server.add_secure_port(address, credentials.tls)
+            else:
+                self.port = self._server.add_insecure_port(address)
         except RuntimeError as e:
             raise OSError(f"parameter server cannot listen on {address}: {e}") from None
         if not self.port:
@@ -70,11 +95,14 @@ class ParameterServer:
 
     def start(self) -> ParameterServer:
         self._server.start()
+        for service in ("", wire.SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("parameter server listening on %s", self.address)
         return self
 
     def stop(self, grace: float | None = 1.0) -> None:
         """Stops serving; in-flight calls get ``grace`` seconds to finish."""
+        self.health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
 
     def __enter__(self) -> ParameterServer:
@@ -193,11 +221,13 @@ def run(
         staleness=server_config.build_staleness(config.ps),
         schedule=server_config.build_schedule(config.ps),
     )
+    credentials = server_credentials(config.security)
     server = ParameterServer(
         store,
         address,
         max_workers=config.ps.rpc_threads,
         max_concurrent_pushes=config.ps.max_concurrent_pushes,
+        credentials=credentials,
     ).start()
     writer = MetricWriter(os.path.join(workdir, "tb", f"ps_{shard_index}"))
     summaries = SummaryLoop(store, writer, config.ps.summary_every_secs).start()
