@@ -156,6 +156,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Average the softmax over the centre, four corners and (with data.flip)
     # their mirror images, reported beside the single centre crop.
     c.eval.multi_crop = False
+    # Save the server's final parameters as a Keras model, <workdir>/final_model.keras.
+    c.eval.save_model = True
 
     c.launcher = ml_collections.ConfigDict()
     c.launcher.log_every_secs = 5.0

@@ -22,6 +22,7 @@ from gasgd_tf.data import pipeline
 from gasgd_tf.summaries import MetricWriter
 
 CLIENT_ID = "eval"
+MODEL_FILE = "final_model.keras"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +166,15 @@ def run(config: ml_collections.ConfigDict, address: str, workdir: str) -> EvalRe
         if finished and result is not None and result.version == status.version:
             break
         time.sleep(min(0.5, config.eval.every_secs))
-    progress.write_json(progress_file, {**dataclasses.asdict(result), "final": True})
+    final = {**dataclasses.asdict(result), "final": True}
+    if config.eval.save_model:
+        # The evaluator's replica holds the server's final parameters: a
+        # Keras model that loads without gasgd_tf's server (keras.models.load_model).
+        path = os.path.join(workdir, MODEL_FILE)
+        model.save(path)
+        final["model"] = path
+        print(f"eval: saved the final model (version {result.version}) to {path}", flush=True)
+    progress.write_json(progress_file, final)
     writer.close()
     client.close()
     print(f"eval: final accuracy {result.accuracy:.4f} at version {result.version}", flush=True)

@@ -36,7 +36,7 @@ from gasgd_tf import checkpoints, progress
 
 # Outputs of a previous run in the same workdir, cleared before a new one.
 # Checkpoints are kept: they may be hours of work, and a warm start takes the newest.
-RUN_OUTPUTS = ("tb", "logs", "progress", "summary.json", "ports")
+RUN_OUTPUTS = ("tb", "logs", "progress", "summary.json", "ports", "final_model.keras")
 PS_STOP_GRACE_SECS = 120.0  # SIGTERM to SIGKILL; the server saves its checkpoint meanwhile.
 _PR_SET_PDEATHSIG = 1
 # Set by the launcher in each child's environment: the launcher's pid.
@@ -395,6 +395,8 @@ class LocalLauncher:
             "images_per_sec": sum(w.get("images_per_sec", 0.0) for w in workers),
             "wall_secs": wall,
         }
+        if ev.get("model"):
+            summary["model"] = ev["model"]
         if ev.get("accuracy_multi_crop") is not None:
             summary["test_accuracy_multi_crop"] = ev["accuracy_multi_crop"]
         if len(servers) > 1:

@@ -78,6 +78,16 @@ def test_local_run_trains_and_writes_summary_and_events(digits_data_dir, tmp_pat
     assert sum(h.histogram_value.num for h in histograms) == 300  # Every push, once.
     assert not leftover_processes(workdir)
 
+    # The final Keras model holds the server's final parameters (its checkpoint's).
+    import keras
+    import numpy as np
+
+    model = keras.models.load_model(summary["model"])
+    checkpoint = checkpoints.load(workdir)
+    assert checkpoint.version == 300
+    for variable in model.trainable_variables:
+        np.testing.assert_array_equal(variable.numpy(), checkpoint.arrays[variable.path])
+
 
 def start_ps(workdir: str) -> tuple[subprocess.Popen, str]:
     port_file = os.path.join(workdir, "port")
