@@ -163,6 +163,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.launcher.log_every_secs = 5.0
     c.launcher.startup_timeout_secs = 120.0  # For the server to start serving.
     c.launcher.prepare_timeout_secs = 3600.0  # Building the dataset may download it.
+    # A worker killed by a signal (kill -9, the OOM killer) is started again,
+    # at most this many times each; one that exits with an error is not (it
+    # reported why, and would again).
+    c.launcher.max_worker_restarts = 2
     return c
 
 
@@ -194,6 +198,7 @@ _POSITIVE_INTS = (
     "eval.batch_size",
 )
 _NON_NEGATIVE_INTS = (
+    "launcher.max_worker_restarts",
     "data.resize",
     "data.pad",
     "data.crop",

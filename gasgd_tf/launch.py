@@ -5,7 +5,9 @@ reports through a file, so there is no race for ports), then the workers and
 the evaluator, prints a progress line every ``launcher.log_every_secs``, and
 ends with a summary in ``<workdir>/summary.json``.
 
-Supervision: when any child fails, the launcher stops the others, names the
+Supervision: a worker killed by a signal (kill -9, the OOM killer) is
+started again, up to ``launcher.max_worker_restarts`` times; when any other
+child fails, the launcher stops the others, names the
 failed role with the last lines of its log, and exits non-zero. Ctrl-C stops
 everything. Children run in their own process group (so Ctrl-C reaches only
 the launcher, which stops them in order) and, on Linux, receive SIGTERM if
@@ -178,6 +180,7 @@ class LocalLauncher:
         self.env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
         self._start = time.monotonic()
         self._status_client = None
+        self.restarts: dict[str, int] = {}  # Worker role: times started again.
 
     def _say(self, line: str) -> None:
         print(line, file=self.out, flush=True)
@@ -195,8 +198,32 @@ class LocalLauncher:
     def _check_children(self) -> None:
         for c in self.children:
             code = c.poll()
-            if code is not None and code != 0:
-                raise ChildFailed(c, code, f"failed with exit code {code}")
+            if code is None or code == 0:
+                continue
+            if self._may_restart(c, code):
+                continue
+            raise ChildFailed(c, code, f"failed with exit code {code}")
+
+    def _may_restart(self, child: Child, code: int) -> bool:
+        """Starts a worker killed by a signal again, within ``launcher.max_worker_restarts``.
+
+        The restarted worker registers under its own client id (its push
+        sequence continues), fetches the current parameters and trains its
+        ``num_steps`` again; the others never stop.
+        """
+        if not child.role.startswith("worker_") or code >= 0:
+            return False  # Exit codes are reported errors: a restart would repeat them.
+        done = self.restarts.get(child.role, 0)
+        limit = self.config.launcher.max_worker_restarts
+        if done >= limit:
+            return False
+        self.restarts[child.role] = done + 1
+        self._say(
+            f"{child.role} was killed by signal {-code}; starting it again "
+            f"({done + 1} of at most {limit}; log: {child.log_path})"
+        )
+        child.start(self.env)
+        return True
 
     def _wait_for(self, child: Child, done, what: str, timeout_secs: float) -> None:
         """Polls until ``done()``; fails if ``child`` exits first or time runs out."""
@@ -397,6 +424,8 @@ class LocalLauncher:
         }
         if ev.get("model"):
             summary["model"] = ev["model"]
+        if self.restarts:
+            summary["worker_restarts"] = dict(self.restarts)
         if ev.get("accuracy_multi_crop") is not None:
             summary["test_accuracy_multi_crop"] = ev["accuracy_multi_crop"]
         if len(servers) > 1:

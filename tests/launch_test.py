@@ -533,3 +533,49 @@ def test_children_start_cleanly_while_grpc_is_live(tmp_path, children, serve):
         client.status()
     codes = [c.process.wait(timeout=60) for c in started]
     assert codes == [0] * 40, [c.tail() for c in started if c.poll()]
+
+
+def test_a_killed_worker_is_started_again(tmp_path, monkeypatch, restore_sigterm, fake_client):
+    # worker_0 is SIGKILLed the first time it runs; the run goes on and finishes.
+    marker = tmp_path / "killed_once"
+    scripts = _success_scripts(tmp_path, 4321)
+    succeed = scripts["worker"]
+
+    def worker(flags):
+        if flags["task_index"] != 0:
+            return succeed(flags)
+        return (
+            f"import os, signal, pathlib; m = pathlib.Path({str(marker)!r})\n"
+            "if not m.exists():\n"
+            "    m.write_text('x'); os.kill(os.getpid(), signal.SIGKILL)\n" + succeed(flags)
+        )
+
+    scripts["worker"] = worker
+    fake, calls = _fake_child_argv(scripts)
+    monkeypatch.setattr(launch, "child_argv", fake)
+    out = io.StringIO()
+    launcher = LocalLauncher(_config(num_workers=2), str(tmp_path), out=out)
+    assert launcher.run() == 0, out.getvalue()
+    assert "worker_0 was killed by signal 9; starting it again (1 of at most 2" in out.getvalue()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["worker_restarts"] == {"worker_0": 1}
+
+
+def test_a_worker_killed_too_often_fails_the_run(tmp_path, monkeypatch, restore_sigterm):
+    config = _config(num_workers=1)
+    config.launcher.max_worker_restarts = 1
+    config.launcher.log_every_secs = 60.0
+    scripts = {
+        "prepare": lambda flags: "pass",
+        "ps": _ps_script(1),
+        "worker": lambda flags: "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+        "eval": lambda flags: SLEEP,
+    }
+    fake, _ = _fake_child_argv(scripts)
+    monkeypatch.setattr(launch, "child_argv", fake)
+    out = io.StringIO()
+    launcher = LocalLauncher(config, str(tmp_path), out=out)
+    assert launcher.run() == 1
+    text = out.getvalue()
+    assert text.count("starting it again") == 1
+    assert re.search(r"error: worker_0 .*exit code -9", text), text

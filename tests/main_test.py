@@ -286,3 +286,48 @@ def test_sharded_run_trains_and_writes_one_checkpoint_per_shard(digits_data_dir,
     assert checkpoint.path == summary["checkpoint"]
     assert checkpoint.arrays["fc1/kernel"].shape == (1024, 128)  # Joined from its two pieces.
     assert not leftover_processes(workdir)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_is_restarted_and_the_run_finishes(digits_data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    launcher = subprocess.Popen(
+        main_command(
+            "--config=configs/default.py",
+            f"--workdir={workdir}",
+            f"--config.data.data_dir={digits_data_dir}",
+            "--config.num_steps=300",
+            "--config.worker.log_every_steps=10",
+        ),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    progress_file = os.path.join(workdir, "progress", "worker_0.json")
+    deadline = time.monotonic() + 120
+    step = 0
+    while step < 20:  # Mid-run: it has pushed.
+        assert time.monotonic() < deadline and launcher.poll() is None, "worker_0 never started"
+        try:
+            with open(progress_file) as f:
+                step = json.load(f)["step"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.05)
+    pattern = (
+        f"--role=worker --config_json={workdir}/config.json --workdir={workdir} --task_index=0"
+    )
+    pids = subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True).stdout.split()
+    assert len(pids) == 1, pids
+    os.kill(int(pids[0]), signal.SIGKILL)
+    out, _ = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, out
+    assert "worker_0 was killed by signal 9; starting it again" in out
+    with open(os.path.join(workdir, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["worker_restarts"] == {"worker_0": 1}
+    # worker_1's 300 pushes, the restarted worker_0's 300, and those before the kill.
+    assert summary["server_version"] >= 600 + 20
+    assert summary["test_accuracy"] > 0.8
+    assert not leftover_processes(workdir)
