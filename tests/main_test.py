@@ -162,18 +162,14 @@ def test_bad_override_fails_before_starting_anything(tmp_path):
     assert not os.path.exists(tmp_path / "config.json")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
-def test_stopping_the_launcher_leaves_no_process_behind(digits_data_dir, tmp_path, sig):
-    # Ctrl-C stops every child in order; even SIGKILL of the launcher takes
-    # them down (they asked Linux for SIGTERM when their parent dies).
-    workdir = str(tmp_path / "run")
-    launcher = subprocess.Popen(
+def start_launcher(workdir: str, data_dir: str, num_steps: int) -> subprocess.Popen:
+    """The default run in the background (progress every 10 steps), its output piped."""
+    return subprocess.Popen(
         main_command(
             "--config=configs/default.py",
             f"--workdir={workdir}",
-            f"--config.data.data_dir={digits_data_dir}",
-            "--config.num_steps=1000000",
+            f"--config.data.data_dir={data_dir}",
+            f"--config.num_steps={num_steps}",
             "--config.worker.log_every_steps=10",
         ),
         cwd=REPO_ROOT,
@@ -181,6 +177,15 @@ def test_stopping_the_launcher_leaves_no_process_behind(digits_data_dir, tmp_pat
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_stopping_the_launcher_leaves_no_process_behind(digits_data_dir, tmp_path, sig):
+    # Ctrl-C stops every child in order; even SIGKILL of the launcher takes
+    # them down (they asked Linux for SIGTERM when their parent dies).
+    workdir = str(tmp_path / "run")
+    launcher = start_launcher(workdir, digits_data_dir, 1000000)
     try:
         started = os.path.join(workdir, "progress", "worker_1.json")
         deadline = time.monotonic() + 120
@@ -291,19 +296,7 @@ def test_sharded_run_trains_and_writes_one_checkpoint_per_shard(digits_data_dir,
 @pytest.mark.slow
 def test_a_worker_killed_mid_run_is_restarted_and_the_run_finishes(digits_data_dir, tmp_path):
     workdir = str(tmp_path / "run")
-    launcher = subprocess.Popen(
-        main_command(
-            "--config=configs/default.py",
-            f"--workdir={workdir}",
-            f"--config.data.data_dir={digits_data_dir}",
-            "--config.num_steps=300",
-            "--config.worker.log_every_steps=10",
-        ),
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    launcher = start_launcher(workdir, digits_data_dir, 300)
     progress_file = os.path.join(workdir, "progress", "worker_0.json")
     deadline = time.monotonic() + 120
     step = 0
@@ -318,7 +311,8 @@ def test_a_worker_killed_mid_run_is_restarted_and_the_run_finishes(digits_data_d
     pattern = (
         f"--role=worker --config_json={workdir}/config.json --workdir={workdir} --task_index=0"
     )
-    pids = subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True).stdout.split()
+    found = subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True)
+    pids = found.stdout.split()
     assert len(pids) == 1, pids
     os.kill(int(pids[0]), signal.SIGKILL)
     out, _ = launcher.communicate(timeout=300)
