@@ -45,7 +45,7 @@ class Credentials:
       tls: Server or channel credentials, or None for plaintext.
     """
 
-    token: str | None = None
+    token: str | None = dataclasses.field(default=None, repr=False)  # Never printed.
     tls: grpc.ServerCredentials | grpc.ChannelCredentials | None = None
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -127,7 +127,9 @@ def client_credentials(security) -> Credentials:
 class TokenInterceptor(grpc.ServerInterceptor):
     """Refuses calls without ``authorization: Bearer <token>`` (UNAUTHENTICATED).
 
-    The health service is exempt: load balancers and probes carry no secret.
+    Health checks (``Health/Check``) are exempt: load balancers and probes
+    carry no secret. ``Health/Watch`` is not: each watch holds a server
+    thread, and anonymous callers must not be able to take them all.
     """
 
     def __init__(self, token: str):
@@ -145,7 +147,7 @@ class TokenInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method or ""
-        if method.startswith(f"/{HEALTH_SERVICE}/"):
+        if method == f"/{HEALTH_SERVICE}/Check":
             return continuation(handler_call_details)
         sent = dict(handler_call_details.invocation_metadata or ()).get(AUTH_HEADER, "")
         if hmac.compare_digest(sent.encode(), self._expected):

@@ -238,7 +238,12 @@ def run(
         os.replace(tmp, port_file)
     shard = (shard_index, num_shards) if num_shards > 1 else None
     name = f"(shard {shard_index} of {num_shards}) " if shard else ""
-    print(f"parameter server {store.server_id} {name}listening on {server.address}", flush=True)
+    print(
+        f"parameter server {store.server_id} {name}listening on {server.address} "
+        f"(token: {'required' if credentials.token else 'off'}, "
+        f"TLS: {'on' if credentials.tls else 'off'})",
+        flush=True,
+    )
 
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
