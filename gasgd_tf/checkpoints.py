@@ -1,6 +1,8 @@
 """Parameter checkpoints: named float32 arrays plus the server version, in one .npz file.
 
-The parameter server writes one when it shuts down (``ps.save_checkpoint``)
+The parameter server writes one every ``ps.checkpoint_every_secs`` (or
+``ps.checkpoint_every_updates``) and when it shuts down (``ps.save_checkpoint``),
+keeping the last ``ps.keep_checkpoints`` of its run,
 to ``<workdir>/checkpoints/params-<version>.npz`` (each shard of a sharded
 server writes ``params-<version>-shard-<k>-of-<K>.npz``, holding its pieces,
 and ``load`` merges the newest file of every shard back into whole tensors); ``--config.warm_start``
@@ -8,7 +10,9 @@ reads one back to start a new run from it, as the paper's warm-start runs
 started from a single-GPU model. The format is NumPy's (a zip of ``.npy``
 files, one per tensor, keyed by the tensor's name), so that programs in
 other languages and frameworks can read it too; ``__meta__`` holds a small
-JSON document (version, time, and what the writer adds).
+JSON document (version, time, and what the writer adds: the server's
+per-client push sequences, for an exact resume), and ``__slot__.<name>``
+the server optimizer's state (momentum, accumulators), flat.
 
 This module uses only NumPy: the server must not import TensorFlow.
 """
@@ -30,7 +34,10 @@ from gasgd_tf.tensors import FlatLayout, TensorSpec
 
 CHECKPOINT_DIR = "checkpoints"
 _META_KEY = "__meta__"
-_NAME = re.compile(r"params-(\d+)(?:-shard-(\d+)-of-(\d+))?\.npz$")
+_SLOT_PREFIX = "__slot__."
+_NAME = re.compile(r"params-(\d+)(?:-shard-(\d+)-of-(\d+))?(?:\.([A-Za-z0-9_-]+))?\.npz$")
+# What a run id may contain: it is part of file names.
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # The files of one sharded checkpoint are written together as the shards stop.
 SHARD_SET_WINDOW_SECS = 300.0
 
@@ -48,12 +55,15 @@ class Checkpoint:
       version: The server version the parameters had.
       arrays: Tensor name -> float32 array, in the order they were saved.
       meta: The JSON metadata the writer stored.
+      slots: The server optimizer's state by slot name (empty if none was
+        saved, and for a merged sharded checkpoint: each shard has its own).
     """
 
     path: str
     version: int
     arrays: dict[str, np.ndarray]
     meta: dict
+    slots: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def save(
@@ -63,11 +73,13 @@ def save(
     version: int,
     meta: Mapping | None = None,
     shard: tuple[int, int] | None = None,
+    slots: Mapping[str, np.ndarray] | None = None,
 ) -> str:
     """Writes ``flat`` (laid out by ``specs``) to ``directory/params-<version>.npz``.
 
-    The file appears whole or not at all (written aside, then renamed), so a
-    reader never sees a half-written checkpoint.
+    The file appears whole or not at all (written aside, flushed to disk,
+    then renamed), so a reader never sees a half-written checkpoint, even
+    after a crash of the machine.
 
     Args:
       directory: Where to write.
@@ -76,20 +88,32 @@ def save(
       version: The server version they have.
       meta: More JSON metadata.
       shard: (k, K) for shard k of a K-shard server: the file is named
-        ``params-<version>-shard-<k>-of-<K>.npz``.
+        ``params-<version>-shard-<k>-of-<K>.npz``. A ``run_id`` in ``meta``
+        is added to the name (``params-<version>.<run_id>.npz``), so that two
+        runs in one workdir never overwrite each other's files.
+      slots: The server optimizer's state, stored as ``__slot__.<name>``.
 
     Returns:
       The path written.
     """
     os.makedirs(directory, exist_ok=True)
     arrays = dict(FlatLayout(specs).views(flat))
-    if _META_KEY in arrays:
-        raise ValueError(f"a tensor may not be named {_META_KEY!r}")
+    reserved = [n for n in arrays if n == _META_KEY or n.startswith(_SLOT_PREFIX)]
+    if reserved:
+        raise ValueError(f"a tensor may not be named {reserved[0]!r} (reserved)")
+    for name, slot in (slots or {}).items():
+        arrays[_SLOT_PREFIX + name] = slot
     document = {"version": int(version), "saved_unix": time.time(), **(meta or {})}
-    name = f"params-{version:09d}.npz"
+    name = f"params-{version:09d}"
     if shard is not None:
         document.update(shard=shard[0], num_shards=shard[1])
-        name = f"params-{version:09d}-shard-{shard[0]}-of-{shard[1]}.npz"
+        name += f"-shard-{shard[0]}-of-{shard[1]}"
+    run_id = document.get("run_id")
+    if run_id:
+        if not RUN_ID.fullmatch(str(run_id)):
+            raise ValueError(f"run_id {run_id!r} is not 1-64 of A-Z a-z 0-9 _ -")
+        name += f".{run_id}"
+    name += ".npz"
     arrays[_META_KEY] = np.array(json.dumps(document))
     path = os.path.join(directory, name)
     tmp = f"{path}.tmp"
@@ -99,10 +123,24 @@ def save(
             f.flush()
             os.fsync(f.fileno())  # On disk before the rename makes it visible.
         os.replace(tmp, path)
+        _fsync_directory(directory)  # The rename itself survives a crash too.
     finally:
         if os.path.exists(tmp):  # A failed write (disk full) leaves no debris.
             os.remove(tmp)
     return path
+
+
+def _fsync_directory(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # Not on every platform (Windows); the rename is still atomic.
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def resolve(path: str) -> str:
@@ -136,10 +174,25 @@ def _read(path: str, with_arrays: bool) -> Checkpoint:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data[_META_KEY]))
             version = int(meta["version"])
-            arrays = {k: data[k] for k in data.files if k != _META_KEY} if with_arrays else {}
-    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
+            arrays, slots = {}, {}
+            if with_arrays:
+                for key in data.files:
+                    if key.startswith(_SLOT_PREFIX):
+                        slots[key[len(_SLOT_PREFIX) :]] = data[key]
+                    elif key != _META_KEY:
+                        arrays[key] = data[key]
+    except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path} is not a gasgd_tf checkpoint: {e!r}") from None
-    return Checkpoint(path, version, arrays, meta)
+    return Checkpoint(path, version, arrays, meta, slots)
+
+
+def read_file(path: str, with_arrays: bool = True) -> Checkpoint:
+    """Reads exactly the file ``path`` (one shard's file stays one shard's), slots included.
+
+    Raises:
+      CheckpointError: Not a gasgd_tf checkpoint (or damaged).
+    """
+    return _read(path, with_arrays)
 
 
 def _shard_set(path: str) -> list[str] | None:
@@ -165,7 +218,7 @@ def _shard_set(path: str) -> list[str] | None:
         if k == shard:
             files.append(path)
             continue
-        candidates = glob.glob(os.path.join(folder, f"params-*-shard-{k}-of-{num_shards}.npz"))
+        candidates = shard_files(folder, (k, num_shards))
         if run_id:
             same_run = [f for f in candidates if _meta_run_id(f) == run_id]
             if not same_run:
@@ -284,3 +337,92 @@ def flatten_for(checkpoint: Checkpoint, specs: Sequence[TensorSpec]) -> np.ndarr
             )
         parts.append(np.asarray(array, dtype=np.float32).ravel())
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def _newest_first(files: Sequence[str]) -> list[str]:
+    # By time written, then version: after a restore the version starts again
+    # from the checkpoint's, so the highest version is not always the newest.
+    return sorted(
+        files, key=lambda f: (os.path.getmtime(f), int(_NAME.search(f).group(1))), reverse=True
+    )
+
+
+def shard_files(directory: str, shard: tuple[int, int] | None) -> list[str]:
+    """The checkpoint files in ``directory`` of one server: shard (k, K), or None for unsharded."""
+    found = []
+    for path in glob.glob(os.path.join(directory, "params-*.npz")):
+        match = _NAME.search(path)
+        if not match:
+            continue
+        if shard is None and match.group(2) is None:
+            found.append(path)
+        elif (
+            shard is not None
+            and match.group(2) is not None
+            and (int(match.group(2)), int(match.group(3))) == tuple(shard)
+        ):
+            found.append(path)
+    return found
+
+
+def restore_candidates(
+    directory: str, shard: tuple[int, int] | None, run_id: str | None
+) -> list[str]:
+    """The files a (re)starting server of run ``run_id`` may resume from, newest first.
+
+    Args:
+      directory: The checkpoints folder.
+      shard: (k, K) for shard k of K, None for an unsharded server.
+      run_id: Only files of this run; None: every file of this shard layout.
+    """
+    files = shard_files(directory, shard)
+    if run_id is not None:
+        files = [f for f in files if _meta_run_id(f) == run_id]
+    return _newest_first(files)
+
+
+def unreadable(directory: str, shard: tuple[int, int] | None) -> list[str]:
+    """The checkpoint files of one server whose metadata cannot be read (damaged files)."""
+    bad = []
+    for path in shard_files(directory, shard):
+        try:
+            _read(path, with_arrays=False)
+        except CheckpointError:
+            bad.append(path)
+    return bad
+
+
+def prune(
+    directory: str, shard: tuple[int, int] | None, run_id: str | None, keep: int
+) -> list[str]:
+    """Deletes all but the newest ``keep`` checkpoints of one server of run ``run_id``.
+
+    Files of other runs are never touched (a warm start may need them).
+
+    Returns:
+      The paths removed.
+    """
+    if run_id is None:
+        return []  # Without a run id, whose files these are is unknown: keep all.
+    removed = []
+    for path in restore_candidates(directory, shard, run_id)[max(keep, 1) :]:
+        try:
+            os.remove(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def latest_run_id(directory: str, num_shards: int) -> tuple[str, str] | None:
+    """(run id, path) of the newest checkpoint in ``directory`` that a run can resume.
+
+    Only files written with a run id count (every launcher run has one), of
+    the layout ``num_shards`` gives; for a sharded server, shard 0's files.
+    """
+    shard = (0, num_shards) if num_shards > 1 else None
+    for path in _newest_first(shard_files(directory, shard)):
+        run_id = _meta_run_id(path)
+        if run_id:
+            return run_id, path
+    return None

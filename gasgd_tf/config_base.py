@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import ml_collections
 from ml_collections import config_dict
@@ -35,6 +36,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     # server's shards are merged only with each other. The local launcher
     # sets a fresh one; on several hosts, pass the same string to every ps.
     c.run_id = config_dict.placeholder(str)
+    # Resume from the newest checkpoint in the workdir (--restore / --norestore):
+    # None: if there is one; True: there must be one; False: start a new run
+    # (the old checkpoints are kept). A restarted server always resumes its run.
+    c.restore = config_dict.placeholder(bool)
 
     c.num_workers = 2
     c.num_steps = 400  # Training steps per worker.
@@ -122,13 +127,27 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.ps.max_concurrent_pushes = 2
     c.ps.summary_every_secs = 2.0
     c.ps.max_parameter_bytes = 16 << 30  # Initialize refuses larger models.
-    c.ps.save_checkpoint = True  # Final parameters to <workdir>/checkpoints on shutdown.
+    # Checkpoints of the whole server state (parameters, optimizer slots,
+    # version, clients' push sequences) in <workdir>/checkpoints: one as soon
+    # as the parameters are set, then every checkpoint_every_secs or every
+    # checkpoint_every_updates updates (0: off), and on shutdown; the newest
+    # keep_checkpoints of the run are kept. A restarted server resumes from
+    # the newest, losing only the updates applied after it.
+    c.ps.save_checkpoint = True
+    c.ps.checkpoint_every_secs = 30.0
+    c.ps.checkpoint_every_updates = 0
+    c.ps.keep_checkpoints = 3
+    # A client with no call or heartbeat for this long is dropped from the
+    # staleness bounds until it calls again (0: never).
+    c.ps.heartbeat_timeout_secs = 60.0
 
     # Deadlines: every call gets timeout_secs per attempt; transport failures
     # are retried for retry_secs, then the process exits naming the server.
     c.client = ml_collections.ConfigDict()
     c.client.timeout_secs = 60.0
-    c.client.retry_secs = 10.0
+    # Long enough for the launcher to restart a failed server from its checkpoint.
+    c.client.retry_secs = 30.0
+    c.client.heartbeat_secs = 10.0  # Workers tell the server they are alive this often.
     c.client.connect_timeout_secs = 60.0
     c.client.chunk_bytes = 1 << 20
     # The dtypes gradients (push) and parameters (fetch) travel in: float32,
@@ -167,6 +186,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # at most this many times each; one that exits with an error is not (it
     # reported why, and would again).
     c.launcher.max_worker_restarts = 2
+    # A server shard that dies (any way) is started again on the same port
+    # from its last checkpoint, at most this many times each.
+    c.launcher.max_server_restarts = 2
     return c
 
 
@@ -195,10 +217,13 @@ _POSITIVE_INTS = (
     "ps.shard_split_bytes",
     "ps.lr_decay_steps",
     "ps.max_parameter_bytes",
+    "ps.keep_checkpoints",
     "eval.batch_size",
 )
 _NON_NEGATIVE_INTS = (
     "launcher.max_worker_restarts",
+    "launcher.max_server_restarts",
+    "ps.checkpoint_every_updates",
     "data.resize",
     "data.pad",
     "data.crop",
@@ -213,6 +238,7 @@ _POSITIVE_FINITE = (
     "client.timeout_secs",
     "client.retry_secs",
     "client.connect_timeout_secs",
+    "client.heartbeat_secs",
     "eval.every_secs",
     "launcher.log_every_secs",
     "launcher.startup_timeout_secs",
@@ -249,6 +275,27 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
             f"{field} must be a finite number > 0, got {value!r}",
         )
+    for field in ("ps.checkpoint_every_secs", "ps.heartbeat_timeout_secs"):
+        value = _get(config, field)
+        _check(
+            isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+            f"{field} must be a finite number >= 0 (0: off), got {value!r}",
+        )
+    _check(
+        config.run_id is None or bool(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", config.run_id)),
+        f"run_id must be 1-64 of A-Z a-z 0-9 _ - (it names checkpoint files), got "
+        f"{config.run_id!r}",
+    )
+    _check(
+        config.restore is None or isinstance(config.restore, bool),
+        f"restore must be True, False or None (auto), got {config.restore!r}",
+    )
+    _check(
+        not config.ps.heartbeat_timeout_secs
+        or config.ps.heartbeat_timeout_secs >= 2 * config.client.heartbeat_secs,
+        f"ps.heartbeat_timeout_secs ({config.ps.heartbeat_timeout_secs}) must be at least twice "
+        f"client.heartbeat_secs ({config.client.heartbeat_secs}), or 0 (off)",
+    )
     # Workers seed with seed * 1000 + task_index + 1; TensorFlow takes seeds below 2**31.
     seed_limit = 2**31 // 1000 - config.num_workers
     _check(
@@ -413,7 +460,7 @@ def hparams(config: ml_collections.ConfigDict) -> dict[str, bool | int | float |
     """Every set field as a flat ``{"a.b": value}`` dict, for TensorBoard's HParams dashboard."""
     out = {}
     for key, value in _flatten(config.to_dict()).items():
-        if value is None or key == "run_id":  # run_id names a run, not a setting.
+        if value is None or key in ("run_id", "restore"):  # How a run started, not a setting.
             continue
         out[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
     return out

@@ -6,8 +6,11 @@ the evaluator, prints a progress line every ``launcher.log_every_secs``, and
 ends with a summary in ``<workdir>/summary.json``.
 
 Supervision: a worker killed by a signal (kill -9, the OOM killer) is
-started again, up to ``launcher.max_worker_restarts`` times; when any other
-child fails, the launcher stops the others, names the
+started again, up to ``launcher.max_worker_restarts`` times (it resumes
+after its last applied push); a server shard that dies is started again on
+the same port from its last checkpoint, up to ``launcher.max_server_restarts``
+times, and the launcher says how many updates the checkpoint missed; when
+any other child fails, the launcher stops the others, names the
 failed role with the last lines of its log, and exits non-zero. Ctrl-C stops
 everything. Children run in their own process group (so Ctrl-C reaches only
 the launcher, which stops them in order) and, on Linux, receive SIGTERM if
@@ -31,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from typing import TextIO
 
@@ -39,6 +43,8 @@ from gasgd_tf import checkpoints, progress
 # Outputs of a previous run in the same workdir, cleared before a new one.
 # Checkpoints are kept: they may be hours of work, and a warm start takes the newest.
 RUN_OUTPUTS = ("tb", "logs", "progress", "summary.json", "ports", "final_model.keras")
+# Kept when a run resumes: its TensorBoard curves and logs go on where they were.
+RESUMED_OUTPUTS = ("tb", "logs")
 PS_STOP_GRACE_SECS = 120.0  # SIGTERM to SIGKILL; the server saves its checkpoint meanwhile.
 _PR_SET_PDEATHSIG = 1
 # Set by the launcher in each child's environment: the launcher's pid.
@@ -75,9 +81,14 @@ class Child:
     log_path: str
     process: subprocess.Popen | None = None
 
-    def start(self, env: dict[str, str]) -> None:
+    def start(self, env: dict[str, str], why: str = "") -> None:
         os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
         with open(self.log_path, "ab") as log_file:
+            if why:  # A restart, or a resumed run: the log goes on below a line saying so.
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                line = f"\n===== {self.role} started again at {stamp}: {why} =====\n"
+                log_file.write(line.encode())
+                log_file.flush()
             self.process = subprocess.Popen(
                 self.argv,
                 stdout=log_file,
@@ -145,11 +156,67 @@ def child_argv(role: str, config_json: str, workdir: str, **flags: object) -> li
     return argv + [f"--{k}={v}" for k, v in flags.items()]
 
 
-def prepare_workdir(workdir: str) -> None:
-    """Creates ``workdir`` and removes a previous run's outputs from it."""
+def choose_run(config, workdir: str) -> str | None:
+    """Sets ``config.run_id``: the run this launch resumes, or a new one.
+
+    Unless ``config.restore`` is False, the run of the newest checkpoint in
+    ``<workdir>/checkpoints`` (of this shard layout) is resumed: its server
+    restores it, and its workers go on after their last applied push (a
+    finished run finishes again at once). An id set in the config is kept.
+
+    Returns:
+      The checkpoint file the run resumes from, or None for a new run.
+
+    Raises:
+      ValueError: ``config.restore`` is True and there is nothing to resume.
+    """
+    directory = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
+    if config.run_id:
+        found = checkpoints.restore_candidates(directory, _shard0(config), config.run_id)
+        return found[0] if found else None
+    found = (
+        None
+        if config.restore is False
+        else checkpoints.latest_run_id(directory, config.ps.num_shards)
+    )
+    if found is None and config.restore:
+        raise ValueError(
+            f"--restore: {directory} has no checkpoint to resume (of a run with "
+            f"ps.num_shards={config.ps.num_shards})"
+        )
+    with config.unlocked():
+        config.run_id = found[0] if found else uuid.uuid4().hex[:12]
+    if found:
+        version = checkpoints.read_file(found[1], with_arrays=False).version
+        print(
+            f"resuming run {config.run_id} from {found[1]} (version {version}); "
+            "--norestore starts a new run instead",
+            flush=True,
+        )
+        return found[1]
+    if config.restore is False and checkpoints.shard_files(directory, _shard0(config)):
+        print(
+            f"not resuming (--norestore): new run {config.run_id}; the checkpoints in "
+            f"{directory} are kept",
+            flush=True,
+        )
+    return None
+
+
+def _shard0(config) -> tuple[int, int] | None:
+    return (0, config.ps.num_shards) if config.ps.num_shards > 1 else None
+
+
+def prepare_workdir(workdir: str, resuming: bool = False) -> None:
+    """Creates ``workdir`` and removes a previous run's outputs from it.
+
+    When ``resuming`` that run, its TensorBoard events and logs are kept.
+    """
     os.makedirs(workdir, exist_ok=True)
     removed = []
     for name in RUN_OUTPUTS:
+        if resuming and name in RESUMED_OUTPUTS:
+            continue
         path = os.path.join(workdir, name)
         if os.path.isdir(path):
             shutil.rmtree(path)
@@ -181,6 +248,9 @@ class LocalLauncher:
         self._start = time.monotonic()
         self._status_client = None
         self.restarts: dict[str, int] = {}  # Worker role: times started again.
+        self.server_restarts: dict[str, int] = {}  # Server role: times started again.
+        self.updates_lost = 0  # Applied after the last checkpoint of a server that died.
+        self._server_ports: dict[str, str] = {}  # Server role: the port it must come back on.
 
     def _say(self, line: str) -> None:
         print(line, file=self.out, flush=True)
@@ -196,9 +266,10 @@ class LocalLauncher:
         return child
 
     def _check_children(self) -> None:
+        """Fails the run for a worker or evaluator that failed (restarting workers it may)."""
         for c in self.children:
             code = c.poll()
-            if code is None or code == 0:
+            if code is None or code == 0 or c.role.startswith("ps_"):  # Servers: run().
                 continue
             if self._may_restart(c, code):
                 continue
@@ -208,8 +279,9 @@ class LocalLauncher:
         """Starts a worker killed by a signal again, within ``launcher.max_worker_restarts``.
 
         The restarted worker registers under its own client id (its push
-        sequence continues), fetches the current parameters and trains its
-        ``num_steps`` again; the others never stop.
+        sequence continues), fetches the current parameters and trains the
+        steps after its last applied push (none, if it was killed after its
+        last one); the others never stop.
         """
         if not child.role.startswith("worker_") or code >= 0:
             return False  # Exit codes are reported errors: a restart would repeat them.
@@ -222,8 +294,68 @@ class LocalLauncher:
             f"{child.role} was killed by signal {-code}; starting it again "
             f"({done + 1} of at most {limit}; log: {child.log_path})"
         )
-        child.start(self.env)
+        child.start(self.env, why=f"killed by signal {-code}")
         return True
+
+    def _restart_server(self, shard: int, child: Child, code: int) -> None:
+        """Starts a dead server shard again on its port, from its last checkpoint.
+
+        Its clients retry for ``client.retry_secs`` meanwhile; a push computed
+        from a version the restored server does not have is refused (ABORTED)
+        and its worker fetches and goes on.
+
+        Raises:
+          ChildFailed: No checkpoints are written (a restarted server would
+            be empty), or the shard used up ``launcher.max_server_restarts``.
+        """
+        from gasgd_tf.server import checkpointing  # numpy only
+
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        done = self.server_restarts.get(child.role, 0)
+        limit = self.config.launcher.max_server_restarts
+        if not self.config.ps.save_checkpoint:
+            raise ChildFailed(child, code, f"{how} (no restart: ps.save_checkpoint is off)")
+        if done >= limit:
+            raise ChildFailed(child, code, f"{how} (restarted {done} times already)")
+        num_shards = self.config.ps.num_shards
+        shard_of = (shard, num_shards) if num_shards > 1 else None
+        directory = os.path.join(self.workdir, checkpoints.CHECKPOINT_DIR)
+        reached = checkpointing.read_mark(directory, self.config.run_id, shard_of)
+        found = checkpoints.restore_candidates(directory, shard_of, self.config.run_id)
+        saved = checkpoints.read_file(found[0], with_arrays=False).version if found else None
+        if saved is None:
+            lost = "no checkpoint yet: it starts empty and the workers initialize it again"
+        else:
+            missed = reached - saved if reached is not None and reached >= saved else None
+            if missed is not None:
+                self.updates_lost += missed
+            lost = f"from its checkpoint at version {saved}" + (
+                f"; {missed} update(s) after it are lost" if missed is not None else ""
+            )
+        self.server_restarts[child.role] = done + 1
+        port = self._server_ports[child.role]
+        port_file = os.path.join(self.workdir, "ports", f"{child.role}.port")
+        if os.path.exists(port_file):
+            os.remove(port_file)
+        self._say(
+            f"{child.role} {how} at version {reached if reached is not None else '?'}; "
+            f"starting it again on port {port} ({done + 1} of at most {limit}), {lost}"
+        )
+        child.argv = child_argv(
+            "ps",
+            self.config_json,
+            self.workdir,
+            task_index=shard,
+            ps_address=f"127.0.0.1:{port}",
+            port_file=port_file,
+        )
+        child.start(self.env, why=how)
+        self._wait_for(
+            child,
+            lambda: os.path.exists(port_file),
+            "serving again",
+            self.config.launcher.startup_timeout_secs,
+        )
 
     def _wait_for(self, child: Child, done, what: str, timeout_secs: float) -> None:
         """Polls until ``done()``; fails if ``child`` exits first or time runs out."""
@@ -273,7 +405,9 @@ class LocalLauncher:
                 self.config.launcher.startup_timeout_secs,
             )
             with open(port_file) as f:
-                addresses.append(f"127.0.0.1:{f.read().strip()}")
+                port = f.read().strip()
+            self._server_ports[ps.role] = port
+            addresses.append(f"127.0.0.1:{port}")
         return [ps for ps, _ in shards], ",".join(addresses)
 
     def run(self) -> int:
@@ -309,10 +443,10 @@ class LocalLauncher:
             )
             next_line = time.monotonic() + cfg.launcher.log_every_secs
             while not (all(w.poll() == 0 for w in workers) and evaluator.poll() == 0):
-                self._check_children()
-                for ps in servers:
+                for shard, ps in enumerate(servers):
                     if ps.poll() is not None:
-                        raise ChildFailed(ps, ps.poll(), "exited before training finished")
+                        self._restart_server(shard, ps, ps.poll())
+                self._check_children()
                 if time.monotonic() >= next_line:
                     self._say(self.progress_line())
                     next_line += cfg.launcher.log_every_secs
@@ -426,6 +560,13 @@ class LocalLauncher:
             summary["model"] = ev["model"]
         if self.restarts:
             summary["worker_restarts"] = dict(self.restarts)
+        if self.server_restarts:
+            summary["server_restarts"] = dict(self.server_restarts)
+            summary["updates_lost"] = self.updates_lost
+        lost = sum(w.get("pushes_lost", 0) for w in workers)
+        if lost:
+            # Refused by a restored server: computed from versions it lost.
+            summary["pushes_lost"] = lost
         if ev.get("accuracy_multi_crop") is not None:
             summary["test_accuracy_multi_crop"] = ev["accuracy_multi_crop"]
         if len(servers) > 1:

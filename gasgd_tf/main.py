@@ -49,6 +49,13 @@ flags.DEFINE_string(
     "host:port in shard order, separated by commas.",
 )
 flags.DEFINE_string("port_file", None, "role=ps: write the bound port here (for launchers).")
+flags.DEFINE_bool(
+    "restore",
+    None,
+    "Resume from the newest checkpoint in the workdir (the default when there is one); "
+    "--restore: there must be one; --norestore: start a new run (old checkpoints are kept). "
+    "Sets config.restore.",
+)
 
 
 def load_config():
@@ -93,6 +100,9 @@ def main(argv):
         raise app.UsageError(str(e)) from None
     workdir = FLAGS.workdir or os.path.join("runs", config.name)
     role = FLAGS.role
+    if FLAGS.restore is not None:
+        with config.unlocked():
+            config.restore = FLAGS.restore
 
     if role == "ps":
         from gasgd_tf.security import SecurityConfigError
@@ -104,6 +114,9 @@ def main(argv):
                 f"--task_index={FLAGS.task_index} is not a shard index of "
                 f"ps.num_shards={config.ps.num_shards}"
             )
+        from gasgd_tf.server.checkpointing import RestoreFailedError
+        from gasgd_tf.server.store import RestoreError
+
         try:
             server.run(
                 config,
@@ -112,7 +125,7 @@ def main(argv):
                 FLAGS.port_file,
                 shard_index=FLAGS.task_index,
             )
-        except SecurityConfigError as e:
+        except (SecurityConfigError, RestoreFailedError, RestoreError) as e:
             print(f"error: ps: {e}", file=sys.stderr, flush=True)
             return 1
         return 0
@@ -122,12 +135,11 @@ def main(argv):
 
         if config.warm_start:
             config = _resolve_warm_start(config)
-        if not config.run_id:
-            import uuid
-
-            with config.unlocked():
-                config.run_id = uuid.uuid4().hex[:12]
-        launch.prepare_workdir(workdir)
+        try:
+            resumed = launch.choose_run(config, workdir)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from None
+        launch.prepare_workdir(workdir, resuming=resumed is not None)
         write_json(os.path.join(workdir, "config.json"), config.to_dict())
         return launch.LocalLauncher(config, workdir).run()
     if role == "prepare":

@@ -30,6 +30,7 @@ import tensorflow as tf
 from gasgd_tf import checkpoints, devices, progress, security
 from gasgd_tf.client import (
     ParameterClient,
+    ServerRestartedError,
     ShardedClient,
     Version,
     make_client,
@@ -298,6 +299,12 @@ class WorkerResult:
     accuracy: float
     images_per_sec: float
     wall_secs: float
+    # Pushes the server refused because it was restored from a checkpoint
+    # to an earlier version meanwhile (their updates are lost).
+    pushes_lost: int = 0
+    # The step this run started after: > 0 when it resumed a run (or was
+    # restarted) and the server had its pushes up to that step.
+    resumed_from_step: int = 0
 
 
 def join(
@@ -305,7 +312,7 @@ def join(
     sync: VariableSync,
     timeout_secs: float,
     initial: Callable[[], np.ndarray] | None = None,
-) -> Version:
+) -> tuple[Version, int]:
     """Registers, offers initial weights if the server has none, and fetches.
 
     Args:
@@ -316,7 +323,9 @@ def join(
         server needs them); default: the variables' current values.
 
     Returns:
-      The version of the fetched parameters.
+      The version of the fetched parameters, and the step of this client
+      id's last push the server has applied (0 for a new client; more when
+      this worker resumes a run or was restarted).
     """
     client.wait_for_server(timeout_secs)
     reg = client.register(sync.specs)
@@ -326,7 +335,15 @@ def join(
         log.info("%s initialization offer %s", client.client_id, "accepted" if accepted else "lost")
     version, _, flat = client.fetch()
     sync.assign(flat)
-    return version
+    return version, reg.last_step
+
+
+def data_seed(config: ml_collections.ConfigDict, task_index: int, start_step: int) -> int:
+    """The seed of a worker's data order; a resumed worker's differs, so it sees new batches."""
+    seed = config.seed * 1000 + task_index
+    if start_step:
+        seed = (seed * 1_000_003 + start_step) % (2**31 - 1)
+    return seed
 
 
 def warm_start_weights(path: str, specs: tuple[TensorSpec, ...], name: str) -> np.ndarray:
@@ -376,30 +393,52 @@ def train(
         return_gradient=direct,
     )
     sync = VariableSync(model.trainable_variables)
-    data = iter(
-        pipeline.train_dataset(config.data, config.batch_size, seed=config.seed * 1000 + task_index)
-    )
     writer = MetricWriter(os.path.join(workdir, "tb", name))
     progress_file = progress.progress_path(workdir, name)
 
+    def batches(start_step: int):
+        return iter(
+            pipeline.train_dataset(
+                config.data, config.batch_size, seed=data_seed(config, task_index, start_step)
+            )
+        )
+
+    data = batches(0)
     client = connect(config, address, name) if address is not None else None
     step_fn.warm_up(*next(data))
     initial = None
     if config.warm_start:
         initial = functools.partial(warm_start_weights, config.warm_start, sync.specs, name)
+    start_step = 0
     if client is not None:
-        base_version = join(client, sync, config.client.connect_timeout_secs, initial)
+        base_version, start_step = join(client, sync, config.client.connect_timeout_secs, initial)
+        start_step = min(start_step, config.num_steps)
+        client.start_heartbeats(config.client.heartbeat_secs)
     else:
         base_version = 0
         if initial is not None:
             sync.assign(initial())
+    if start_step:
+        data = batches(start_step)  # Not the batches of the first start again.
+    resumed = f"; resuming after step {start_step}" if start_step else ""
     print(
         f"{name}: {model.count_params():,} parameters on {device}; "
-        f"joined at version {version_number(base_version)}",
+        f"joined at version {version_number(base_version)}{resumed}",
         flush=True,
     )
 
-    pushes = fetches = 0
+    def recover(error: ServerRestartedError) -> Version:
+        """After a server restart: the current parameters, dropping what was computed before."""
+        version, _, flat = client.fetch()
+        sync.assign(flat)
+        print(
+            f"{name}: the server was restored to an earlier version ({error}); this push is "
+            f"lost; fetched version {version_number(version)} and going on",
+            flush=True,
+        )
+        return version
+
+    pushes = fetches = pushes_lost = 0
     ack = None
     # The version the oldest gradient in the accumulator was computed from:
     # with n_fetch < n_push a fetch lands between pushes, and the push must
@@ -414,7 +453,8 @@ def train(
     # weights have at that step (with overlap, fetched weights arrive at a
     # later step boundary than the fetch was asked for).
     fresh = True
-    for step in range(1, config.num_steps + 1):
+    step = start_step
+    for step in range(start_step + 1, config.num_steps + 1):
         if background is not None and (fetched := background.take_fetched()) is not None:
             base_version, _, flat = fetched
             sync.assign(flat)
@@ -430,15 +470,25 @@ def train(
         if background is not None:
             if pushed or fetch_due:
                 grad = (step_grad if direct else step_fn.take_gradient()) if pushed else None
-                background.submit(grad, push_base, step, fetch=fetch_due)
-                pushes += int(pushed)
-                fetches += int(fetch_due)
-                ack = background.ack or ack
+                try:
+                    background.submit(grad, push_base, step, fetch=fetch_due)
+                    pushes += int(pushed)
+                    fetches += int(fetch_due)
+                    ack = background.ack or ack
+                except ServerRestartedError as e:  # The previous push, refused.
+                    # This step's gradient came from the same stale weights: drop it too.
+                    pushes -= 1
+                    pushes_lost += 1 + int(pushed)
+                    base_version, fresh = recover(e), True
         else:
             if pushed:
                 grad = step_grad if direct else step_fn.take_gradient()
-                ack = client.push(grad, push_base, client_step=step)
-                pushes += 1
+                try:
+                    ack = client.push(grad, push_base, client_step=step)
+                    pushes += 1
+                except ServerRestartedError as e:
+                    pushes_lost += 1
+                    base_version, fresh, fetch_due = recover(e), True, False
             if fetch_due:
                 base_version, _, flat = client.fetch()
                 sync.assign(flat)
@@ -480,7 +530,11 @@ def train(
                 },
             )
     if background is not None:
-        background.wait()  # The last push lands before Leave.
+        try:
+            background.wait()  # The last push lands before Leave.
+        except ServerRestartedError as e:
+            pushes, pushes_lost = pushes - 1, pushes_lost + 1
+            print(f"{name}: the last push was lost to a server restart ({e})", flush=True)
         ack = background.ack or ack
     final_version = base_version
     if client is not None:
@@ -488,14 +542,16 @@ def train(
         client.close()
     wall = time.perf_counter() - start
     result = WorkerResult(
-        steps=config.num_steps,
+        steps=config.num_steps - start_step,
         pushes=pushes,
         fetches=fetches,
         final_version=final_version,
         loss=loss,
         accuracy=accuracy,
-        images_per_sec=config.num_steps * config.batch_size / wall,
+        images_per_sec=(config.num_steps - start_step) * config.batch_size / wall,
         wall_secs=wall,
+        pushes_lost=pushes_lost,
+        resumed_from_step=start_step,
     )
     progress.write_json(
         progress_file,
@@ -503,7 +559,8 @@ def train(
     )
     writer.close()
     print(
-        f"{name}: done, {result.steps} steps, {pushes} pushes, {fetches} fetches, "
+        f"{name}: done, {result.steps} steps, {pushes} pushes ({pushes_lost} lost to server "
+        f"restarts), {fetches} fetches, "
         f"loss {loss:.4f}, {result.images_per_sec:.0f} images/s",
         flush=True,
     )

@@ -8,7 +8,7 @@ import pytest
 
 from gasgd_tf import checkpoints
 from gasgd_tf.server import SGD, DivergedError, ParameterStore
-from gasgd_tf.server.server import save_checkpoint
+from gasgd_tf.server.checkpointing import save_checkpoint
 from gasgd_tf.tensors import FlatLayout, TensorSpec
 
 SPECS = (TensorSpec("conv1/kernel", (3, 3, 1, 4)), TensorSpec("conv1/bias", (4,)))

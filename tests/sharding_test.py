@@ -9,7 +9,7 @@ import pytest
 from gasgd_tf import checkpoints, sharding
 from gasgd_tf.client import RequestRejectedError, ShardedClient, make_client, version_number
 from gasgd_tf.server import SGD, ParameterStore
-from gasgd_tf.server.server import save_checkpoint
+from gasgd_tf.server.checkpointing import save_checkpoint
 from gasgd_tf.tensors import FlatLayout, TensorSpec
 
 SPECS = (
@@ -208,5 +208,5 @@ def test_shard_checkpoints_of_two_runs_are_not_mixed(shards, tmp_path):
         save_checkpoint(stores[k], folder, shard=(k, 3), run_id="run_b")
     with pytest.raises(checkpoints.CheckpointError, match="no file of shard 1 from that run"):
         checkpoints.load(str(tmp_path))  # The newest file is run B's.
-    run_a = os.path.join(folder, "params-000000000-shard-0-of-3.npz")
+    run_a = os.path.join(folder, "params-000000000-shard-0-of-3.run_a.npz")
     assert checkpoints.load(run_a).meta["versions"] == [0, 0, 0]

@@ -5,7 +5,13 @@ import threading
 import numpy as np
 import pytest
 
-from gasgd_tf.server import SGD, DivergedError, NotInitializedError, ParameterStore
+from gasgd_tf.server import (
+    SGD,
+    AheadOfServerError,
+    DivergedError,
+    NotInitializedError,
+    ParameterStore,
+)
 from gasgd_tf.tensors import FlatLayout, TensorSpec, ValidationError
 
 SPECS = (TensorSpec("w", (4, 3)), TensorSpec("b", (3,)))
@@ -70,7 +76,6 @@ def test_retried_push_is_applied_once():
         ("worker_0", 1, 0, np.zeros(SIZE + 1, np.float32), "gradient has shape"),
         ("worker_0", 1, 0, np.zeros(SIZE, np.float64), "dtype float64"),
         ("worker_0", 0, 0, np.zeros(SIZE, np.float32), "sequence must be >= 1"),
-        ("worker_0", 1, 5, np.zeros(SIZE, np.float32), "base_version 5 is ahead"),
         ("", 1, 0, np.zeros(SIZE, np.float32), "client_id is empty"),
     ],
 )
@@ -79,6 +84,16 @@ def test_bad_push_changes_nothing(client, sequence, base, grad, message):
     with pytest.raises(ValidationError, match=message):
         store.push(client, sequence, base, grad)
     assert store.version == 0
+    np.testing.assert_array_equal(store.snapshot().flat, init)
+
+
+def test_a_push_from_a_version_the_server_lacks_is_refused_as_ahead():
+    # After a restart from a checkpoint, a client's gradient may name a later
+    # version: AheadOfServerError (ABORTED on the wire) tells it to fetch.
+    store, init = make_store()
+    with pytest.raises(AheadOfServerError, match="base_version 5 is ahead"):
+        store.push("worker_0", 1, 5, np.zeros(SIZE, np.float32))
+    assert store.version == 0 and store.status().pushes_rejected == 1
     np.testing.assert_array_equal(store.snapshot().flat, init)
 
 

@@ -74,8 +74,8 @@ def test_second_worker_fetches_the_first_workers_weights(serve, digits_data_dir,
     model = worker.build(other)
     sync = worker.VariableSync(model.trainable_variables)
     with ParameterClient(server.address, "worker_1") as client:
-        version = worker.join(client, sync, timeout_secs=10)
-    assert version == 3
+        version, last_step = worker.join(client, sync, timeout_secs=10)
+    assert (version, last_step) == (3, 0)  # worker_1 is new: nothing to resume.
     np.testing.assert_array_equal(sync.read(), trained)
 
 

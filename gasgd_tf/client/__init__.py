@@ -5,6 +5,7 @@ from gasgd_tf.client.client import (
     PushAck,
     Registration,
     RequestRejectedError,
+    ServerRestartedError,
     ServerUnavailableError,
 )
 from gasgd_tf.client.sharded import ShardedClient, Version, make_client, version_number
@@ -14,6 +15,7 @@ __all__ = [
     "PushAck",
     "Registration",
     "RequestRejectedError",
+    "ServerRestartedError",
     "ServerUnavailableError",
     "ShardedClient",
     "Version",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -63,6 +64,15 @@ class RequestRejectedError(RuntimeError):
         self.code = code
 
 
+class ServerRestartedError(RequestRejectedError):
+    """A push computed from a version the server no longer has (ABORTED).
+
+    The server was restarted from a checkpoint and is back at an earlier
+    version. Fetch the current parameters and go on from them; the refused
+    gradient is lost (one of the updates since the checkpoint).
+    """
+
+
 @dataclasses.dataclass(frozen=True)
 class Registration:
     initialized: bool
@@ -71,6 +81,9 @@ class Registration:
     last_sequence: int
     server_id: str
     max_chunk_bytes: int
+    # client_step of this client id's last applied push: where a restarted
+    # client resumes (0 for a new one).
+    last_step: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +152,8 @@ class ParameterClient:
         )
         self._sequence = 0
         self._specs: tuple[TensorSpec, ...] = ()
+        self._heartbeats: threading.Thread | None = None
+        self._closed = threading.Event()
 
     # -- Plumbing ------------------------------------------------------------
 
@@ -204,6 +219,7 @@ class ParameterClient:
             last_sequence=response.last_sequence,
             server_id=response.server_id,
             max_chunk_bytes=response.capabilities.max_chunk_bytes,
+            last_step=response.last_step,
         )
         if reg.max_chunk_bytes:
             self.chunk_bytes = min(self.chunk_bytes, reg.max_chunk_bytes)
@@ -320,7 +336,12 @@ class ParameterClient:
             stream = wire.encode_frames(pb.PushRequest, header, payload, self.chunk_bytes)
             return self._push(stream, timeout=timeout, metadata=self._metadata)
 
-        response = self._call("Push", attempt)
+        try:
+            response = self._call("Push", attempt)
+        except RequestRejectedError as e:
+            if e.code == grpc.StatusCode.ABORTED:
+                raise ServerRestartedError(str(e), e.code) from None
+            raise
         if response.duplicate and attempts == 1:
             # Not a retry of ours: another process pushes under this client id,
             # and half the pushes would be dropped without a word.
@@ -346,7 +367,44 @@ class ParameterClient:
             lambda t: self._stub.Status(pb.StatusRequest(), timeout=t, metadata=self._metadata),
         )
 
+    def heartbeat(self) -> int:
+        """Tells the server this client is alive; returns the version."""
+        request = pb.HeartbeatRequest(client_id=self.client_id)
+        return self._call(
+            "Heartbeat", lambda t: self._stub.Heartbeat(request, timeout=t, metadata=self._metadata)
+        ).version
+
+    def start_heartbeats(self, interval_secs: float) -> None:
+        """Sends a heartbeat every ``interval_secs`` on a thread until ``close``.
+
+        Between pushes a worker may compute for long (large ``n_push``, a
+        slow GPU); heartbeats keep the server from expiring it meanwhile.
+        A failed heartbeat is not an error here: the next push or fetch
+        reports an unreachable server.
+        """
+        if self._heartbeats is not None:
+            return
+
+        def beat() -> None:
+            while not self._closed.wait(interval_secs):
+                try:
+                    self._stub.Heartbeat(
+                        pb.HeartbeatRequest(client_id=self.client_id),
+                        timeout=min(interval_secs, self.timeout_secs),
+                        metadata=self._metadata,
+                    )
+                except grpc.RpcError:
+                    pass  # Reported by the next real call, with its retries.
+                except ValueError:
+                    return  # The channel was closed under us.
+
+        self._heartbeats = threading.Thread(target=beat, name="gasgd-heartbeat", daemon=True)
+        self._heartbeats.start()
+
     def close(self) -> None:
+        self._closed.set()
+        if self._heartbeats is not None:
+            self._heartbeats.join(timeout=self.timeout_secs)
         self._channel.close()
 
     def __enter__(self) -> ParameterClient:

@@ -138,6 +138,8 @@ class ShardedClient:
             last_sequence=min(r.last_sequence for r in regs),
             server_id=",".join(r.server_id for r in regs),
             max_chunk_bytes=min(r.max_chunk_bytes for r in regs),
+            # Resume where every shard has the pushes (a restarted shard may be behind).
+            last_step=min(r.last_step for r in regs),
         )
 
     def initialize(self, specs: Sequence[TensorSpec], flat: np.ndarray) -> tuple[bool, Version]:
@@ -211,6 +213,15 @@ class ShardedClient:
             raise ValueError(f"{len(base_version)} base versions for {num_shards} shards")
         return tuple(base_version)
 
+    def heartbeat(self) -> int:
+        """Heartbeats every shard; returns the smallest shard version."""
+        return min(self._each(lambda k, c: c.heartbeat()))
+
+    def start_heartbeats(self, interval_secs: float) -> None:
+        """Every shard's client sends heartbeats on its own thread (see ParameterClient)."""
+        for c in self.clients:
+            c.start_heartbeats(interval_secs)
+
     def leave(self) -> int:
         """Leaves every shard; returns the smallest shard version."""
         return min(self._each(lambda k, c: c.leave()))
@@ -245,6 +256,7 @@ class ShardedClient:
             for table in others:
                 other = table.get(client.client_id)
                 client.active = client.active and (other is None or other.active)
+                client.expired = client.expired or (other is not None and other.expired)
                 if other is not None:
                     client.last_step = min(client.last_step, other.last_step)
         known = {c.client_id for c in merged.clients}

@@ -186,18 +186,24 @@ def grid_cells(base, sweep, warm_start: str | None) -> list[Cell]:
     return cells
 
 
+def _same_config(cell: Cell, folder: str) -> bool:
+    """Whether the run last started in ``folder`` had exactly this cell's config."""
+    written = progress.read_json(os.path.join(folder, "config.json"))
+    if written is None:
+        return False
+    expected = json.loads(cell.config_json)
+    # How a run was started (its id, whether it resumed) is not part of the experiment.
+    for key in ("run_id", "restore"):
+        written.pop(key, None)
+        expected.pop(key, None)
+    return written == expected
+
+
 def is_done(cell: Cell, workdir: str) -> bool:
     """Whether the cell finished before with exactly this config."""
     folder = os.path.join(workdir, cell.name)
     summary = progress.read_json(os.path.join(folder, "summary.json"))
-    written = progress.read_json(os.path.join(folder, "config.json"))
-    if summary is None or written is None:
-        return False
-    # The launcher names every run afresh (run_id): not part of the experiment.
-    written.pop("run_id", None)
-    expected = json.loads(cell.config_json)
-    expected.pop("run_id", None)
-    return written == expected
+    return summary is not None and _same_config(cell, folder)
 
 
 def _pump(stream, prefix: str, log_path: str, out: TextIO, lock: threading.Lock) -> None:
@@ -234,10 +240,20 @@ def _start(cell: Cell, workdir: str, out: TextIO, lock: threading.Lock) -> _Runn
     folder = os.path.join(workdir, cell.name)
     os.makedirs(folder, exist_ok=True)
     request = os.path.join(folder, "request.json")
+    # An interrupted cell resumes from its checkpoints; a cell whose config
+    # changed since (another grid) starts afresh (its old checkpoints stay).
+    resume = [] if _same_config(cell, folder) else ["--norestore"]
     with open(request, "w") as f:
         f.write(cell.config_json)
     process = subprocess.Popen(
-        [sys.executable, "-m", "gasgd_tf.main", f"--config_json={request}", f"--workdir={folder}"],
+        [
+            sys.executable,
+            "-m",
+            "gasgd_tf.main",
+            f"--config_json={request}",
+            f"--workdir={folder}",
+            *resume,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

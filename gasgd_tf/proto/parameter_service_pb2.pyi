@@ -59,20 +59,22 @@ class RegisterRequest(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("initialized", "version", "tensors", "last_sequence", "capabilities", "server_id")
+    __slots__ = ("initialized", "version", "tensors", "last_sequence", "capabilities", "server_id", "last_step")
     INITIALIZED_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_STEP_FIELD_NUMBER: _ClassVar[int]
     initialized: bool
     version: int
     tensors: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     last_sequence: int
     capabilities: Capabilities
     server_id: str
-    def __init__(self, initialized: _Optional[bool] = ..., version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., last_sequence: _Optional[int] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., server_id: _Optional[str] = ...) -> None: ...
+    last_step: int
+    def __init__(self, initialized: _Optional[bool] = ..., version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., last_sequence: _Optional[int] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., server_id: _Optional[str] = ..., last_step: _Optional[int] = ...) -> None: ...
 
 class InitializeHeader(_message.Message):
     __slots__ = ("client_id", "tensors")
@@ -187,7 +189,7 @@ class StalenessSummary(_message.Message):
     def __init__(self, count: _Optional[int] = ..., mean: _Optional[float] = ..., max: _Optional[int] = ..., histogram: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ClientStatus(_message.Message):
-    __slots__ = ("client_id", "active", "pushes", "fetches", "last_sequence", "last_step", "last_seen_unix", "staleness")
+    __slots__ = ("client_id", "active", "pushes", "fetches", "last_sequence", "last_step", "last_seen_unix", "staleness", "expired")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     PUSHES_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +198,7 @@ class ClientStatus(_message.Message):
     LAST_STEP_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_UNIX_FIELD_NUMBER: _ClassVar[int]
     STALENESS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     active: bool
     pushes: int
@@ -204,7 +207,8 @@ class ClientStatus(_message.Message):
     last_step: int
     last_seen_unix: float
     staleness: StalenessSummary
-    def __init__(self, client_id: _Optional[str] = ..., active: _Optional[bool] = ..., pushes: _Optional[int] = ..., fetches: _Optional[int] = ..., last_sequence: _Optional[int] = ..., last_step: _Optional[int] = ..., last_seen_unix: _Optional[float] = ..., staleness: _Optional[_Union[StalenessSummary, _Mapping]] = ...) -> None: ...
+    expired: bool
+    def __init__(self, client_id: _Optional[str] = ..., active: _Optional[bool] = ..., pushes: _Optional[int] = ..., fetches: _Optional[int] = ..., last_sequence: _Optional[int] = ..., last_step: _Optional[int] = ..., last_seen_unix: _Optional[float] = ..., staleness: _Optional[_Union[StalenessSummary, _Mapping]] = ..., expired: _Optional[bool] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("initialized", "version", "updates_applied", "pushes_rejected", "duplicate_pushes", "num_parameters", "optimizer", "server_id", "uptime_secs", "staleness", "clients")
@@ -231,3 +235,17 @@ class StatusResponse(_message.Message):
     staleness: StalenessSummary
     clients: _containers.RepeatedCompositeFieldContainer[ClientStatus]
     def __init__(self, initialized: _Optional[bool] = ..., version: _Optional[int] = ..., updates_applied: _Optional[int] = ..., pushes_rejected: _Optional[int] = ..., duplicate_pushes: _Optional[int] = ..., num_parameters: _Optional[int] = ..., optimizer: _Optional[str] = ..., server_id: _Optional[str] = ..., uptime_secs: _Optional[float] = ..., staleness: _Optional[_Union[StalenessSummary, _Mapping]] = ..., clients: _Optional[_Iterable[_Union[ClientStatus, _Mapping]]] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("client_id",)
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    def __init__(self, client_id: _Optional[str] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("version", "server_id")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    server_id: str
+    def __init__(self, version: _Optional[int] = ..., server_id: _Optional[str] = ...) -> None: ...

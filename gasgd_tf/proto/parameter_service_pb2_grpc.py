@@ -64,6 +64,11 @@ class ParameterServiceStub:
                 request_serializer=gasgd__tf_dot_proto_dot_parameter__service__pb2.StatusRequest.SerializeToString,
                 response_deserializer=gasgd__tf_dot_proto_dot_parameter__service__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/gasgd_tf.v1.ParameterService/Heartbeat',
+                request_serializer=gasgd__tf_dot_proto_dot_parameter__service__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=gasgd__tf_dot_proto_dot_parameter__service__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
 
 
 class ParameterServiceServicer:
@@ -116,6 +121,15 @@ class ParameterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Heartbeat(self, request, context):
+        """Tells the server that a client is alive between its pushes. A client
+        that sends no call for the server's heartbeat timeout is expired:
+        staleness policies stop waiting for it until it calls again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +162,11 @@ def add_ParameterServiceServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=gasgd__tf_dot_proto_dot_parameter__service__pb2.StatusRequest.FromString,
                     response_serializer=gasgd__tf_dot_proto_dot_parameter__service__pb2.StatusResponse.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=gasgd__tf_dot_proto_dot_parameter__service__pb2.HeartbeatRequest.FromString,
+                    response_serializer=gasgd__tf_dot_proto_dot_parameter__service__pb2.HeartbeatResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +331,33 @@ class ParameterService:
             '/gasgd_tf.v1.ParameterService/Status',
             gasgd__tf_dot_proto_dot_parameter__service__pb2.StatusRequest.SerializeToString,
             gasgd__tf_dot_proto_dot_parameter__service__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gasgd_tf.v1.ParameterService/Heartbeat',
+            gasgd__tf_dot_proto_dot_parameter__service__pb2.HeartbeatRequest.SerializeToString,
+            gasgd__tf_dot_proto_dot_parameter__service__pb2.HeartbeatResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -12,7 +12,15 @@ from gasgd_tf.server.optimizers import (
 from gasgd_tf.server.server import ParameterServer
 from gasgd_tf.server.servicer import ParameterServicer
 from gasgd_tf.server.staleness import StalenessConfig
-from gasgd_tf.server.store import DivergedError, NotInitializedError, ParameterStore, PushResult
+from gasgd_tf.server.store import (
+    AheadOfServerError,
+    DivergedError,
+    NotInitializedError,
+    ParameterStore,
+    PushResult,
+    RestoreError,
+    StoreState,
+)
 
 __all__ = [
     "SGD",
@@ -21,12 +29,15 @@ __all__ = [
     "Adam",
     "RMSprop",
     "StalenessConfig",
+    "AheadOfServerError",
     "DivergedError",
     "NotInitializedError",
     "ParameterServer",
     "ParameterServicer",
     "ParameterStore",
     "PushResult",
+    "RestoreError",
+    "StoreState",
     "ServerOptimizer",
     "make_optimizer",
 ]

@@ -15,9 +15,9 @@ from grpc_reflection.v1alpha import reflection
 
 from gasgd_tf import checkpoints, wire
 from gasgd_tf.security import Credentials, TokenInterceptor, server_credentials
-from gasgd_tf.server import server_config
+from gasgd_tf.server import checkpointing, server_config
 from gasgd_tf.server.servicer import ParameterServicer, add_to_server
-from gasgd_tf.server.store import STALENESS_BUCKETS, DivergedError, ParameterStore
+from gasgd_tf.server.store import STALENESS_BUCKETS, ParameterStore
 from gasgd_tf.summaries import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,7 @@ class SummaryLoop:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
+            self._store.expire_silent()  # Heartbeat timeouts, checked as often as summaries.
             self.write()
 
     def stop(self) -> None:
@@ -162,45 +163,15 @@ class SummaryLoop:
         self.write()
 
 
-def save_checkpoint(
-    store: ParameterStore,
-    directory: str,
-    shard: tuple[int, int] | None = None,
-    run_id: str | None = None,
-) -> str | None:
-    """Writes the store's parameters to ``directory``; None if there is nothing sound to save.
-
-    ``shard`` is (k, K) for shard k of a K-shard server (see ``checkpoints.save``);
-    ``run_id`` (the config's) ties the shards' files of one run together.
-    """
-    if not store.initialized:
-        print("parameter server: never initialized, no checkpoint written", flush=True)
-        return None
-    try:
-        snapshot = store.snapshot()
-    except DivergedError as e:
-        print(f"parameter server: no checkpoint written: {e}", flush=True)
-        return None
-    path = checkpoints.save(
-        directory,
-        snapshot.specs,
-        snapshot.flat,
-        snapshot.version,
-        meta={
-            "server_id": store.server_id,
-            "optimizer": store.optimizer.get_config(),
-            "run_id": run_id,
-        },
-        shard=shard,
-    )
-    print(f"parameter server: saved version {snapshot.version} to {path}", flush=True)
-    return path
-
-
 def run(
     config, workdir: str, address: str, port_file: str | None = None, shard_index: int = 0
 ) -> None:
     """The ``ps`` role: serves until SIGTERM or SIGINT, then writes final summaries.
+
+    With ``ps.save_checkpoint``, it first resumes from the newest checkpoint
+    of ``config.run_id`` in ``<workdir>/checkpoints`` (as ``config.restore``
+    says), saves one periodically while serving, and a last one as it stops
+    (``gasgd_tf/server/checkpointing.py``).
 
     Args:
       config: The resolved run config (uses ``config.ps``).
@@ -220,7 +191,26 @@ def run(
         config.ps.max_parameter_bytes,
         staleness=server_config.build_staleness(config.ps),
         schedule=server_config.build_schedule(config.ps),
+        heartbeat_timeout_secs=config.ps.heartbeat_timeout_secs or None,
     )
+    shard = (shard_index, num_shards) if num_shards > 1 else None
+    directory = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
+    # Before serving: a client must never see the empty store of a restarted server.
+    checkpointing.restore_at_start(store, directory, shard, config.run_id, config.restore)
+    checkpointer = mark = None
+    if config.ps.save_checkpoint:
+        mark = checkpointing.VersionMark(directory, config.run_id, shard)
+        store.version_sink = mark.open()
+        store.version_sink[0] = store.version
+        checkpointer = checkpointing.Checkpointer(
+            store,
+            directory,
+            shard,
+            config.run_id,
+            every_secs=config.ps.checkpoint_every_secs,
+            every_updates=config.ps.checkpoint_every_updates,
+            keep=config.ps.keep_checkpoints,
+        )
     credentials = server_credentials(config.security)
     server = ParameterServer(
         store,
@@ -236,7 +226,8 @@ def run(
         with open(tmp, "w") as f:
             f.write(str(server.port))
         os.replace(tmp, port_file)
-    shard = (shard_index, num_shards) if num_shards > 1 else None
+    if checkpointer is not None:
+        checkpointer.start()
     name = f"(shard {shard_index} of {num_shards}) " if shard else ""
     print(
         f"parameter server {store.server_id} {name}listening on {server.address} "
@@ -252,10 +243,10 @@ def run(
     server.stop(grace=2.0)
     summaries.stop()
     writer.close()
-    if config.ps.save_checkpoint:
-        save_checkpoint(
-            store, os.path.join(workdir, checkpoints.CHECKPOINT_DIR), shard, config.run_id
-        )
+    if checkpointer is not None:
+        checkpointer.stop()
+        if checkpointer.save(quiet=False) is not None or not store.initialized:
+            mark.remove()  # A clean stop: nothing was lost, nothing to account for.
     status = store.status()
     print(
         f"parameter server stopped at version {status.version} "

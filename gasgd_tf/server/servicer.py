@@ -13,6 +13,7 @@ from gasgd_tf import wire
 from gasgd_tf.proto import parameter_service_pb2 as pb
 from gasgd_tf.proto import parameter_service_pb2_grpc as pb_grpc
 from gasgd_tf.server.store import (
+    AheadOfServerError,
     DivergedError,
     NotInitializedError,
     ParameterStore,
@@ -47,6 +48,7 @@ def add_to_server(servicer: ParameterServicer, server: grpc.Server) -> None:
         "Register": (pb.RegisterRequest.FromString, pb.RegisterResponse.SerializeToString),
         "Leave": (pb.LeaveRequest.FromString, pb.LeaveResponse.SerializeToString),
         "Status": (pb.StatusRequest.FromString, pb.StatusResponse.SerializeToString),
+        "Heartbeat": (pb.HeartbeatRequest.FromString, pb.HeartbeatResponse.SerializeToString),
     }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
@@ -145,6 +147,8 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {e}")
         except (NotInitializedError, DivergedError) as e:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{what}: {e}")
+        except AheadOfServerError as e:
+            context.abort(grpc.StatusCode.ABORTED, f"{what}: {e}")
         except WaitAbandoned as e:
             context.abort(grpc.StatusCode.CANCELLED, f"{what}: {e}")
         except MemoryError:
@@ -167,6 +171,7 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
                 version=info.version,
                 tensors=wire.specs_to_proto(info.specs),
                 last_sequence=info.last_sequence,
+                last_step=info.last_step,
                 capabilities=pb.Capabilities(
                     push_dtypes=[wire.dtype_to_proto(d) for d in WIRE_DTYPES],
                     fetch_dtypes=[wire.dtype_to_proto(d) for d in WIRE_DTYPES],
@@ -265,6 +270,11 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
         with self._errors(context, "Leave"):
             return pb.LeaveResponse(version=self._store.leave(request.client_id))
 
+    def Heartbeat(self, request, context):
+        with self._errors(context, "Heartbeat"):
+            version = self._store.heartbeat(request.client_id)
+            return pb.HeartbeatResponse(version=version, server_id=self._store.server_id)
+
     def Status(self, request, context):
         status = self._store.status()
         return pb.StatusResponse(
@@ -288,6 +298,7 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
                     last_step=c.last_step,
                     last_seen_unix=c.last_seen,
                     staleness=_staleness_proto(c.staleness),
+                    expired=c.expired,
                 )
                 for c in status.clients
             ],

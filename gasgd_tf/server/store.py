@@ -53,6 +53,19 @@ class DivergedError(RuntimeError):
     """An update made the parameters non-finite; the store refuses further work."""
 
 
+class AheadOfServerError(RuntimeError):
+    """A push computed from a version the server does not have (yet or any more).
+
+    After a restart from a checkpoint the server is back at the checkpoint's
+    version, and a client's gradient may name a later one. The client
+    should fetch the current parameters and go on from them.
+    """
+
+
+class RestoreError(ValueError):
+    """A saved state that does not fit this store (another optimizer, a bad slot)."""
+
+
 @dataclasses.dataclass
 class StalenessStats:
     """Count, mean, max and a histogram of staleness values."""
@@ -87,7 +100,7 @@ class ClientRecord:
     """What the store knows of one client id."""
 
     client_id: str
-    active: bool = True
+    active: bool = True  # False after Leave.
     pushes: int = 0
     fetches: int = 0
     last_sequence: int = 0
@@ -95,6 +108,9 @@ class ClientRecord:
     last_seen: float = 0.0
     last_result: PushResult | None = None
     staleness: StalenessStats = dataclasses.field(default_factory=StalenessStats)
+    # No call or heartbeat for the heartbeat timeout: left out of the
+    # staleness bookkeeping until it calls again.
+    expired: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +128,28 @@ class RegisterInfo:
     version: int
     specs: tuple[TensorSpec, ...]
     last_sequence: int
+    last_step: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreState:
+    """Everything a restarted server needs to go on exactly where this one was.
+
+    Attributes:
+      version: The parameters' version.
+      specs: Their layout.
+      params: Flat float32 parameters (a read-only copy).
+      slots: The optimizer's state (copies).
+      meta: JSON-ready counters and per-client records: push sequences (so
+        that a retried push is still recognised after a restart), steps
+        and staleness statistics.
+    """
+
+    version: int
+    specs: tuple[TensorSpec, ...]
+    params: np.ndarray
+    slots: dict[str, np.ndarray]
+    meta: dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +206,10 @@ class ParameterStore:
       clock: Wall clock, for tests.
       staleness: The staleness policy.
       schedule: Learning rate by server version; None: the optimizer's.
+      heartbeat_timeout_secs: A client silent this long (no call, no
+        heartbeat) is expired: dropped from the staleness bookkeeping
+        (``bounded`` stops waiting for it, ``dc_asgd`` lets go of its
+        snapshot) until it calls again. None: never.
     """
 
     def __init__(
@@ -177,8 +219,14 @@ class ParameterStore:
         clock: Callable[[], float] = time.time,
         staleness: StalenessConfig | None = None,
         schedule: Callable[[int], float] | None = None,
+        heartbeat_timeout_secs: float | None = None,
     ):
         self.optimizer = optimizer
+        self.heartbeat_timeout_secs = heartbeat_timeout_secs
+        # Where the version is written after every update, when set: a
+        # shared-memory file, so that a supervisor can tell after a crash
+        # how many updates the last checkpoint missed (server/checkpointing.py).
+        self.version_sink: np.ndarray | None = None
         self.staleness_config = staleness or StalenessConfig()
         self.schedule = schedule
         self._admission = (
@@ -300,6 +348,8 @@ class ParameterStore:
                     flush=True,
                 )
                 break
+            if self._expire_silent_locked():
+                continue  # A dead client no longer blocks anyone: check again.
             late = admission.drop_stragglers(self._clock(), self.staleness_config.straggler_secs)
             for name in late:
                 print(
@@ -383,7 +433,9 @@ class ParameterStore:
                 _parameter_layout(specs, self.max_parameter_bytes)  # Validates early.
             record = self._touch(client_id)
             record.active = True
-            return RegisterInfo(self.initialized, self._version, self.specs, record.last_sequence)
+            return RegisterInfo(
+                self.initialized, self._version, self.specs, record.last_sequence, record.last_step
+            )
 
     def layout_for(self, specs: Sequence[TensorSpec], *, initialize: bool) -> FlatLayout:
         """Validates the signature of an Initialize or Push before its chunks arrive.
@@ -478,8 +530,11 @@ class ParameterStore:
         with self._lock:
             self._require_healthy()
             if base_version > self._version:
-                raise ValidationError(
-                    f"base_version {base_version} is ahead of the server version {self._version}"
+                self._pushes_rejected += 1
+                raise AheadOfServerError(
+                    f"base_version {base_version} is ahead of the server version {self._version} "
+                    "(the server was restored from a checkpoint?): fetch the current parameters "
+                    "and push gradients computed from them"
                 )
             record = self._touch(client_id)
             record.last_step = max(record.last_step, int(client_step))
@@ -519,6 +574,8 @@ class ParameterStore:
                 self._changed.notify_all()
             self._version += 1
             self._updates_applied += 1
+            if self.version_sink is not None:
+                self.version_sink[0] = self._version
             result = PushResult(self._version, staleness)
             record.pushes += 1
             record.last_sequence = sequence
@@ -535,6 +592,153 @@ class ParameterStore:
                 raise DivergedError(self._diverged)
             return result
 
+    def heartbeat(self, client_id: str) -> int:
+        """Records that ``client_id`` is alive (between its pushes); returns the version."""
+        _check_client_id(client_id)
+        with self._lock:
+            self._touch(client_id)
+            return self._version
+
+    def expire_silent(self) -> list[str]:
+        """Expires the clients silent for ``heartbeat_timeout_secs``; returns their ids.
+
+        Called periodically (the server's summary loop) and by bounded waits.
+        """
+        with self._lock:
+            return self._expire_silent_locked()
+
+    def _expire_silent_locked(self) -> list[str]:
+        if self.heartbeat_timeout_secs is None:
+            return []
+        cutoff = self._clock() - self.heartbeat_timeout_secs
+        expired = []
+        for record in self._clients.values():
+            if record.active and not record.expired and record.last_seen < cutoff:
+                record.expired = True
+                expired.append(record.client_id)
+                self._forget(record.client_id)
+                print(
+                    f"parameter server: {record.client_id} sent no call or heartbeat for "
+                    f"{self.heartbeat_timeout_secs:.0f}s: dropped from the staleness bounds "
+                    "until it calls again",
+                    flush=True,
+                )
+        if expired:
+            self._changed.notify_all()
+        return expired
+
+    def _forget(self, client_id: str) -> None:
+        """Drops ``client_id`` from the staleness policies' state (it left or went silent)."""
+        self._fetched.pop(client_id, None)
+        if self._admission is not None:
+            self._admission.finish(client_id)
+            if client_id in self._admission.queue:
+                self._admission.queue.remove(client_id)
+            self._changed.notify_all()
+
+    def export_state(self) -> StoreState:
+        """A consistent copy of everything needed to resume (for a checkpoint).
+
+        Copies the optimizer slots under the lock (the parameters come from
+        the version's cached snapshot); the caller writes them outside it.
+
+        Raises:
+          NotInitializedError: Before initialization.
+          DivergedError: The parameters are not finite: nothing sound to save.
+        """
+        snapshot = self.snapshot()
+        with self._lock:
+            self._require_healthy()
+            if snapshot.version != self._version:  # A push landed in between.
+                self._snapshot = None
+                flat = self._params.copy()
+                flat.flags.writeable = False
+                snapshot = self._snapshot = Snapshot(self._version, self._layout.specs, flat)
+            slots = {name: slot.copy() for name, slot in self._slots.items()}
+            clients = {
+                c.client_id: {
+                    "active": c.active,
+                    "pushes": c.pushes,
+                    "fetches": c.fetches,
+                    "last_sequence": c.last_sequence,
+                    "last_step": c.last_step,
+                    "last_version": c.last_result.version if c.last_result else None,
+                    "last_staleness": c.last_result.staleness if c.last_result else None,
+                    "staleness": _stats_to_json(c.staleness),
+                }
+                for c in self._clients.values()
+            }
+            meta = {
+                "updates_applied": self._updates_applied,
+                "pushes_rejected": self._pushes_rejected,
+                "duplicate_pushes": self._duplicate_pushes,
+                "staleness": _stats_to_json(self._staleness),
+                "clients": clients,
+                "optimizer": self.optimizer.get_config(),
+            }
+            return StoreState(self._version, self._layout.specs, snapshot.flat, slots, meta)
+
+    def restore_state(self, state: StoreState) -> None:
+        """Resumes from ``state`` (see ``export_state``): parameters, slots, version, clients.
+
+        Counters continue from the saved ones; every restored client counts
+        as seen now (so none expires before it had time to reconnect).
+
+        Raises:
+          RestoreError: The store is already initialized, or the slots do
+            not fit this store's optimizer (another optimizer, another size).
+          ValidationError: Invalid specs or non-finite parameters.
+        """
+        layout = _parameter_layout(state.specs, self.max_parameter_bytes)
+        params = np.array(state.params, dtype=np.float32, copy=True).reshape(-1)
+        if params.size != layout.size:
+            raise RestoreError(f"saved parameters have {params.size} values, specs {layout.size}")
+        layout.check_finite(params)
+        expected = self.optimizer.init_slots(layout.size)
+        if set(state.slots) != set(expected):
+            raise RestoreError(
+                f"the checkpoint holds optimizer state {sorted(state.slots)} but this server's "
+                f"{self.optimizer.name} optimizer keeps {sorted(expected)}: it was saved by "
+                "another optimizer (start a new run, or warm start from it instead)"
+            )
+        slots = {}
+        for name, fresh in expected.items():
+            saved = np.asarray(state.slots[name])
+            if saved.shape != fresh.shape:
+                raise RestoreError(
+                    f"optimizer slot {name!r} has shape {saved.shape}, expected {fresh.shape}"
+                )
+            slots[name] = np.array(saved, dtype=fresh.dtype, copy=True)
+        meta = state.meta
+        with self._lock:
+            if self._layout is not None:
+                raise RestoreError("the parameters are already initialized: restore first")
+            self._layout, self._params, self._slots = layout, params, slots
+            self._version = int(state.version)
+            self._updates_applied = int(meta.get("updates_applied", 0))
+            self._pushes_rejected = int(meta.get("pushes_rejected", 0))
+            self._duplicate_pushes = int(meta.get("duplicate_pushes", 0))
+            self._staleness = _stats_from_json(meta.get("staleness"))
+            now = self._clock()
+            for client_id, saved in (meta.get("clients") or {}).items():
+                record = ClientRecord(
+                    client_id,
+                    active=bool(saved.get("active", True)),
+                    pushes=int(saved.get("pushes", 0)),
+                    fetches=int(saved.get("fetches", 0)),
+                    last_sequence=int(saved.get("last_sequence", 0)),
+                    last_step=int(saved.get("last_step", 0)),
+                    last_seen=now,
+                    staleness=_stats_from_json(saved.get("staleness")),
+                )
+                if saved.get("last_version") is not None:
+                    record.last_result = PushResult(
+                        int(saved["last_version"]), int(saved.get("last_staleness") or 0)
+                    )
+                self._clients[client_id] = record
+            if self.version_sink is not None:
+                self.version_sink[0] = self._version
+
     def note_rejected(self) -> None:
         """Counts a push rejected before it reached ``push`` (a malformed stream)."""
         with self._lock:
@@ -545,12 +749,7 @@ class ParameterStore:
         _check_client_id(client_id)
         with self._lock:
             self._touch(client_id).active = False
-            self._fetched.pop(client_id, None)
-            if self._admission is not None:
-                self._admission.finish(client_id)
-                if client_id in self._admission.queue:
-                    self._admission.queue.remove(client_id)
-                self._changed.notify_all()
+            self._forget(client_id)
             return self._version
 
     def _learning_rate(self, staleness: int) -> float:
@@ -572,6 +771,9 @@ class ParameterStore:
         if record is None:
             record = self._clients[client_id] = ClientRecord(client_id)
         record.last_seen = self._clock()
+        if record.expired:
+            record.expired = False
+            print(f"parameter server: {client_id} is back after it expired", flush=True)
         return record
 
     def _require_initialized(self) -> None:
@@ -597,6 +799,24 @@ def _parameter_layout(specs: Sequence[TensorSpec], max_bytes: int) -> FlatLayout
             f"(tensor {layout.specs[0].name!r}); half precision is for transport only"
         )
     return layout
+
+
+def _stats_to_json(stats: StalenessStats) -> dict:
+    return {
+        "count": stats.count,
+        "total": stats.total,
+        "max": stats.max,
+        "histogram": stats.histogram.tolist(),
+    }
+
+
+def _stats_from_json(saved: dict | None) -> StalenessStats:
+    stats = StalenessStats()
+    if saved:
+        stats.count, stats.total, stats.max = (int(saved[k]) for k in ("count", "total", "max"))
+        histogram = np.asarray(saved.get("histogram", []), np.int64)[:STALENESS_BUCKETS]
+        stats.histogram[: histogram.size] = histogram
+    return stats
 
 
 def _check_client_id(client_id: str) -> None:

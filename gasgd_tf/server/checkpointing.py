@@ -1,0 +1,360 @@
+"""The server's checkpoints over time: periodic saves, keep-last-k, restore at start.
+
+A parameter server process that dies loses at most the updates applied
+since its last checkpoint, and says how many when it starts again:
+
+- ``save_checkpoint`` writes the whole state of a ParameterStore
+  (parameters, optimizer slots, version, per-client push sequences and
+  statistics) atomically (``gasgd_tf.checkpoints.save``).
+- ``Checkpointer`` does so on a thread every ``every_secs`` seconds or
+  ``every_updates`` updates (whichever comes first, only when the version
+  moved; the first as soon as the parameters are initialized, so that a
+  restart never finds nothing), keeps the newest ``keep`` files of this
+  run, and writes the last one on shutdown.
+- ``restore_at_start`` resumes a starting server from the newest checkpoint
+  of its run. It never starts empty over a checkpoint it was asked to use:
+  an unreadable newest file is reported and the previous one tried.
+- ``VersionMark``: the version after every update, in a 16-byte file the
+  store writes through shared memory (the page cache outlives a killed
+  process), so the restarted server and the launcher can tell exactly how
+  many updates the checkpoint missed.
+
+NumPy only, like the rest of the server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+
+import numpy as np
+
+from gasgd_tf import checkpoints
+from gasgd_tf.server.store import DivergedError, ParameterStore, StoreState
+from gasgd_tf.tensors import TensorSpec, ValidationError
+
+
+class RestoreFailedError(RuntimeError):
+    """Checkpoints exist for this server but none could be restored (or one was required)."""
+
+
+def _shard_suffix(shard: tuple[int, int] | None) -> str:
+    return "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
+
+
+def save_checkpoint(
+    store: ParameterStore,
+    directory: str,
+    shard: tuple[int, int] | None = None,
+    run_id: str | None = None,
+    quiet: bool = False,
+) -> str | None:
+    """Writes the store's whole state to ``directory``; None if there is nothing sound to save.
+
+    Args:
+      store: The server's store.
+      directory: The checkpoints folder.
+      shard: (k, K) for shard k of a K-shard server (see ``checkpoints.save``).
+      run_id: The config's; ties the shards' files of one run together and
+        picks what a restarted server of this run resumes from.
+      quiet: Do not print the path (periodic saves print a shorter line).
+    """
+    if not store.initialized:
+        print("parameter server: never initialized, no checkpoint written", flush=True)
+        return None
+    try:
+        state = store.export_state()
+    except DivergedError as e:
+        print(f"parameter server: no checkpoint written: {e}", flush=True)
+        return None
+    path = checkpoints.save(
+        directory,
+        state.specs,
+        state.params,
+        state.version,
+        meta={"server_id": store.server_id, "run_id": run_id, **state.meta},
+        shard=shard,
+        slots=state.slots,
+    )
+    if not quiet:
+        print(f"parameter server: saved version {state.version} to {path}", flush=True)
+    return path
+
+
+class VersionMark:
+    """The server's version after every update, in a file that survives a killed process.
+
+    The file (``<directory>/version-<run_id>[-shard-k-of-K].mark``) holds
+    two little-endian uint64: the version, and the Unix time the server
+    started. The store writes the version through a shared memory mapping:
+    no system call per update, and the kernel keeps the page when the
+    process is killed. It is removed when the server stops cleanly.
+    """
+
+    def __init__(self, directory: str, run_id: str | None, shard: tuple[int, int] | None):
+        self.path = mark_path(directory, run_id, shard)
+
+    def open(self) -> np.ndarray:
+        """Creates the file (or reuses it) and returns the writable mapping."""
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        mode = "r+" if os.path.exists(self.path) else "w+"
+        mark = np.memmap(self.path, dtype="<u8", mode=mode, shape=(2,))
+        mark[1] = int(time.time())
+        return mark
+
+    def remove(self) -> None:
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def mark_path(directory: str, run_id: str | None, shard: tuple[int, int] | None) -> str:
+    return os.path.join(directory, f"version-{run_id or 'none'}{_shard_suffix(shard)}.mark")
+
+
+def read_mark(directory: str, run_id: str | None, shard: tuple[int, int] | None) -> int | None:
+    """The last version a crashed server of this run reached, or None (no crash on record)."""
+    try:
+        with open(mark_path(directory, run_id, shard), "rb") as f:
+            data = f.read(16)
+    except FileNotFoundError:
+        return None
+    if len(data) < 8:
+        return None
+    return int(np.frombuffer(data[:8], "<u8")[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """What ``restore_at_start`` resumed from."""
+
+    path: str
+    version: int
+    saved_unix: float
+    # Updates the server had applied past the checkpoint before it stopped
+    # (from the version mark); None when it is not known.
+    updates_lost: int | None
+
+
+def restore_at_start(
+    store: ParameterStore,
+    directory: str,
+    shard: tuple[int, int] | None,
+    run_id: str | None,
+    restore: bool | None,
+) -> Restored | None:
+    """Resumes ``store`` from the newest checkpoint of this server's run, as ``restore`` says.
+
+    Args:
+      store: A fresh, uninitialized store.
+      directory: The checkpoints folder.
+      shard: (k, K), or None for an unsharded server.
+      run_id: The run's id; only its checkpoints are candidates (None: any
+        checkpoint of this shard layout).
+      restore: None: resume if there is a checkpoint; True: there must be
+        one; False: start empty (saying what is left unused).
+
+    Returns:
+      What was restored, or None (the store stays uninitialized).
+
+    Raises:
+      RestoreFailedError: ``restore`` is True and there is no checkpoint, or
+        no candidate could be read.
+      RestoreError: A checkpoint that does not fit this server (another
+        optimizer): a config mistake, reported rather than worked around.
+    """
+    candidates = checkpoints.restore_candidates(directory, shard, run_id)
+    whose = f"run {run_id}" if run_id else "this server"
+    damaged = []
+    if run_id is not None and restore is not False:
+        # Whose run a damaged file was is unknown: never skip one without a word.
+        damaged = checkpoints.unreadable(directory, shard)
+        for path in damaged:
+            print(
+                f"parameter server: cannot read {path} (damaged?); not resuming from it",
+                flush=True,
+            )
+    if restore is False:
+        if candidates:
+            print(
+                f"parameter server: not restoring (restore=False); {len(candidates)} "
+                f"checkpoint(s) of {whose} in {directory} are left as they are",
+                flush=True,
+            )
+        return None
+    if not candidates and damaged:
+        # It may have been this run's only checkpoint: starting empty would
+        # silently throw the run away (and workers would initialize it anew).
+        raise RestoreFailedError(
+            f"{directory} holds damaged checkpoint(s) of unknown run and none of {whose} to "
+            f"resume: {', '.join(damaged)}; move them away, or pass restore=False "
+            "(--norestore) to start a new run"
+        )
+    if not candidates:
+        if restore:
+            raise RestoreFailedError(
+                f"restore=True but {directory} has no checkpoint of {whose}"
+                + ("" if shard is None else f" (shard {shard[0]} of {shard[1]})")
+            )
+        return None
+    errors = []
+    for path in candidates:
+        try:
+            checkpoint = checkpoints.read_file(path)
+            state = StoreState(
+                version=checkpoint.version,
+                specs=tuple(
+                    TensorSpec(name, tuple(a.shape)) for name, a in checkpoint.arrays.items()
+                ),
+                params=np.concatenate(
+                    [np.asarray(a, np.float32).ravel() for a in checkpoint.arrays.values()]
+                )
+                if checkpoint.arrays
+                else np.zeros(0, np.float32),
+                slots=checkpoint.slots,
+                meta=checkpoint.meta,
+            )
+            _check_legacy_slots(state, store)
+            store.restore_state(state)
+        except (checkpoints.CheckpointError, ValidationError) as e:
+            errors.append(f"{path}: {e}")
+            print(
+                f"parameter server: cannot restore from {path} ({e}); trying an older one",
+                flush=True,
+            )
+            continue
+        lost = None
+        mark = read_mark(directory, run_id, shard)
+        if mark is not None and mark >= checkpoint.version:
+            lost = mark - checkpoint.version
+        saved = float(checkpoint.meta.get("saved_unix", 0.0))
+        age = f", saved {time.time() - saved:.0f}s ago" if saved else ""
+        lost_text = (
+            f"; {lost} update(s) applied after it were lost (the server had reached version {mark})"
+            if lost is not None
+            else ""
+        )
+        print(
+            f"parameter server: restored version {checkpoint.version} from {path}{age}{lost_text}",
+            flush=True,
+        )
+        return Restored(path, checkpoint.version, saved, lost)
+    raise RestoreFailedError(
+        f"none of the {len(candidates)} checkpoint(s) of {whose} could be restored; the "
+        "server will not start empty over them (pass restore=False to start a new run): "
+        + "; ".join(errors)
+    )
+
+
+def _check_legacy_slots(state: StoreState, store: ParameterStore) -> None:
+    """A final checkpoint of an older gasgd_tf has no optimizer state: resume with fresh slots.
+
+    Only for optimizers whose fresh slots mean "no history" (what a warm
+    start does too); said out loud, since the resume is then not exact.
+    """
+    if state.slots:
+        return
+    fresh = store.optimizer.init_slots(int(state.params.size))
+    if fresh:
+        print(
+            "parameter server: the checkpoint has no optimizer state (written by an older "
+            f"version); {store.optimizer.name} starts with fresh slots",
+            flush=True,
+        )
+        state.slots.update(fresh)
+
+
+class Checkpointer:
+    """Saves the store periodically on a thread; keeps the newest ``keep`` files of this run.
+
+    Args:
+      store: The server's store.
+      directory: The checkpoints folder.
+      shard: (k, K), or None.
+      run_id: The run's id (see ``save_checkpoint``).
+      every_secs: Save when this long has passed since the last save
+        (and the version moved); 0: not by time.
+      every_updates: Save after this many updates; 0: not by count.
+      keep: How many of this server's files of this run to keep.
+    """
+
+    def __init__(
+        self,
+        store: ParameterStore,
+        directory: str,
+        shard: tuple[int, int] | None,
+        run_id: str | None,
+        every_secs: float,
+        every_updates: int,
+        keep: int,
+    ):
+        self._store = store
+        self._directory = directory
+        self._shard = shard
+        self._run_id = run_id
+        self._every_secs = every_secs
+        self._every_updates = every_updates
+        self._keep = keep
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ps-checkpoints", daemon=True)
+        # None: nothing saved by this process yet; the first save comes at once
+        # (for a restored store, a copy of the file it came from: cheap insurance).
+        self._last_version: int | None = None
+        self._last_time = time.monotonic()
+        self._save_lock = threading.Lock()  # The final save may race a periodic one.
+        self.saved = 0
+
+    def start(self) -> Checkpointer:
+        self._thread.start()
+        return self
+
+    def due(self) -> bool:
+        """Whether a periodic save is due now."""
+        if not self._store.initialized:
+            return False
+        version = self._store.version
+        if self._last_version is None:
+            return True  # The first state: a restart must find something.
+        if version == self._last_version:
+            return False
+        if self._every_updates and version - self._last_version >= self._every_updates:
+            return True
+        return bool(self._every_secs) and time.monotonic() - self._last_time >= self._every_secs
+
+    def save(self, quiet: bool = True) -> str | None:
+        """Saves now and prunes older files; returns the path (None: nothing saved)."""
+        with self._save_lock:
+            path = save_checkpoint(
+                self._store, self._directory, self._shard, self._run_id, quiet=quiet
+            )
+            self._last_time = time.monotonic()
+            if path is None:
+                return None
+            self._last_version = checkpoints.read_file(path, with_arrays=False).version
+            self.saved += 1
+            checkpoints.prune(self._directory, self._shard, self._run_id, self._keep)
+            return path
+
+    def _run(self) -> None:
+        # Poll often enough for every_updates to be near exact at typical rates.
+        while not self._stop.wait(0.1):
+            if not self.due():
+                continue
+            try:
+                path = self.save()
+            except OSError as e:  # Disk full: say so, keep serving, try again later.
+                print(f"parameter server: checkpoint failed: {e}", flush=True)
+                continue
+            if path is not None:
+                print(
+                    f"parameter server: checkpoint at version {self._last_version} ({path})",
+                    flush=True,
+                )
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()

@@ -1,0 +1,226 @@
+"""Server checkpoints over time: exact resume, keep-last-k, restore rules, restarts on a port."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from gasgd_tf import checkpoints
+from gasgd_tf.client import ParameterClient, ServerRestartedError
+from gasgd_tf.server import (
+    ParameterServer,
+    ParameterStore,
+    RestoreError,
+    make_optimizer,
+)
+from gasgd_tf.server.checkpointing import (
+    Checkpointer,
+    RestoreFailedError,
+    VersionMark,
+    read_mark,
+    restore_at_start,
+    save_checkpoint,
+)
+from gasgd_tf.tensors import TensorSpec
+
+SPECS = (TensorSpec("w", (3, 4)), TensorSpec("b", (4,)))
+SIZE = 16
+
+
+def grads(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=SIZE).astype(np.float32) for _ in range(n)]
+
+
+def new_store(optimizer: str = "adam") -> ParameterStore:
+    return ParameterStore(make_optimizer(optimizer, learning_rate=0.1))
+
+
+def initialized(optimizer: str = "adam") -> ParameterStore:
+    store = new_store(optimizer)
+    store.initialize("init", SPECS, np.linspace(-1, 1, SIZE, dtype=np.float32))
+    return store
+
+
+def push_all(store: ParameterStore, gradients, first_sequence: int = 1) -> None:
+    for i, g in enumerate(gradients):
+        store.push("worker_0", first_sequence + i, store.version, g, client_step=first_sequence + i)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adagrad", "adadelta", "rmsprop"])
+def test_a_restored_store_goes_on_exactly_as_if_it_never_stopped(tmp_path, optimizer):
+    gradients = grads(6)
+    straight = initialized(optimizer)
+    push_all(straight, gradients)
+
+    first = initialized(optimizer)
+    push_all(first, gradients[:3])
+    save_checkpoint(first, str(tmp_path), run_id="run")
+    resumed = new_store(optimizer)
+    restored = restore_at_start(resumed, str(tmp_path), None, "run", restore=None)
+    assert restored.version == 3 and resumed.version == 3
+    push_all(resumed, gradients[3:], first_sequence=4)
+
+    # Bit-identical: parameters and every optimizer slot (Adam's step count too).
+    np.testing.assert_array_equal(resumed.snapshot().flat, straight.snapshot().flat)
+    for name, slot in straight.export_state().slots.items():
+        np.testing.assert_array_equal(resumed.export_state().slots[name], slot)
+    assert resumed.status().updates_applied == straight.status().updates_applied == 6
+
+
+def test_push_sequences_survive_a_restart(tmp_path):
+    store = initialized("sgd")
+    push_all(store, grads(2))
+    save_checkpoint(store, str(tmp_path), run_id="run")
+    resumed = new_store("sgd")
+    restore_at_start(resumed, str(tmp_path), None, "run", restore=None)
+    # A retry of push 2 (its answer lost in the crash) is recognised, not applied again.
+    again = resumed.push("worker_0", 2, 0, grads(1)[0])
+    assert again.duplicate and again.version == 2 and resumed.version == 2
+    info = resumed.register("worker_0", SPECS)
+    assert (info.last_sequence, info.last_step) == (2, 2)  # Where a restarted worker resumes.
+
+
+def test_restore_needs_the_same_optimizer(tmp_path):
+    store = initialized("adam")
+    push_all(store, grads(1))
+    save_checkpoint(store, str(tmp_path), run_id="run")
+    with pytest.raises(RestoreError, match="saved by another optimizer"):
+        restore_at_start(new_store("adagrad"), str(tmp_path), None, "run", restore=None)
+
+
+def test_restore_modes(tmp_path, capsys):
+    folder = str(tmp_path)
+    with pytest.raises(RestoreFailedError, match="has no checkpoint of run run"):
+        restore_at_start(new_store(), folder, None, "run", restore=True)
+    assert restore_at_start(new_store(), folder, None, "run", restore=None) is None
+
+    save_checkpoint(initialized(), folder, run_id="run")
+    fresh = new_store()
+    assert restore_at_start(fresh, folder, None, "run", restore=False) is None
+    assert not fresh.initialized
+    assert "not restoring (restore=False); 1 checkpoint(s) of run run" in capsys.readouterr().out
+    # Another run's checkpoints are not this run's to resume.
+    assert restore_at_start(new_store(), folder, None, "other", restore=None) is None
+    assert restore_at_start(new_store(), folder, None, "run", restore=None).version == 0
+
+
+@pytest.mark.parametrize("where", [0.1, 0.3, 0.5, 0.7, 0.93])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, capsys, where):
+    folder = str(tmp_path)
+    store = initialized()
+    push_all(store, grads(2))
+    older = save_checkpoint(store, folder, run_id="run")
+    push_all(store, grads(1), first_sequence=3)
+    time.sleep(0.01)  # Newest by time written.
+    newest = save_checkpoint(store, folder, run_id="run")
+    with open(newest, "r+b") as f:  # Bit rot somewhere in the file.
+        f.seek(int(os.path.getsize(newest) * where))
+        f.write(b"\xff" * 16)
+    resumed = new_store()
+    restored = restore_at_start(resumed, folder, None, "run", restore=None)
+    assert restored.path == older and resumed.version == 2
+    out = capsys.readouterr().out
+    # Damaged arrays fail the restore, damaged metadata the read: either is said.
+    assert f"cannot restore from {newest}" in out or f"cannot read {newest}" in out, out
+
+
+def test_a_server_never_starts_empty_over_checkpoints_it_cannot_read(tmp_path):
+    path = save_checkpoint(initialized(), str(tmp_path), run_id="run")
+    with open(path, "wb") as f:
+        f.write(b"not a zip file")
+    store = new_store()
+    with pytest.raises(RestoreFailedError, match="damaged checkpoint"):
+        restore_at_start(store, str(tmp_path), None, "run", restore=None)
+    assert not store.initialized
+
+
+def test_the_version_mark_counts_the_updates_a_checkpoint_missed(tmp_path, capsys):
+    folder = str(tmp_path)
+    store = initialized("sgd")
+    store.version_sink = VersionMark(folder, "run", None).open()
+    push_all(store, grads(3))
+    save_checkpoint(store, folder, run_id="run")
+    push_all(store, grads(4), first_sequence=4)  # Then the process is killed.
+    assert read_mark(folder, "run", None) == 7
+    restored = restore_at_start(new_store("sgd"), folder, None, "run", restore=None)
+    assert (restored.version, restored.updates_lost) == (3, 4)
+    assert "4 update(s) applied after it were lost" in capsys.readouterr().out
+
+
+def test_checkpointer_saves_by_updates_and_keeps_the_newest_k_of_its_run(tmp_path):
+    folder = str(tmp_path)
+    save_checkpoint(initialized(), folder, run_id="older_run")  # Never pruned.
+    store = initialized("sgd")
+    saver = Checkpointer(store, folder, None, "run", every_secs=0, every_updates=2, keep=2)
+    assert saver.due()  # The first state, at once.
+    saver.save()
+    assert not saver.due()
+    for sequence in range(1, 8):
+        push_all(store, grads(1), first_sequence=sequence)
+        if saver.due():
+            time.sleep(0.01)
+            saver.save()
+    kept = checkpoints.restore_candidates(folder, None, "run")
+    assert [checkpoints.read_file(p, False).version for p in kept] == [6, 4]
+    assert len(checkpoints.restore_candidates(folder, None, "older_run")) == 1
+
+
+def test_checkpointer_thread_saves_periodically(tmp_path):
+    store = initialized("sgd")
+    saver = Checkpointer(store, str(tmp_path), None, "run", every_secs=0.2, every_updates=0, keep=3)
+    saver.start()
+    try:
+        deadline = time.monotonic() + 10
+        while saver.saved < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        push_all(store, grads(1))
+        while saver.saved < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        saver.stop()
+    newest = checkpoints.restore_candidates(str(tmp_path), None, "run")[0]
+    assert checkpoints.read_file(newest, False).version == 1
+
+
+def test_warm_start_reads_a_checkpoint_with_optimizer_state_as_parameters_only(tmp_path):
+    store = initialized("adam")
+    push_all(store, grads(2))
+    path = save_checkpoint(store, str(tmp_path), run_id="run")
+    loaded = checkpoints.load(path)
+    assert list(loaded.arrays) == ["w", "b"]  # The slots are not tensors of the model.
+    assert set(loaded.slots) == {"momentum", "velocity", "iterations"}
+
+
+def test_clients_reconnect_to_a_server_restarted_on_its_port(tmp_path):
+    # A server restarted on the same port from its checkpoint: the client's
+    # next push, computed from a version the server lost, is refused with
+    # ServerRestartedError; after a fetch it goes on from the restored version.
+    folder = str(tmp_path)
+    first = ParameterServer(initialized("sgd"), "127.0.0.1:0").start()
+    address, port = first.address, first.port
+    with ParameterClient(address, "worker_0", timeout_secs=5, retry_secs=20) as client:
+        client.register(SPECS)
+        version, _, _ = client.fetch()
+        for _ in range(3):
+            version = client.push(grads(1)[0], version).version
+        save_checkpoint(first.store, folder, run_id="run")
+        for _ in range(2):
+            version = client.push(grads(1)[0], version).version
+        first.stop(grace=None)  # Dies: the last two updates were never saved.
+
+        store = new_store("sgd")
+        restore_at_start(store, folder, None, "run", restore=None)
+        second = ParameterServer(store, f"127.0.0.1:{port}").start()
+        try:
+            with pytest.raises(ServerRestartedError, match="base_version 5 is ahead"):
+                client.push(grads(1)[0], version)
+            version, _, flat = client.fetch()
+            assert version == 3
+            ack = client.push(grads(1)[0], version)
+            assert (ack.version, ack.staleness) == (4, 0)
+        finally:
+            second.stop(grace=None)
