@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import dataclasses
+import math
 import os
 import shutil
 import signal
@@ -235,12 +236,16 @@ class LocalLauncher:
       config: The resolved config.
       workdir: Run folder (config.json must already be written there).
       out: Where progress lines go.
+      resumed_from: The checkpoint this run resumes from (``choose_run``), if any.
     """
 
-    def __init__(self, config, workdir: str, out: TextIO = sys.stdout):
+    def __init__(
+        self, config, workdir: str, out: TextIO = sys.stdout, resumed_from: str | None = None
+    ):
         self.config = config
         self.workdir = workdir
         self.out = out
+        self.resumed_from = resumed_from
         self.config_json = os.path.join(workdir, "config.json")
         self.children: list[Child] = []
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -261,7 +266,7 @@ class LocalLauncher:
             child_argv(role.split("_")[0], self.config_json, self.workdir, **flags),
             os.path.join(self.workdir, "logs", f"{role}.log"),
         )
-        child.start(self.env)
+        child.start(self.env, why="the run resumes" if self.resumed_from else "")
         self.children.append(child)
         return child
 
@@ -472,13 +477,22 @@ class LocalLauncher:
         self._say(
             f"done in {summary['wall_secs']:.1f}s: test accuracy {summary['test_accuracy']:.4f}, "
             f"loss {summary['test_loss']:.4f} at version {summary['server_version']}; "
-            f"{cfg.num_workers} workers x {cfg.num_steps} steps, "
-            f"{summary['images_per_sec']:.0f} images/s; staleness mean "
+            f"{self._work_done(summary)}; staleness mean "
             f"{summary['staleness_mean']:.2f}, max {summary['staleness_max']}\n"
             f"summary: {os.path.join(self.workdir, 'summary.json')}\n"
             f"TensorBoard: {_tensorboard_command()} --logdir {os.path.join(self.workdir, 'tb')}"
         )
         return 0
+
+    def _work_done(self, summary: dict) -> str:
+        cfg = self.config
+        trained = summary["steps_per_worker"]
+        if self.resumed_from and not any(trained):
+            return f"nothing left to train: {cfg.num_workers} workers x {cfg.num_steps} steps done"
+        steps = f"{cfg.num_workers} workers x {cfg.num_steps} steps"
+        if self.resumed_from or self.restarts:  # Some steps were trained by an earlier process.
+            steps += f" ({sum(trained)} trained by this launch)"
+        return f"{steps}, {summary['images_per_sec']:.0f} images/s"
 
     def _read_progress(self) -> tuple[list[dict], dict | None]:
         workers = [
@@ -490,7 +504,7 @@ class LocalLauncher:
     def progress_line(self) -> str:
         workers, ev = self._read_progress()
         steps = " ".join(str(w.get("step", 0)) for w in workers)
-        losses = [w["loss"] for w in workers if "loss" in w]
+        losses = [w["loss"] for w in workers if math.isfinite(w.get("loss", math.nan))]
         speed = sum(w.get("images_per_sec", 0.0) for w in workers)
         from gasgd_tf.client import RequestRejectedError, ServerUnavailableError
 
@@ -558,6 +572,8 @@ class LocalLauncher:
         }
         if ev.get("model"):
             summary["model"] = ev["model"]
+        if self.resumed_from:
+            summary["resumed_from"] = self.resumed_from
         if self.restarts:
             summary["worker_restarts"] = dict(self.restarts)
         if self.server_restarts:

@@ -141,7 +141,7 @@ def main(argv):
             raise app.UsageError(str(e)) from None
         launch.prepare_workdir(workdir, resuming=resumed is not None)
         write_json(os.path.join(workdir, "config.json"), config.to_dict())
-        return launch.LocalLauncher(config, workdir).run()
+        return launch.LocalLauncher(config, workdir, resumed_from=resumed).run()
     if role == "prepare":
         from gasgd_tf.data import pipeline
 

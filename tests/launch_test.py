@@ -579,3 +579,131 @@ def test_a_worker_killed_too_often_fails_the_run(tmp_path, monkeypatch, restore_
     text = out.getvalue()
     assert text.count("starting it again") == 1
     assert re.search(r"error: worker_0 .*exit code -9", text), text
+
+
+# --- Resuming a run, and restarting a dead server ----------------------------------------
+
+
+def _save(workdir, run_id, version=3, shard=None):
+    import numpy as np
+
+    from gasgd_tf import checkpoints
+    from gasgd_tf.tensors import TensorSpec
+
+    folder = os.path.join(str(workdir), "checkpoints")
+    return checkpoints.save(
+        folder, (TensorSpec("w", (2,)),), np.zeros(2, np.float32), version,
+        meta={"run_id": run_id}, shard=shard,
+    )  # fmt: skip
+
+
+def test_a_launch_resumes_the_newest_run_in_its_workdir(tmp_path, capsys):
+    config = _config()
+    assert launch.choose_run(config, str(tmp_path)) is None  # Nothing there: a new run.
+    first_id = config.run_id
+    assert re.fullmatch(r"[0-9a-f]{12}", first_id)
+
+    _save(tmp_path, "older", version=9)
+    time.sleep(0.01)
+    newest = _save(tmp_path, "newer", version=3)
+    config = _config()
+    assert launch.choose_run(config, str(tmp_path)) == newest
+    assert config.run_id == "newer"
+    assert "resuming run newer from" in capsys.readouterr().out
+
+    config = _config()
+    config.restore = False  # --norestore: a new run, the old files stay.
+    assert launch.choose_run(config, str(tmp_path)) is None
+    assert config.run_id not in ("newer", "older")
+    assert "not resuming (--norestore)" in capsys.readouterr().out
+    assert os.path.exists(newest)
+
+
+def test_restore_true_needs_a_checkpoint_of_the_same_layout(tmp_path):
+    _save(tmp_path, "sharded", shard=(0, 2))
+    config = _config()
+    config.restore = True
+    with pytest.raises(ValueError, match="no checkpoint to resume .*num_shards=1"):
+        launch.choose_run(config, str(tmp_path))
+    config = _config()
+    config.ps.num_shards = 2
+    launch.choose_run(config, str(tmp_path))
+    assert config.run_id == "sharded"
+
+
+def test_prepare_workdir_keeps_the_curves_and_logs_of_a_resumed_run(tmp_path):
+    for name in ("tb", "logs", "progress"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "summary.json").write_text("{}")
+    prepare_workdir(str(tmp_path), resuming=True)
+    assert sorted(os.listdir(tmp_path)) == ["logs", "tb"]
+
+
+def _dying_ps_script(port: int, deaths: int, marker: pathlib.Path):
+    """A ps that reports ``port`` and then SIGKILLs itself, the first ``deaths`` times it runs."""
+
+    def script(flags):
+        return textwrap.dedent(f"""
+            import os, pathlib, signal, time
+            p = {flags['port_file']!r}
+            open(p + '.tmp', 'w').write('{port}'); os.replace(p + '.tmp', p)
+            m = pathlib.Path({str(marker)!r})
+            n = int(m.read_text()) if m.exists() else 0
+            m.write_text(str(n + 1))
+            with open(m.with_suffix('.address'), 'a') as f:
+                f.write({flags['ps_address']!r} + '\\n')
+            if n < {deaths}:
+                time.sleep(0.3); os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(60)
+        """)
+
+    return script
+
+
+def test_a_dead_server_is_started_again_on_its_port(
+    tmp_path, monkeypatch, restore_sigterm, fake_client
+):
+    marker = tmp_path / "ps_runs"
+    scripts = _success_scripts(tmp_path, 4321)
+    scripts["ps"] = _dying_ps_script(4321, deaths=1, marker=marker)
+    scripts["worker"] = lambda flags: "import time; time.sleep(1.5)\n" + _success_scripts(
+        tmp_path, 4321
+    )["worker"](flags)
+    fake, calls = _fake_child_argv(scripts)
+    monkeypatch.setattr(launch, "child_argv", fake)
+    out = io.StringIO()
+    assert LocalLauncher(_config(), str(tmp_path), out=out).run() == 0, out.getvalue()
+    assert "ps_0 was killed by signal 9 at version ?; starting it again on port 4321" in (
+        out.getvalue()
+    )
+    # First on any free port, then on the very port the workers know.
+    assert marker.with_suffix(".address").read_text().split() == [
+        "127.0.0.1:0",
+        "127.0.0.1:4321",
+    ]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["server_restarts"] == {"ps_0": 1}
+    log = (tmp_path / "logs" / "ps_0.log").read_text()
+    assert "===== ps_0 started again at" in log and "was killed by signal 9 =====" in log
+
+
+@pytest.mark.parametrize("save", [True, False], ids=["too-often", "no-checkpoints"])
+def test_a_server_that_cannot_be_restarted_fails_the_run(
+    tmp_path, monkeypatch, restore_sigterm, fake_client, save
+):
+    config = _config()
+    config.launcher.max_server_restarts = 1
+    config.ps.save_checkpoint = save
+    scripts = _success_scripts(tmp_path, 4321)
+    scripts["ps"] = _dying_ps_script(4321, deaths=10, marker=tmp_path / "ps_runs")
+    scripts["worker"] = lambda flags: SLEEP
+    fake, _ = _fake_child_argv(scripts)
+    monkeypatch.setattr(launch, "child_argv", fake)
+    out = io.StringIO()
+    assert LocalLauncher(config, str(tmp_path), out=out).run() == 1
+    text = out.getvalue()
+    if save:
+        assert text.count("starting it again") == 1
+        assert "error: ps_0 was killed by signal 9 (restarted 1 times already)" in text, text
+    else:
+        assert "error: ps_0 was killed by signal 9 (no restart: ps.save_checkpoint is off)" in text
