@@ -504,9 +504,9 @@ def test_no_grpc_client_is_open_while_children_start(
     monkeypatch.setattr(launch, "child_argv", fake)
     real_start = Child.start
 
-    def recording_start(self, env):
+    def recording_start(self, env, **kwargs):
         fake_client.events.append(("start", self.role))
-        real_start(self, env)
+        real_start(self, env, **kwargs)
 
     monkeypatch.setattr(Child, "start", recording_start)
     assert LocalLauncher(_config(num_workers=2), str(tmp_path), out=io.StringIO()).run() == 0
