@@ -159,6 +159,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # token from token_file, or from the environment variable token_env;
     # TLS with the server's PEM certificate and key, verified by clients
     # against tls_ca; tls_client_auth: mutual TLS with client certificates.
+    # tls_server_name: the name clients check the server's certificate for
+    # instead of the host in the address (a certificate without an IP SAN
+    # for a server reached as 127.0.0.1, or behind a load balancer).
     c.security = ml_collections.ConfigDict()
     c.security.token_file = config_dict.placeholder(str)
     c.security.token_env = "GASGD_TF_TOKEN"
@@ -168,6 +171,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.security.tls_client_auth = False
     c.security.tls_client_cert = config_dict.placeholder(str)
     c.security.tls_client_key = config_dict.placeholder(str)
+    c.security.tls_server_name = config_dict.placeholder(str)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every_secs = 5.0
@@ -419,6 +423,18 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check(
         not sec.tls_client_auth or (sec.tls_cert and sec.tls_ca),
         "security.tls_client_auth needs security.tls_cert, tls_key and tls_ca",
+    )
+    server_name = sec.tls_server_name
+    _check(
+        server_name is None or (bool(server_name) and not any(c.isspace() for c in server_name)),
+        f"security.tls_server_name must be a host name, got {server_name!r}",
+    )
+    # The override only changes which name the certificate is checked for;
+    # it is for certificates of our own CA, so without tls_ca it is a mistake.
+    _check(
+        not server_name or sec.tls_ca,
+        "security.tls_server_name needs security.tls_ca (it names the server in the "
+        "certificate that tls_ca signed)",
     )
     _check(
         64 << 10 <= config.client.chunk_bytes <= 4 << 20,

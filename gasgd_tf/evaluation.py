@@ -8,8 +8,10 @@ evaluates the final parameters and exits.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import sys
 import time
 
 import keras
@@ -111,6 +113,38 @@ def _steps_per_client(status, num_workers: int) -> float:
     return sum(steps) / num_workers if steps else 0.0
 
 
+def save_final_model(model: keras.Model, path: str, version: int) -> bool:
+    """Saves ``model`` to ``path``; warns instead of raising when it cannot be written.
+
+    The file is a by-product: the final evaluation, the summary and the
+    server's checkpoints do not depend on it, so a full disk or an
+    unwritable workdir costs this file, not the run.
+
+    Args:
+      model: The evaluator's replica, holding the server's final parameters.
+      path: Where the ``.keras`` file goes.
+      version: The server version the parameters are from (for the log).
+
+    Returns:
+      Whether the model was saved.
+    """
+    try:
+        model.save(path)
+    except OSError as e:
+        # A partly written file must not pass for the final model.
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        print(
+            f"eval: WARNING: could not save the final model to {path}: "
+            f"{type(e).__name__}: {e}; the run goes on without it",
+            file=sys.stderr,
+            flush=True,
+        )
+        return False
+    print(f"eval: saved the final model (version {version}) to {path}", flush=True)
+    return True
+
+
 def run(config: ml_collections.ConfigDict, address: str, workdir: str) -> EvalResult:
     """The ``eval`` role: evaluates until all ``config.num_workers`` workers have left.
 
@@ -171,9 +205,8 @@ def run(config: ml_collections.ConfigDict, address: str, workdir: str) -> EvalRe
         # The evaluator's replica holds the server's final parameters: a
         # Keras model that loads without gasgd_tf's server (keras.models.load_model).
         path = os.path.join(workdir, MODEL_FILE)
-        model.save(path)
-        final["model"] = path
-        print(f"eval: saved the final model (version {result.version}) to {path}", flush=True)
+        if save_final_model(model, path, result.version):
+            final["model"] = path  # Only a file that is there: the summary names it.
     progress.write_json(progress_file, final)
     writer.close()
     client.close()

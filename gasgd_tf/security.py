@@ -14,6 +14,9 @@ Both are optional and configured in ``config.security``:
   With ``security.tls_client_auth`` the server also requires a client
   certificate signed by ``tls_ca`` (mutual TLS), which clients present from
   ``security.tls_client_cert`` and ``security.tls_client_key``.
+  ``security.tls_server_name`` makes clients check the server's certificate
+  for that name instead of the host in the address: for a certificate
+  without an IP SAN reached by IP (127.0.0.1), or behind a load balancer.
 
 A token over a plaintext channel can be read by anyone on the path: use
 both on networks you do not control. The local launcher binds its servers to
@@ -43,10 +46,15 @@ class Credentials:
     Attributes:
       token: The bearer token, or None for no authentication.
       tls: Server or channel credentials, or None for plaintext.
+      server_name: For clients with TLS: the name to check in the server's
+        certificate instead of the host in the address (gRPC's channel
+        option ``grpc.ssl_target_name_override``); None: the host in the
+        address.
     """
 
     token: str | None = dataclasses.field(default=None, repr=False)  # Never printed.
     tls: grpc.ServerCredentials | grpc.ChannelCredentials | None = None
+    server_name: str | None = None
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """The call metadata a client sends: the bearer token, if any."""
@@ -106,7 +114,8 @@ def server_credentials(security) -> Credentials:
 def client_credentials(security) -> Credentials:
     """The token and TLS channel credentials a client uses (``config.security``).
 
-    TLS is on when the server's is (``tls_cert`` set) or a CA is given.
+    TLS is on when the server's is (``tls_cert`` set) or a CA is given;
+    ``tls_server_name`` then names the server in its certificate.
     """
     tls = None
     if security.tls_cert or security.tls_ca:
@@ -121,7 +130,9 @@ def client_credentials(security) -> Credentials:
             private_key=client_key,
             certificate_chain=client_cert,
         )
-    return Credentials(read_token(security), tls)
+    # Only with TLS: a plaintext channel checks no certificate.
+    server_name = (security.tls_server_name or None) if tls is not None else None
+    return Credentials(read_token(security), tls, server_name)
 
 
 class TokenInterceptor(grpc.ServerInterceptor):

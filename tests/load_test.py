@@ -80,7 +80,9 @@ def test_32_clients_lose_and_duplicate_no_push():
     stop.set()
     for t in threads:
         t.join(60)
+    alive = [t.name for t in threads if t.is_alive()]
     server.stop(grace=None)
+    assert not alive, f"client threads still running after 60 s: {alive}"
     assert not errors, errors[:3]
     total = sum(acked)
     print(f"32 clients, 8 s: {total} pushes acknowledged and applied")

@@ -10,7 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gasgd_tf import config_base, security, wire
-from gasgd_tf.client import ParameterClient, RequestRejectedError
+from gasgd_tf.client import ParameterClient, RequestRejectedError, ServerUnavailableError
 from gasgd_tf.server import SGD, ParameterServer, ParameterStore
 from gasgd_tf.tensors import TensorSpec
 
@@ -86,8 +86,14 @@ def test_reflection_lists_the_parameter_service(store):
 # -- TLS ---------------------------------------------------------------------------
 
 
-def _certificates(folder):
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+def _certificates(folder, server_dns_names=None):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
+
+    Args:
+      folder: Where the PEM files go.
+      server_dns_names: If given, the server certificate's only SANs: these
+        DNS names (no IP address, no localhost).
+    """
     x509 = pytest.importorskip("cryptography.x509")
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -128,6 +134,8 @@ def _certificates(folder):
 
     write("ca", ca_key, ca_cert)
     san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    if server_dns_names is not None:
+        san = [x509.DNSName(name) for name in server_dns_names]
     write("server", *make("server", ca_key, ca_cert.subject, san=san))
     write("client", *make("worker", ca_key, ca_cert.subject))
     return files
@@ -169,11 +177,64 @@ def test_tls_and_mutual_tls_round_trip(store, tmp_path):
         server.stop(grace=None)
 
 
+# What gRPC reports when the certificate does not name the host it checks
+# for (the wording differs between grpcio versions; the status does not).
+NAME_CHECK_FAILED = r"(?is)UNAVAILABLE.*(hostname|handshake|peer name|certificate)"
+
+
+def test_tls_server_name_checks_the_certificate_for_that_name(store, tmp_path):
+    # A certificate that names only "ps.internal" (no IP SAN): a client that
+    # dials 127.0.0.1 fails the handshake's host name check, unless it is
+    # told to check for "ps.internal" instead.
+    files = _certificates(tmp_path, server_dns_names=["ps.internal"])
+    ca = files["ca"][0]
+    server_side = dict(tls_cert=files["server"][0], tls_key=files["server"][1], tls_ca=ca)
+    server = _serve(store, security.server_credentials(_security(**server_side)))
+    try:
+        assert server.address.startswith("127.0.0.1:")
+        plain = security.client_credentials(_security(tls_ca=ca))
+        assert plain.server_name is None
+        with ParameterClient(
+            server.address, "x", credentials=plain, retry_secs=1, timeout_secs=2
+        ) as client:
+            with pytest.raises(ServerUnavailableError, match=NAME_CHECK_FAILED):
+                client.status()
+        named = security.client_credentials(_security(tls_ca=ca, tls_server_name="ps.internal"))
+        assert named.server_name == "ps.internal"
+        with ParameterClient(server.address, "w", credentials=named) as client:
+            version, _, flat = client.fetch()
+            assert version == 0
+            assert flat.tobytes() == np.arange(8, dtype=np.float32).tobytes()
+        # The override is a name to check, not a wildcard: a wrong one fails too.
+        wrong = security.client_credentials(_security(tls_ca=ca, tls_server_name="other.internal"))
+        with ParameterClient(
+            server.address, "y", credentials=wrong, retry_secs=1, timeout_secs=2
+        ) as client:
+            with pytest.raises(ServerUnavailableError, match=NAME_CHECK_FAILED):
+                client.status()
+    finally:
+        server.stop(grace=None)
+    # Without TLS there is no certificate to check, so no name to carry.
+    assert security.client_credentials(_security(tls_server_name="ps.internal")).tls is None
+    assert security.client_credentials(_security(tls_server_name="ps.internal")).server_name is None
+
+
 def test_half_configured_security_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="security.tls_cert and security.tls_key"):
         config_base.finalize(config_base.from_dict({"security": {"tls_cert": "c.pem"}}))
     with pytest.raises(ValueError, match="tls_client_auth needs"):
         config_base.finalize(config_base.from_dict({"security": {"tls_client_auth": True}}))
+    with pytest.raises(ValueError, match="tls_server_name needs security.tls_ca"):
+        config_base.finalize(config_base.from_dict({"security": {"tls_server_name": "ps"}}))
+    for bad in ("", "ps internal"):
+        with pytest.raises(ValueError, match="tls_server_name must be a host name"):
+            config_base.finalize(
+                config_base.from_dict({"security": {"tls_server_name": bad, "tls_ca": "ca.pem"}})
+            )
+    named = {"security": {"tls_server_name": "ps.internal", "tls_ca": "ca.pem"}}
+    assert config_base.finalize(config_base.from_dict(named)).security.tls_server_name == (
+        "ps.internal"
+    )
     with pytest.raises(security.SecurityConfigError, match="cannot read token file"):
         security.read_token(_security(token_file=str(tmp_path / "missing")))
     empty = tmp_path / "empty"

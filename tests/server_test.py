@@ -280,7 +280,7 @@ def test_pushes_beyond_the_limit_wait_for_a_slot(one_slot):
     assert store.version == 2 and {r.version for r in results.values()} == {1, 2}
 
 
-def test_a_push_that_cannot_get_a_slot_in_time_is_unavailable(one_slot):
+def test_a_push_that_cannot_get_a_slot_in_time_is_refused_as_busy(one_slot):
     store, stub, release = one_slot
     first = push_stream(SPECS, np.ones(SIZE, np.float32), sequence=1)
     holder = threading.Thread(target=lambda: stub.Push(stalled(first, release), timeout=20))
@@ -289,7 +289,7 @@ def test_a_push_that_cannot_get_a_slot_in_time_is_unavailable(one_slot):
     second = push_stream(SPECS, np.ones(SIZE, np.float32), sequence=2)
     with pytest.raises(grpc.RpcError) as e:
         stub.Push(iter(second), timeout=1.5)
-    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # With a retry hint.
     assert "server busy" in e.value.details()
     release.set()
     holder.join(10)

@@ -104,6 +104,52 @@ def test_evaluator_matches_keras_evaluate(serve, digits_data_dir, tmp_path):
     assert final["final"] and final["version"] == store.version
 
 
+def test_evaluator_finishes_when_the_final_model_cannot_be_saved(
+    serve, digits_data_dir, tmp_path, capsys
+):
+    # A directory where the model file goes makes Keras' save raise an
+    # OSError (IsADirectoryError), as a full disk or a read-only workdir
+    # would; the evaluation's results must still be recorded.
+    store = ParameterStore(SGD(learning_rate=0.05))
+    server = serve(store)
+    config = small_config(digits_data_dir, num_steps=3)
+    worker.train(config, 0, server.address, str(tmp_path))
+    blocked = tmp_path / evaluation.MODEL_FILE
+    blocked.mkdir()
+
+    result = evaluation.run(config, server.address, str(tmp_path))
+    assert result.version == store.version == 3
+    final = progress.read_json(progress.progress_path(str(tmp_path), "eval"))
+    assert final["final"] and final["version"] == 3
+    assert "model" not in final  # The summary must not point at a model that is not there.
+    err = capsys.readouterr().err
+    assert f"could not save the final model to {blocked}" in err
+    assert "IsADirectoryError" in err
+
+
+def test_save_final_model_warns_and_removes_a_partial_file(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    path = tmp_path / evaluation.MODEL_FILE
+    assert evaluation.save_final_model(model, str(path), 7)
+    assert keras.models.load_model(path).count_params() == model.count_params()
+    assert f"saved the final model (version 7) to {path}" in capsys.readouterr().out
+
+    def disk_full(self, filepath, *args, **kwargs):
+        with open(filepath, "wb") as f:
+            f.write(b"PK\x03\x04")  # The start of a zip, then the disk is full.
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(type(model), "save", disk_full)
+    assert not evaluation.save_final_model(model, str(path), 8)
+    assert not path.exists()  # Neither the partial file nor the earlier one.
+    err = capsys.readouterr().err
+    assert str(path) in err and "No space left on device" in err
+
+
 def test_nan_gradient_is_refused_and_named(serve, digits_data_dir, tmp_path):
     from gasgd_tf.client import RequestRejectedError
 

@@ -4,8 +4,13 @@ Numpy and grpc only, so evaluators, launchers and tools use it without
 TensorFlow. Every call has a deadline. Transport failures (UNAVAILABLE,
 DEADLINE_EXCEEDED) are retried with exponential backoff and jitter for at
 most ``retry_secs``; then the call raises ``ServerUnavailableError`` naming
-the address. Retrying a push is safe: it keeps its sequence number, and the
-server applies each (client_id, sequence) at most once.
+the address. A busy server (every push slot taken) answers
+RESOURCE_EXHAUSTED with a ``retry-after-ms`` hint in the trailing metadata:
+such a call is retried after about that delay, within the same
+``retry_secs``. RESOURCE_EXHAUSTED without the hint (a message over gRPC's
+size limit, a server out of memory) is not retried. Retrying a push is
+safe: it keeps its sequence number, and the server applies each
+(client_id, sequence) at most once.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ Buffer = np.ndarray | Sequence[np.ndarray]
 T = TypeVar("T")
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# Trailing metadata of a busy server's RESOURCE_EXHAUSTED: milliseconds to
+# wait before retrying (gasgd_tf/server/servicer.py sets it).
+RETRY_AFTER_KEY = "retry-after-ms"
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", wire.GRPC_MESSAGE_LIMIT),
     ("grpc.max_send_message_length", wire.GRPC_MESSAGE_LIMIT),
@@ -106,8 +114,9 @@ class ParameterClient:
         float16 for half the bytes (the server applies them in float32).
       fetch_dtype: The dtype parameters travel in (the same choices); the
         client always returns float32.
-      credentials: A bearer token and/or TLS channel credentials
-        (``gasgd_tf.security``); None: plaintext, no token.
+      credentials: A bearer token and/or TLS channel credentials, with the
+        name to check in the server's certificate (``gasgd_tf.security``);
+        None: plaintext, no token.
     """
 
     def __init__(
@@ -134,7 +143,12 @@ class ParameterClient:
         credentials = credentials or Credentials()
         self._metadata = credentials.metadata()  # The token goes with every call.
         if credentials.tls is not None:
-            self._channel = grpc.secure_channel(address, credentials.tls, options=CHANNEL_OPTIONS)
+            options = list(CHANNEL_OPTIONS)
+            if credentials.server_name:
+                # Check the certificate for this name, not the address's host:
+                # certificates often name a DNS name the client does not dial.
+                options.append(("grpc.ssl_target_name_override", credentials.server_name))
+            self._channel = grpc.secure_channel(address, credentials.tls, options=options)
         else:
             self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.ParameterServiceStub(self._channel)
@@ -158,11 +172,21 @@ class ParameterClient:
     # -- Plumbing ------------------------------------------------------------
 
     def _call(self, what: str, attempt: Callable[[float], T]) -> T:
-        """Runs ``attempt(timeout)``, retrying transport failures within ``retry_secs``.
+        """Runs ``attempt(timeout)``, retrying transient failures within ``retry_secs``.
 
-        The retry window starts at the first failure, so an attempt that
-        took long before failing (a push that waited for a busy server) is
-        still retried.
+        Transport failures are retried with exponential backoff and jitter;
+        a busy refusal (RESOURCE_EXHAUSTED with ``retry-after-ms``) after
+        the server's hint, times a uniform 0.5-1.5 so that the clients it
+        turned away together do not all come back at once. The retry
+        window starts at the first failure, so an attempt that took long
+        before failing (a push that waited for a busy server) is still
+        retried.
+
+        Raises:
+          RequestRejectedError: Any other status (RESOURCE_EXHAUSTED
+            without a hint included); retrying would not help.
+          ServerUnavailableError: The window ran out: the server stayed
+            unreachable, or stayed busy.
         """
         give_up = None
         backoff = 0.05
@@ -171,12 +195,30 @@ class ParameterClient:
                 return attempt(self.timeout_secs)
             except grpc.RpcError as e:
                 code = e.code()
-                if code not in RETRYABLE:
+                hint = None  # Seconds a busy server asked us to wait.
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    trailing = getattr(e, "trailing_metadata", lambda: ())
+                    for key, value in trailing() or ():
+                        # Only a plain decimal counts: anything else is not a
+                        # hint we understand, and the call is not retried.
+                        if key == RETRY_AFTER_KEY and isinstance(value, str) and value.isdecimal():
+                            hint = int(value) / 1000.0
+                if code not in RETRYABLE and hint is None:
                     raise RequestRejectedError(
                         f"{what} to {self.address} refused: {code.name}: {e.details()}", code
                     ) from None
                 if give_up is None:
                     give_up = time.monotonic() + self.retry_secs
+                if hint is not None:
+                    delay = hint * random.uniform(0.5, 1.5)
+                    if time.monotonic() + delay > give_up:
+                        raise ServerUnavailableError(
+                            f"parameter server at {self.address} stayed busy: {what} was "
+                            f"refused with {code.name} ({e.details()}) and retries gave up "
+                            f"after {self.retry_secs:.0f}s"
+                        ) from None
+                    time.sleep(delay)
+                    continue
                 if time.monotonic() + backoff > give_up:
                     raise ServerUnavailableError(
                         f"parameter server at {self.address} unreachable: {what} failed with "

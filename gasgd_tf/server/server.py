@@ -28,6 +28,15 @@ SERVER_OPTIONS = [
     # Without this a second server can bind the same port silently and
     # steal half the connections; with it, the bind fails loudly.
     ("grpc.so_reuseport", 0),
+    # No BDP probing: with it, gRPC grows every stream's receive window to
+    # at least 4 MiB (more on fast links) while memory pressure is low, so
+    # each push waiting for a slot had its whole gradient buffered in gRPC
+    # before we read a byte: measured +660 MB peak with 64 clients pushing
+    # 4 MB gradients, growing with the clients. Without it a waiting stream
+    # buffers one initial window (64 KiB); the stream being read still gets
+    # a window for each whole message it reads, so one round trip per chunk
+    # (tests/backpressure_test.py measures the bound).
+    ("grpc.http2.bdp_probe", 0),
 ]
 
 
