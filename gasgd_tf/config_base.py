@@ -125,6 +125,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Pushes received and applied at once, each in a buffer the size of the
     # parameters: bounds the server's memory; more wait (flow control).
     c.ps.max_concurrent_pushes = 2
+    # Fetches streamed at once, each holding a snapshot of the parameters
+    # (versions move with every push); more wait, then RESOURCE_EXHAUSTED.
+    c.ps.max_concurrent_fetches = 4
     c.ps.summary_every_secs = 2.0
     c.ps.max_parameter_bytes = 16 << 30  # Initialize refuses larger models.
     # Checkpoints of the whole server state (parameters, optimizer slots,
@@ -218,6 +221,7 @@ _POSITIVE_INTS = (
     "ps.rpc_threads",
     "ps.num_shards",
     "ps.max_concurrent_pushes",
+    "ps.max_concurrent_fetches",
     "ps.shard_split_bytes",
     "ps.lr_decay_steps",
     "ps.max_parameter_bytes",

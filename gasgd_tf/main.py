@@ -105,8 +105,11 @@ def main(argv):
             config.restore = FLAGS.restore
 
     if role == "ps":
+        from gasgd_tf.allocator import tune_for_server
         from gasgd_tf.security import SecurityConfigError
         from gasgd_tf.server import server  # No TensorFlow in this process.
+
+        tune_for_server()  # Before the server's threads: gasgd_tf/allocator.py.
 
         os.makedirs(workdir, exist_ok=True)
         if not 0 <= FLAGS.task_index < config.ps.num_shards:

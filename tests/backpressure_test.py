@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
-from gasgd_tf import wire
+from gasgd_tf import allocator, wire
 from gasgd_tf.client import ParameterClient, RequestRejectedError, ServerUnavailableError
 from gasgd_tf.proto import parameter_service_pb2 as pb
 from gasgd_tf.proto import parameter_service_pb2_grpc as pb_grpc
@@ -263,6 +263,8 @@ def test_an_initialize_refused_as_busy_is_retried_by_the_client(serve, fast_refu
 
 _SERVER = """
 import sys
+from gasgd_tf.allocator import tune_for_server
+tune_for_server()  # As the ps role does (gasgd_tf/main.py).
 from gasgd_tf.server import SGD, ParameterServer, ParameterStore
 server = ParameterServer(ParameterStore(SGD(learning_rate=1.0)), "127.0.0.1:0").start()
 print(server.port, flush=True)
@@ -279,7 +281,7 @@ def _memory_mib(pid: int) -> dict[str, float]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc")
-def test_64_clients_push_with_bounded_server_memory():
+def test_64_clients_push_and_fetch_with_bounded_server_memory():
     clients, load_secs = 64, 15.0
     size = 1 << 20  # 4 MiB of float32.
     specs = (TensorSpec("w", (size,)),)
@@ -322,10 +324,11 @@ def test_64_clients_push_with_bounded_server_memory():
                             raise
 
                     client._push = counting
-                    while not stop.is_set():
+                    while not stop.is_set():  # A worker with n_sync = 1: push, then fetch.
                         ack = client.push(grad, version)
                         assert not ack.duplicate
                         acked[i] += 1
+                        version, _, _ = client.fetch()
             except BaseException as e:  # Reported below, in the test's thread.
                 errors.append(e)
 
@@ -348,19 +351,22 @@ def test_64_clients_push_with_bounded_server_memory():
         proc.wait(30)
 
     # The design's bound on what the load may add to the server's memory:
-    #   the version snapshot of the final fetch, the gradient buffers (one
+    #   the version snapshot of the final fetch, the snapshots of the fetches
+    #   being streamed (one per fetch slot, ps.max_concurrent_fetches=4, each
+    #   of another version at worst), the gradient buffers (one
     #   per push slot, ps.max_concurrent_pushes=2 by default), every stream's
     #   initial flow-control window (64 KiB: BDP probing is off), the chunk
     #   messages of the two streams being read (the one parsed, the next one
-    #   in gRPC's window, one in flight), the malloc arenas of the RPC
-    #   threads (one per thread, up to 8 per core; each may cache about two
-    #   freed chunk messages below its trim threshold, as many again in
-    #   fragments), and 32 MiB for threads, protobuf objects and the like.
+    #   in gRPC's window, one in flight), the malloc arenas (capped at
+    #   SERVER_ARENAS; each may cache about two freed chunk messages below
+    #   its trim threshold, as many again in fragments), and 32 MiB for
+    #   threads, protobuf objects and the like.
     chunk_mib = wire.DEFAULT_CHUNK_BYTES / 2**20
-    slots, rpc_threads = 2, 32
-    arenas = min(8 * (os.cpu_count() or 1), rpc_threads + 8)
+    slots, fetch_slots = 2, 4
+    arenas = allocator.SERVER_ARENAS  # tune_for_server caps them (gasgd_tf/allocator.py).
     bound = (
         model_mib
+        + fetch_slots * model_mib
         + slots * model_mib
         + clients * 64 / 1024
         + slots * 3 * chunk_mib
@@ -383,3 +389,30 @@ def test_64_clients_push_with_bounded_server_memory():
     # SGD, learning rate 1, gradients of ones: every parameter counts the updates.
     assert np.array_equal(flat, np.full(size, -version, np.float32))
     assert growth < bound, f"server memory grew {growth:.0f} MiB, over the bound {bound:.0f} MiB"
+
+
+def test_fetches_beyond_their_slots_wait_then_are_refused_with_a_hint(serve, fast_refusals):
+    # Each fetch in flight holds a snapshot of the parameters: at most
+    # max_concurrent_fetches of them. A reader that stops reading keeps its
+    # slot (gRPC's flow control stalls the stream) until it goes away.
+    big = (TensorSpec("w", (1 << 20,)),)
+    store = ParameterStore(SGD(learning_rate=1.0))
+    store.initialize("init", big, np.zeros(1 << 20, np.float32))
+    server = serve(store, max_concurrent_fetches=1)
+    # A small, fixed receive window: the slow reader really cannot take it all.
+    channel = grpc.insecure_channel(server.address, options=[("grpc.http2.bdp_probe", 0)])
+    try:
+        stub = pb_grpc.ParameterServiceStub(channel)
+        slow = stub.Fetch(pb.FetchRequest(client_id="slow"), timeout=30)
+        next(slow)  # The header; then it stops reading 4 MiB of chunks.
+        with pytest.raises(grpc.RpcError) as e:
+            list(stub.Fetch(pb.FetchRequest(client_id="late"), timeout=10))
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert retry_after_ms(e.value) is not None
+        assert "ps.max_concurrent_fetches=1" in e.value.details()
+        slow.cancel()  # The slow reader goes away: its slot is free again.
+        with ParameterClient(server.address, "late", timeout_secs=10, retry_secs=10) as client:
+            version, _, flat = client.fetch()
+        assert version == 0 and flat.size == 1 << 20
+    finally:
+        channel.close()

@@ -50,6 +50,8 @@ class ParameterServer:
       fetch_chunk_bytes: Chunk size of Fetch streams.
       max_concurrent_pushes: Pushes received and applied at once (see
         ParameterServicer); bounds the memory for gradient buffers.
+      max_concurrent_fetches: Fetches streamed at once; bounds the memory
+        for parameter snapshots.
       credentials: A bearer token every call must carry and/or TLS server
         credentials (``gasgd_tf.security``); None: plaintext, open.
     """
@@ -61,6 +63,7 @@ class ParameterServer:
         max_workers: int = 32,
         fetch_chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES,
         max_concurrent_pushes: int = 2,
+        max_concurrent_fetches: int = 4,
         credentials: Credentials | None = None,
     ):
         self.store = store
@@ -75,6 +78,7 @@ class ParameterServer:
             store,
             fetch_chunk_bytes=fetch_chunk_bytes,
             max_concurrent_pushes=max_concurrent_pushes,
+            max_concurrent_fetches=max_concurrent_fetches,
         )
         add_to_server(servicer, self._server)
         # Standard services, so that ordinary gRPC tools can probe (grpc_health_probe)
@@ -226,6 +230,7 @@ def run(
         address,
         max_workers=config.ps.rpc_threads,
         max_concurrent_pushes=config.ps.max_concurrent_pushes,
+        max_concurrent_fetches=config.ps.max_concurrent_fetches,
         credentials=credentials,
     ).start()
     writer = MetricWriter(os.path.join(workdir, "tb", f"ps_{shard_index}"))

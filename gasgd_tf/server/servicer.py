@@ -180,9 +180,18 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
         fetch_chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES,
         max_chunk_bytes: int = wire.MAX_CHUNK_BYTES,
         max_concurrent_pushes: int = 2,
+        max_concurrent_fetches: int = 4,
     ):
         self._store = store
         self._push_slots = _Gate(max_concurrent_pushes)
+        # Every Fetch streams the snapshot of the version it found, and
+        # versions move with every push: without a limit, N fetches in flight
+        # could hold N model-sized snapshots (measured: +160 MB with 64
+        # clients of a 4 MB model). Bounded-staleness training fetches are
+        # left out: their admission already bounds them, and a fetch refused
+        # after it was admitted would be admitted again on retry.
+        self._fetch_slots = _Gate(max_concurrent_fetches)
+        self._max_concurrent_fetches = max_concurrent_fetches
         # One Initialize at a time: each one received allocates a buffer the
         # size of the whole model, and all but the first are dropped anyway.
         self._initialize_slot = _Gate(1)
@@ -261,8 +270,8 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
 
     @property
     def busy_refusals(self) -> int:
-        """Pushes and Initialize streams refused so far because every slot was taken."""
-        return self._push_slots.refused + self._initialize_slot.refused
+        """Pushes, fetches and Initialize streams refused so far because every slot was taken."""
+        return self._push_slots.refused + self._initialize_slot.refused + self._fetch_slots.refused
 
     def Initialize(self, request_iterator, context):
         if self._store.initialized:
@@ -297,6 +306,23 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
             self._initialize_slot.release(since)
 
     def Fetch(self, request, context):
+        since = None
+        if request.read_only or self._store.staleness_config.policy != "bounded":
+            n = self._max_concurrent_fetches
+            since = self._take_slot(
+                context,
+                self._fetch_slots,
+                "Fetch",
+                f"{n} fetch{'es' if n != 1 else ''} already being sent "
+                f"(ps.max_concurrent_fetches={n})",
+            )
+        try:
+            yield from self._fetch(request, context)
+        finally:
+            if since is not None:
+                self._fetch_slots.release(since)
+
+    def _fetch(self, request, context):
         with self._errors(context, "Fetch"):
             dtype = wire.fetch_dtype_from_proto(request.dtype)
             snap = self._store.snapshot(
