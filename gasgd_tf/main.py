@@ -36,8 +36,22 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("workdir", None, "Run folder. Default: runs/<config file name>.")
 flags.DEFINE_enum(
-    "role", "local", ["local", "ps", "worker", "eval", "prepare"], "What this process runs."
+    "role",
+    "local",
+    ["local", "ps", "worker", "eval", "prepare", "auto"],
+    "What this process runs; auto: the task TF_CONFIG, Slurm or --cluster_file names "
+    "(gasgd_tf/cluster.py).",
 )
+flags.DEFINE_string(
+    "cluster_file", None, "role=auto: a TF_CONFIG-style JSON file describing the cluster."
+)
+flags.DEFINE_enum(
+    "task_type",
+    None,
+    ["ps", "chief", "worker", "evaluator"],
+    "role=auto with --cluster_file: this task's type (with --task_index), if the file has none.",
+)
+flags.DEFINE_integer("base_port", 50051, "role=auto under Slurm: shard k listens on base_port+k.")
 flags.DEFINE_integer(
     "task_index", 0, "Worker index (role=worker); shard index (role=ps with ps.num_shards > 1)."
 )
@@ -91,6 +105,40 @@ def _resolve_warm_start(config):
     return config
 
 
+def _from_cluster(config):
+    """role=auto: (role, task index, ps address, config) from TF_CONFIG, Slurm or a file.
+
+    The cluster decides how many workers and shards there are; the config
+    follows it (and is checked again).
+    """
+    from gasgd_tf import cluster
+
+    try:
+        task = cluster.resolve(
+            cluster_file=FLAGS.cluster_file,
+            task_type=FLAGS.task_type,
+            task_index=FLAGS.task_index,
+            num_shards=config.ps.num_shards,
+            base_port=FLAGS.base_port,
+        )
+    except cluster.ClusterError as e:
+        raise app.UsageError(str(e)) from None
+    with config.unlocked():
+        config.num_workers = task.num_workers
+        config.ps.num_shards = task.num_shards
+    try:
+        config = config_base.finalize(config)
+    except ValueError as e:
+        raise app.UsageError(f"{task.source}: {e}") from None
+    print(
+        f"{task.source}: this process is {task.role} {task.task_index} of a cluster with "
+        f"{task.num_shards} server shard(s) and {task.num_workers} worker(s); "
+        f"ps address {task.ps_address}",
+        flush=True,
+    )
+    return task.role, task.task_index, task.ps_address, config
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -100,6 +148,9 @@ def main(argv):
         raise app.UsageError(str(e)) from None
     workdir = FLAGS.workdir or os.path.join("runs", config.name)
     role = FLAGS.role
+    task_index, ps_address = FLAGS.task_index, FLAGS.ps_address
+    if role == "auto":
+        role, task_index, ps_address, config = _from_cluster(config)
     if FLAGS.restore is not None:
         with config.unlocked():
             config.restore = FLAGS.restore
@@ -112,9 +163,9 @@ def main(argv):
         tune_for_server()  # Before the server's threads: gasgd_tf/allocator.py.
 
         os.makedirs(workdir, exist_ok=True)
-        if not 0 <= FLAGS.task_index < config.ps.num_shards:
+        if not 0 <= task_index < config.ps.num_shards:
             raise app.UsageError(
-                f"--task_index={FLAGS.task_index} is not a shard index of "
+                f"--task_index={task_index} is not a shard index of "
                 f"ps.num_shards={config.ps.num_shards}"
             )
         from gasgd_tf.server.checkpointing import RestoreFailedError
@@ -124,9 +175,9 @@ def main(argv):
             server.run(
                 config,
                 workdir,
-                FLAGS.ps_address or "127.0.0.1:50051",
+                ps_address or "127.0.0.1:50051",
                 FLAGS.port_file,
-                shard_index=FLAGS.task_index,
+                shard_index=task_index,
             )
         except (SecurityConfigError, RestoreFailedError, RestoreError) as e:
             print(f"error: ps: {e}", file=sys.stderr, flush=True)
@@ -151,9 +202,9 @@ def main(argv):
         pipeline.prepare(config.data)
         return 0
 
-    if not FLAGS.ps_address:
+    if not ps_address:
         raise app.UsageError(f"--role={role} needs --ps_address=HOST:PORT of the server")
-    shards = len([a for a in FLAGS.ps_address.split(",") if a.strip()])
+    shards = len([a for a in ps_address.split(",") if a.strip()])
     if shards != config.ps.num_shards:
         raise app.UsageError(
             f"--ps_address names {shards} servers but ps.num_shards={config.ps.num_shards}: "
@@ -167,11 +218,11 @@ def main(argv):
         if role == "worker":
             from gasgd_tf import worker
 
-            worker.train(config, FLAGS.task_index, FLAGS.ps_address, workdir)
+            worker.train(config, task_index, ps_address, workdir)
         else:
             from gasgd_tf import evaluation
 
-            evaluation.run(config, FLAGS.ps_address, workdir)
+            evaluation.run(config, ps_address, workdir)
     except (
         ServerUnavailableError,
         RequestRejectedError,
