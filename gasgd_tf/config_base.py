@@ -24,6 +24,7 @@ from gasgd_tf.server.optimizers import OPTIMIZERS
 from gasgd_tf.tensors import WIRE_DTYPES
 
 WORKER_OPTIMIZERS = ("sgd",)
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MAX_SHARDS = 64
 
 
@@ -84,6 +85,13 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.worker.cpu_threads = 0  # TF intra/inter-op threads on CPU; 0: TensorFlow's default.
     c.worker.log_every_steps = 50  # TensorBoard train/* and the progress file.
     c.worker.jit_compile = False  # XLA; slower on CPU here (DESIGN.md), try it on GPUs.
+    # Keras mixed precision: float32, mixed_float16 (with dynamic loss
+    # scaling) or mixed_bfloat16. Variables, and the gradients pushed, stay
+    # float32 (client.push_dtype sets the transport precision).
+    c.worker.precision = "float32"
+    # Each worker takes the GPU of its local rank on its node; more workers
+    # than GPUs is an error unless share_gpus.
+    c.worker.share_gpus = False
     # Push and fetch on a background thread while the next steps compute
     # (at most one in flight; fetched weights may be a step or two older).
     c.worker.overlap = False
@@ -340,6 +348,10 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         not config.eval.multi_crop or config.data.pad or config.data.crop or config.data.resize,
         "eval.multi_crop needs crops to differ: set data.crop (or data.pad) so that the "
         "corner crops are not all the whole image",
+    )
+    _check(
+        config.worker.precision in PRECISIONS,
+        f"worker.precision {config.worker.precision!r} is not one of {PRECISIONS}",
     )
     _check(
         config.worker.optimizer in WORKER_OPTIMIZERS,

@@ -9,29 +9,63 @@ import tensorflow as tf
 log = logging.getLogger(__name__)
 
 
-def configure(task_index: int, cpu_threads: int = 0) -> str:
-    """Pins this process to one GPU (by task index) or limits its CPU threads.
+class DeviceError(RuntimeError):
+    """More workers on a node than it has GPUs (and sharing was not asked for)."""
 
-    Takes effect only before TensorFlow initialises its devices (before the
-    first op); called later, as when several roles share one test process,
-    it logs that and keeps the current settings.
+
+def pick_gpu(local_rank: int, num_gpus: int, share_gpus: bool = False) -> int:
+    """Which of the node's ``num_gpus`` GPUs the worker of ``local_rank`` takes.
+
+    Raises:
+      DeviceError: ``local_rank >= num_gpus`` without ``share_gpus``: two
+        workers on one GPU halve each other's speed and may run out of its
+        memory, so it must be asked for.
+    """
+    if local_rank < num_gpus:
+        return local_rank
+    if not share_gpus:
+        raise DeviceError(
+            f"this worker has local rank {local_rank} but the process sees {num_gpus} GPU(s): "
+            "start at most one worker per GPU on a node (or set worker.share_gpus=True to "
+            "put several on one GPU)"
+        )
+    return local_rank % num_gpus
+
+
+def configure(local_rank: int, cpu_threads: int = 0, share_gpus: bool = False) -> str:
+    """Pins this process to one GPU (by local rank) or limits its CPU threads.
+
+    The GPU is chosen inside the process (``tf.config.set_visible_devices``,
+    what ``CUDA_VISIBLE_DEVICES=<local rank>`` would do from outside), so
+    that the same command runs on every node. Takes effect only before
+    TensorFlow initialises its devices (before the first op); called later,
+    as when several roles share one test process, it logs that and keeps
+    the current settings.
 
     Args:
-      task_index: This worker's index; worker i takes local GPU i modulo the
-        number of GPUs.
+      local_rank: This worker's rank on its node (``gasgd_tf.cluster.local_rank``:
+        Slurm's local id, ``LOCAL_RANK``, else the worker index): it takes
+        that GPU.
       cpu_threads: On CPU, intra- and inter-op threads; 0 keeps TensorFlow's
         default. Several workers on one CPU run faster with 1 each.
+      share_gpus: Allow more workers than GPUs (rank modulo the GPUs).
 
     Returns:
       A description of the device, for logs.
+
+    Raises:
+      DeviceError: See ``pick_gpu``.
     """
     gpus = tf.config.list_physical_devices("GPU")
     try:
         if gpus:
-            gpu = gpus[task_index % len(gpus)]
-            if task_index >= len(gpus):
+            gpu = gpus[pick_gpu(local_rank, len(gpus), share_gpus)]
+            if local_rank >= len(gpus):
                 log.warning(
-                    "worker %d shares %s: %d GPUs for more workers", task_index, gpu.name, len(gpus)
+                    "local rank %d shares %s: %d GPUs for more workers",
+                    local_rank,
+                    gpu.name,
+                    len(gpus),
                 )
             tf.config.set_visible_devices(gpu, "GPU")
             # Grow memory as needed instead of taking the whole card, so that

@@ -126,6 +126,9 @@ def _from_cluster(config):
     with config.unlocked():
         config.num_workers = task.num_workers
         config.ps.num_shards = task.num_shards
+    if task.source == "TF_CONFIG":
+        # One pod per task: a worker takes its pod's first GPU unless told otherwise.
+        os.environ.setdefault("LOCAL_RANK", "0")
     try:
         config = config_base.finalize(config)
     except ValueError as e:
@@ -217,8 +220,13 @@ def main(argv):
     try:
         if role == "worker":
             from gasgd_tf import worker
+            from gasgd_tf.devices import DeviceError
 
-            worker.train(config, task_index, ps_address, workdir)
+            try:
+                worker.train(config, task_index, ps_address, workdir)
+            except DeviceError as e:
+                print(f"error: worker: {e}", file=sys.stderr, flush=True)
+                return 1
         else:
             from gasgd_tf import evaluation
 

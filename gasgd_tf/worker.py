@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from gasgd_tf import checkpoints, devices, progress, security
+from gasgd_tf import checkpoints, cluster, devices, progress, security
 from gasgd_tf.client import (
     ParameterClient,
     ServerRestartedError,
@@ -79,8 +79,14 @@ def connect(
 
 
 def build(config: ml_collections.ConfigDict) -> keras.Model:
-    """The config's model, with weights from ``config.seed`` (identical on every worker)."""
+    """The config's model, with weights from ``config.seed`` (identical on every worker).
+
+    Under ``worker.precision``'s Keras policy: mixed policies compute in
+    float16 or bfloat16 and keep float32 variables, so the flat parameters
+    the server holds are float32 either way.
+    """
     info = pipeline.dataset_info(config.data)
+    keras.mixed_precision.set_global_policy(config.worker.precision)
     keras.utils.set_random_seed(config.seed)
     # Unset fields keep the model's own defaults (its paper's values).
     options = {k: v for k in ("dropout", "width", "lrn") if (v := config.model[k]) is not None}
@@ -147,6 +153,11 @@ class TrainStep:
         self.optimizer = optimizer
         variables = model.trainable_variables
         optimizer.build(variables)
+        # mixed_float16: the loss is scaled before the gradient and the
+        # optimizer unscales (and skips steps whose gradients overflowed). The
+        # accumulator and the pushes get the unscaled gradient, and nothing of
+        # a skipped step.
+        scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self.accumulators = [
             tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in variables
@@ -163,8 +174,14 @@ class TrainStep:
                 loss = self.loss_fn(labels, logits)
                 if model.losses:
                     loss += tf.add_n(model.losses)
-            grads = tape.gradient(loss, variables)
+                target = optimizer.scale_loss(loss) if scaled else loss
+            grads = tape.gradient(target, variables)
+            if scaled:
+                scale = tf.identity(optimizer.dynamic_scale)  # Before apply changes it.
             optimizer.apply_gradients(zip(grads, variables))
+            if scaled:
+                finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+                grads = [tf.where(finite, g / scale, tf.zeros_like(g)) for g in grads]
             if accumulate and not return_gradient:
                 for acc, g in zip(self.accumulators, grads):
                     acc.assign_add(g)
@@ -375,7 +392,11 @@ def train(
       ServerUnavailableError: The server stopped answering (names the address).
       RequestRejectedError: The server refused a push (for example NaN values).
     """
-    device = devices.configure(task_index, config.worker.cpu_threads)
+    device = devices.configure(
+        cluster.local_rank(os.environ, default=task_index),
+        config.worker.cpu_threads,
+        share_gpus=config.worker.share_gpus,
+    )
     name = client_id(task_index)
     model = build(config)
     # Each replica sees its own dropout masks and data order.
@@ -383,6 +404,8 @@ def train(
     optimizer = keras.optimizers.SGD(
         learning_rate=config.worker.learning_rate, momentum=config.worker.momentum
     )
+    if config.worker.precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     # n_push = 1: every step's gradient is pushed as it is; no accumulator.
     direct = address is not None and config.n_push == 1
     step_fn = TrainStep(

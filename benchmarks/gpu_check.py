@@ -1,0 +1,101 @@
+"""GPU check: images/s per worker on the GPU path, one worker process per GPU.
+
+    .venv/bin/python -m benchmarks.gpu_check                  # every GPU, 3 precisions
+    .venv/bin/python -m benchmarks.gpu_check --workers=2 --precisions=float32 --jit
+
+Runs the local launcher on ``synthetic_cifar10`` (offline) with the
+cuda-convnet CIFAR-10 net, ``--workers`` workers (default: one per visible
+GPU, as ``nvidia-smi -L`` lists them; one on a machine without GPUs), batch
+128, ``n_sync=1``, for each precision asked for, and prints each worker's
+images/s, the device it reported, the server version and the wall time as
+JSON and as a Markdown table. Record what it printed in BUILD_NOTES.md with
+the machine. On a machine without a GPU it runs on the CPU and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs ``nvidia-smi -L`` lists (empty without a driver)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return []
+    return [line for line in out.stdout.splitlines() if line.startswith("GPU ")]
+
+
+def run_one(precision: str, workers: int, steps: int, jit: bool) -> dict:
+    workdir = tempfile.mkdtemp(prefix=f"gpu_check_{precision}_")
+    command = [
+        sys.executable,
+        "-m",
+        "gasgd_tf.main",
+        "--config=configs/default.py",
+        f"--workdir={workdir}",
+        "--config.data.name=synthetic_cifar10",
+        "--config.model.name=cifar10_18pct",
+        f"--config.num_workers={workers}",
+        f"--config.num_steps={steps}",
+        "--config.batch_size=128",
+        "--config.worker.log_every_steps=50",
+        f"--config.worker.precision={precision}",
+        f"--config.worker.jit_compile={jit}",
+        "--config.eval.every_secs=30",
+        "--config.eval.save_model=False",
+    ]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    if result.returncode != 0:
+        raise RuntimeError(f"{precision}: the run failed:\n{result.stdout[-3000:]}")
+    with open(os.path.join(workdir, "summary.json")) as f:
+        summary = json.load(f)
+    placed = []
+    for i in range(workers):
+        with open(os.path.join(workdir, "logs", f"worker_{i}.log"), errors="replace") as f:
+            match = re.search(r"parameters on (.+?); joined", f.read())
+        placed.append(match.group(1) if match else "?")
+    return {
+        "precision": precision,
+        "jit_compile": jit,
+        "workers": workers,
+        "devices": placed,
+        "images_per_sec_per_worker": [round(x, 1) for x in summary["worker_images_per_sec"]],
+        "images_per_sec": round(summary["images_per_sec"], 1),
+        "server_version": summary["server_version"],
+        "wall_secs": round(summary["wall_secs"], 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=0, help="0: one per visible GPU")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--precisions", default="float32,mixed_float16,mixed_bfloat16")
+    parser.add_argument("--jit", action="store_true", help="XLA (worker.jit_compile)")
+    args = parser.parse_args()
+    gpus = visible_gpus()
+    workers = args.workers or max(len(gpus), 1)
+    print(f"GPUs: {gpus or 'none (the CPU path is measured)'}", flush=True)
+    rows = [run_one(p, workers, args.steps, args.jit) for p in args.precisions.split(",")]
+    print(json.dumps(rows, indent=2))
+    print("| precision | XLA | workers | images/s per worker | total | device of worker 0 |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        per = ", ".join(f"{x:,.0f}" for x in r["images_per_sec_per_worker"])
+        print(
+            f"| {r['precision']} | {r['jit_compile']} | {r['workers']} | {per} | "
+            f"{r['images_per_sec']:,.0f} | {r['devices'][0]} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
