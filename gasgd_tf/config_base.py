@@ -480,7 +480,7 @@ def from_dict(fields: dict, source: str = "config") -> ml_collections.ConfigDict
     base = get_base_config()
     base.lock()  # Unknown keys (a typo, a newer version's field) raise instead of adding.
     try:
-        base.update_from_flattened_dict(_flatten(fields))
+        base.update_from_flattened_dict(flatten(fields))
     except (KeyError, AttributeError) as e:
         raise ValueError(f"invalid config: unknown field in {source}: {e}") from None
     except TypeError as e:  # A value of the wrong type for its field.
@@ -491,18 +491,19 @@ def from_dict(fields: dict, source: str = "config") -> ml_collections.ConfigDict
 def hparams(config: ml_collections.ConfigDict) -> dict[str, bool | int | float | str]:
     """Every set field as a flat ``{"a.b": value}`` dict, for TensorBoard's HParams dashboard."""
     out = {}
-    for key, value in _flatten(config.to_dict()).items():
+    for key, value in flatten(config.to_dict()).items():
         if value is None or key in ("run_id", "restore"):  # How a run started, not a setting.
             continue
         out[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
     return out
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+    """A nested dict as ``{"a.b": value}``."""
     out = {}
     for key, value in d.items():
         if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out

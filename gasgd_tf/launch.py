@@ -44,6 +44,27 @@ from gasgd_tf import checkpoints, progress
 # Outputs of a previous run in the same workdir, cleared before a new one.
 # Checkpoints are kept: they may be hours of work, and a warm start takes the newest.
 RUN_OUTPUTS = ("tb", "logs", "progress", "summary.json", "ports", "final_model.keras")
+# Config fields (prefixes) that say how a run is operated, not what it trains:
+# resuming with other values is fine (more steps trains longer).
+OPERATIONAL_FIELDS = (
+    "run_id",
+    "restore",
+    "num_steps",
+    "data.data_dir",
+    "data.manual_dir",
+    "worker.log_every_steps",
+    "worker.overlap",
+    "ps.summary_every_secs",
+    "ps.checkpoint_",
+    "ps.keep_checkpoints",
+    "ps.heartbeat_timeout_secs",
+    "ps.rpc_threads",
+    "ps.max_concurrent_",
+    "client.",
+    "security.",
+    "eval.",
+    "launcher.",
+)
 # Kept when a run resumes: its TensorBoard curves and logs go on where they were.
 RESUMED_OUTPUTS = ("tb", "logs")
 PS_STOP_GRACE_SECS = 120.0  # SIGTERM to SIGKILL; the server saves its checkpoint meanwhile.
@@ -164,44 +185,79 @@ def choose_run(config, workdir: str) -> str | None:
     ``<workdir>/checkpoints`` (of this shard layout) is resumed: its server
     restores it, and its workers go on after their last applied push (a
     finished run finishes again at once). An id set in the config is kept.
+    A resumed run sets ``config.restore`` to True, so that every server
+    shard must find its part. Resuming with another config than the run's
+    (the workdir's config.json) needs ``--restore``.
 
     Returns:
       The checkpoint file the run resumes from, or None for a new run.
 
     Raises:
-      ValueError: ``config.restore`` is True and there is nothing to resume.
+      ValueError: ``config.restore`` is True and there is nothing to resume;
+        False while the configured run id has checkpoints (they would be
+        overwritten); or None and the config differs from the run's.
     """
     directory = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
     if config.run_id:
-        found = checkpoints.restore_candidates(directory, _shard0(config), config.run_id)
-        return found[0] if found else None
-    found = (
-        None
-        if config.restore is False
-        else checkpoints.latest_run_id(directory, config.ps.num_shards)
-    )
+        files = checkpoints.restore_candidates(directory, _shard0(config), config.run_id)
+        found = (config.run_id, files[0]) if files else None
+        if found and config.restore is False:
+            raise ValueError(
+                f"--norestore, but run {config.run_id} has checkpoints in {directory}, which a "
+                "fresh start under the same id would overwrite: give a new --config.run_id"
+            )
+    elif config.restore is False:
+        found = None
+    else:
+        found = checkpoints.latest_run_id(directory, config.ps.num_shards)
     if found is None and config.restore:
         raise ValueError(
             f"--restore: {directory} has no checkpoint to resume (of a run with "
             f"ps.num_shards={config.ps.num_shards})"
         )
+    if found is None:
+        with config.unlocked():
+            config.run_id = config.run_id or uuid.uuid4().hex[:12]
+        if config.restore is False and checkpoints.shard_files(directory, _shard0(config)):
+            print(
+                f"not resuming (--norestore): new run {config.run_id}; the checkpoints in "
+                f"{directory} are kept",
+                flush=True,
+            )
+        return None
+    changed = _changed_fields(config, workdir)
+    if changed and config.restore is None:
+        raise ValueError(
+            f"{workdir} holds run {found[0]}, started with another config (differs in: "
+            f"{', '.join(changed[:8])}): pass --restore to resume it with this config, "
+            "--norestore to start a new run beside it, or another --workdir"
+        )
     with config.unlocked():
-        config.run_id = found[0] if found else uuid.uuid4().hex[:12]
-    if found:
-        version = checkpoints.read_file(found[1], with_arrays=False).version
-        print(
-            f"resuming run {config.run_id} from {found[1]} (version {version}); "
-            "--norestore starts a new run instead",
-            flush=True,
-        )
-        return found[1]
-    if config.restore is False and checkpoints.shard_files(directory, _shard0(config)):
-        print(
-            f"not resuming (--norestore): new run {config.run_id}; the checkpoints in "
-            f"{directory} are kept",
-            flush=True,
-        )
-    return None
+        config.run_id = found[0]
+        config.restore = True  # Every shard must find its part: none may start empty.
+    version = checkpoints.read_file(found[1], with_arrays=False).version
+    print(
+        f"resuming run {config.run_id} from {found[1]} (version {version}); "
+        "--norestore starts a new run instead",
+        flush=True,
+    )
+    return found[1]
+
+
+def _changed_fields(config, workdir: str) -> list[str]:
+    """The config fields that differ from the workdir's config.json (how a run starts aside)."""
+    from gasgd_tf import config_base
+
+    previous = progress.read_json(os.path.join(workdir, "config.json"))
+    if previous is None:
+        return []
+
+    def what_is_trained(flat: dict) -> dict:
+        return {k: v for k, v in flat.items() if not k.startswith(OPERATIONAL_FIELDS)}
+
+    old = what_is_trained(config_base.flatten(previous))
+    new = what_is_trained(config_base.flatten(config.to_dict()))
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 
 def _shard0(config) -> tuple[int, int] | None:
@@ -327,16 +383,17 @@ class LocalLauncher:
         directory = os.path.join(self.workdir, checkpoints.CHECKPOINT_DIR)
         reached = checkpointing.read_mark(directory, self.config.run_id, shard_of)
         found = checkpoints.restore_candidates(directory, shard_of, self.config.run_id)
-        saved = checkpoints.read_file(found[0], with_arrays=False).version if found else None
-        if saved is None:
-            lost = "no checkpoint yet: it starts empty and the workers initialize it again"
-        else:
-            missed = reached - saved if reached is not None and reached >= saved else None
-            if missed is not None:
-                self.updates_lost += missed
-            lost = f"from its checkpoint at version {saved}" + (
-                f"; {missed} update(s) after it are lost" if missed is not None else ""
-            )
+        if not found:
+            # It had no parameters yet, or lost them all: an empty server
+            # would refuse every push, and the workers have moved on.
+            raise ChildFailed(child, code, f"{how} before its first checkpoint (no restart)")
+        saved = checkpoints.read_file(found[0], with_arrays=False).version
+        missed = reached - saved if reached is not None and reached >= saved else None
+        if missed is not None:
+            self.updates_lost += missed
+        lost = f"from its checkpoint at version {saved}" + (
+            f"; {missed} update(s) after it are lost" if missed is not None else ""
+        )
         self.server_restarts[child.role] = done + 1
         port = self._server_ports[child.role]
         port_file = os.path.join(self.workdir, "ports", f"{child.role}.port")
@@ -353,6 +410,7 @@ class LocalLauncher:
             task_index=shard,
             ps_address=f"127.0.0.1:{port}",
             port_file=port_file,
+            restore=True,  # It must resume its checkpoint: never start empty.
         )
         child.start(self.env, why=how)
         self._wait_for(
@@ -361,6 +419,11 @@ class LocalLauncher:
             "serving again",
             self.config.launcher.startup_timeout_secs,
         )
+
+    def _stop_everything(self) -> None:
+        """Workers and the evaluator first, then the servers, given time to save a checkpoint."""
+        stop_all([c for c in self.children if not c.role.startswith("ps_")])
+        stop_all(self.children, grace_secs=PS_STOP_GRACE_SECS)
 
     def _wait_for(self, child: Child, done, what: str, timeout_secs: float) -> None:
         """Polls until ``done()``; fails if ``child`` exits first or time runs out."""
@@ -458,18 +521,18 @@ class LocalLauncher:
                 time.sleep(0.1)
             summary = self.finish(servers)
         except ChildFailed as e:
-            stop_all(self.children)
+            self._stop_everything()
             self._say(f"error: {e}; last lines of {e.child.log_path}:\n{e.child.tail()}")
             return 1
         except KeyboardInterrupt:
             # A second Ctrl-C must not cut the cleanup short.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            stop_all(self.children)
+            self._stop_everything()
             self._say("interrupted: stopped all processes")
             return 130
         finally:
-            stop_all(self.children)
+            self._stop_everything()
             if self._status_client is not None:
                 self._status_client.close()
             signal.signal(signal.SIGTERM, previous_term)

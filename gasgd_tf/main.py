@@ -72,6 +72,10 @@ flags.DEFINE_bool(
 )
 
 
+# The run id of a --role=ps server started without --config.run_id.
+DEFAULT_PS_RUN_ID = "default"
+
+
 def load_config():
     """The resolved config from --config_json or --config, with its name set."""
     if FLAGS.config_json:
@@ -164,6 +168,11 @@ def main(argv):
         from gasgd_tf.server import server  # No TensorFlow in this process.
 
         tune_for_server()  # Before the server's threads: gasgd_tf/allocator.py.
+        if not config.run_id:
+            # Names this server's checkpoints, so that a restart resumes them
+            # and old ones are pruned; several runs in one workdir need ids.
+            with config.unlocked():
+                config.run_id = DEFAULT_PS_RUN_ID
 
         os.makedirs(workdir, exist_ok=True)
         if not 0 <= task_index < config.ps.num_shards:

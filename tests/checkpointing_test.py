@@ -9,6 +9,7 @@ import pytest
 from gasgd_tf import checkpoints
 from gasgd_tf.client import ParameterClient, ServerRestartedError
 from gasgd_tf.server import (
+    AheadOfServerError,
     ParameterServer,
     ParameterStore,
     RestoreError,
@@ -90,7 +91,7 @@ def test_restore_needs_the_same_optimizer(tmp_path):
         restore_at_start(new_store("adagrad"), str(tmp_path), None, "run", restore=None)
 
 
-def test_restore_modes(tmp_path, capsys):
+def test_restore_modes(tmp_path):
     folder = str(tmp_path)
     with pytest.raises(RestoreFailedError, match="has no checkpoint of run run"):
         restore_at_start(new_store(), folder, None, "run", restore=True)
@@ -98,9 +99,11 @@ def test_restore_modes(tmp_path, capsys):
 
     save_checkpoint(initialized(), folder, run_id="run")
     fresh = new_store()
-    assert restore_at_start(fresh, folder, None, "run", restore=False) is None
+    # Starting run "run" afresh would overwrite and prune its files: refused.
+    with pytest.raises(RestoreFailedError, match="pass a new --config.run_id"):
+        restore_at_start(fresh, folder, None, "run", restore=False)
     assert not fresh.initialized
-    assert "not restoring (restore=False); 1 checkpoint(s) of run run" in capsys.readouterr().out
+    assert restore_at_start(fresh, folder, None, "new_run", restore=False) is None
     # Another run's checkpoints are not this run's to resume.
     assert restore_at_start(new_store(), folder, None, "other", restore=None) is None
     assert restore_at_start(new_store(), folder, None, "run", restore=None).version == 0
@@ -224,3 +227,64 @@ def test_clients_reconnect_to_a_server_restarted_on_its_port(tmp_path):
             assert (ack.version, ack.staleness) == (4, 0)
         finally:
             second.stop(grace=None)
+
+
+def test_a_push_from_a_lost_version_of_an_earlier_start_is_refused(tmp_path):
+    # Versions above the checkpoint's were the crashed server's: the same
+    # number on the restarted server names other parameters. Any push whose
+    # base came from the earlier start above the checkpoint is refused, even
+    # once the restarted server has counted past it again.
+    first = initialized("sgd")
+    push_all(first, grads(2))
+    save_checkpoint(first, str(tmp_path), run_id="run")
+    old_start = first.server_id
+    resumed = new_store("sgd")
+    restore_at_start(resumed, str(tmp_path), None, "run", restore=None)
+    push_all(resumed, grads(3), first_sequence=10)  # Back at version 5.
+    with pytest.raises(AheadOfServerError, match="base_version 4 is ahead"):
+        resumed.push("worker_1", 1, 4, grads(1)[0], base_server_id=old_start)
+    # A base at or below the checkpoint is the same in both starts: applied.
+    assert resumed.push("worker_1", 1, 2, grads(1)[0], base_server_id=old_start).version == 6
+    # And this start's own versions are fine.
+    assert (
+        resumed.push("worker_1", 2, 6, grads(1)[0], base_server_id=resumed.server_id).version == 7
+    )
+
+
+def test_a_leave_is_checkpointed_even_when_the_version_stands_still(tmp_path):
+    store = initialized("sgd")
+    saver = Checkpointer(
+        store, str(tmp_path), None, "run", every_secs=3600, every_updates=0, keep=2
+    )
+    saver.save()
+    assert not saver.due()
+    store.register("worker_0", SPECS)
+    store.leave("worker_0")  # Its last push was saved; its Leave must be too.
+    assert saver.due()
+    time.sleep(0.01)
+    saver.save()
+    resumed = new_store("sgd")
+    restore_at_start(resumed, str(tmp_path), None, "run", restore=None)
+    (record,) = [c for c in resumed.status().clients if c.client_id == "worker_0"]
+    assert not record.active  # An evaluator waiting for worker_0 to leave is not stuck.
+
+
+def test_a_failed_periodic_save_waits_before_trying_again(tmp_path, monkeypatch, capsys):
+    from gasgd_tf.server import checkpointing
+
+    monkeypatch.setattr(checkpointing, "FAILED_SAVE_BACKOFF_SECS", 60.0)
+    calls = []
+
+    def full_disk(*args, **kwargs):
+        calls.append(1)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpointing, "save_checkpoint", full_disk)
+    saver = Checkpointer(
+        initialized("sgd"), str(tmp_path), None, "run", every_secs=0.1, every_updates=0, keep=2
+    )
+    saver.start()
+    time.sleep(1.0)
+    saver.stop()
+    assert len(calls) == 1  # Not ten times a second.
+    assert "checkpoint failed (OSError" in capsys.readouterr().out

@@ -619,6 +619,22 @@ def test_a_launch_resumes_the_newest_run_in_its_workdir(tmp_path, capsys):
     assert os.path.exists(newest)
 
 
+def test_a_changed_config_or_a_reused_run_id_is_not_resumed_silently(tmp_path):
+    _save(tmp_path, "run_a")
+    (tmp_path / "config.json").write_text(json.dumps(_config().to_dict()))
+    config = _config()
+    config.ps.learning_rate = 0.5  # Another run than the one in the workdir.
+    with pytest.raises(ValueError, match=r"started with another config \(differs in: "):
+        launch.choose_run(config, str(tmp_path))
+    config.restore = True  # Asked for: resume it with this config.
+    assert launch.choose_run(config, str(tmp_path)) and config.run_id == "run_a"
+
+    config = _config()
+    config.run_id, config.restore = "run_a", False  # Its files would be overwritten.
+    with pytest.raises(ValueError, match="give a new --config.run_id"):
+        launch.choose_run(config, str(tmp_path))
+
+
 def test_restore_true_needs_a_checkpoint_of_the_same_layout(tmp_path):
     _save(tmp_path, "sharded", shard=(0, 2))
     config = _config()
@@ -671,11 +687,14 @@ def test_a_dead_server_is_started_again_on_its_port(
     )["worker"](flags)
     fake, calls = _fake_child_argv(scripts)
     monkeypatch.setattr(launch, "child_argv", fake)
+    _save(tmp_path, None, version=3)  # What the server saved before it died.
     out = io.StringIO()
     assert LocalLauncher(_config(), str(tmp_path), out=out).run() == 0, out.getvalue()
-    assert "ps_0 was killed by signal 9 at version ?; starting it again on port 4321" in (
-        out.getvalue()
+    assert (
+        "ps_0 was killed by signal 9 at version ?; starting it again on port 4321 (1 of at "
+        "most 2), from its checkpoint at version 3" in out.getvalue()
     )
+    assert calls[-1][3]["restore"] is True  # It must resume, never start empty.
     # First on any free port, then on the very port the workers know.
     assert marker.with_suffix(".address").read_text().split() == [
         "127.0.0.1:0",
@@ -687,13 +706,17 @@ def test_a_dead_server_is_started_again_on_its_port(
     assert "===== ps_0 started again at" in log and "was killed by signal 9 =====" in log
 
 
-@pytest.mark.parametrize("save", [True, False], ids=["too-often", "no-checkpoints"])
+@pytest.mark.parametrize(
+    "save", [True, False, "none-yet"], ids=["too-often", "checkpoints-off", "none-yet"]
+)
 def test_a_server_that_cannot_be_restarted_fails_the_run(
     tmp_path, monkeypatch, restore_sigterm, fake_client, save
 ):
     config = _config()
     config.launcher.max_server_restarts = 1
-    config.ps.save_checkpoint = save
+    config.ps.save_checkpoint = bool(save)
+    if save is True:
+        _save(tmp_path, None, version=3)
     scripts = _success_scripts(tmp_path, 4321)
     scripts["ps"] = _dying_ps_script(4321, deaths=10, marker=tmp_path / "ps_runs")
     scripts["worker"] = lambda flags: SLEEP
@@ -702,7 +725,9 @@ def test_a_server_that_cannot_be_restarted_fails_the_run(
     out = io.StringIO()
     assert LocalLauncher(config, str(tmp_path), out=out).run() == 1
     text = out.getvalue()
-    if save:
+    if save == "none-yet":
+        assert "error: ps_0 was killed by signal 9 before its first checkpoint" in text, text
+    elif save:
         assert text.count("starting it again") == 1
         assert "error: ps_0 was killed by signal 9 (restarted 1 times already)" in text, text
     else:

@@ -166,6 +166,9 @@ class ParameterClient:
         )
         self._sequence = 0
         self._specs: tuple[TensorSpec, ...] = ()
+        # The server start of the last fetch: pushes name it, so that a server
+        # restarted from a checkpoint can tell its own versions from lost ones.
+        self._fetched_from = ""
         self._heartbeats: threading.Thread | None = None
         self._closed = threading.Event()
 
@@ -319,6 +322,7 @@ class ParameterClient:
                 raise RequestRejectedError(
                     f"Fetch from {self.address}: malformed reply: {e}", grpc.StatusCode.INTERNAL
                 ) from None
+            self._fetched_from = header.server_id
             return header.version, wire.specs_from_proto(header.tensors), flat
 
         version, specs, flat = self._call("Fetch", attempt)
@@ -368,6 +372,7 @@ class ParameterClient:
             base_version=base_version,
             tensors=wire.specs_to_proto(with_dtype(self._specs, self.push_dtype)),
             client_step=client_step,
+            base_server_id=self._fetched_from,
         )
 
         attempts = 0

@@ -35,6 +35,9 @@ from gasgd_tf import checkpoints
 from gasgd_tf.server.store import DivergedError, ParameterStore, StoreState
 from gasgd_tf.tensors import TensorSpec, ValidationError
 
+# After a failed periodic save, the next try waits this long.
+FAILED_SAVE_BACKOFF_SECS = 10.0
+
 
 class RestoreFailedError(RuntimeError):
     """Checkpoints exist for this server but none could be restored (or one was required)."""
@@ -155,7 +158,8 @@ def restore_at_start(
       run_id: The run's id; only its checkpoints are candidates (None: any
         checkpoint of this shard layout).
       restore: None: resume if there is a checkpoint; True: there must be
-        one; False: start empty (saying what is left unused).
+        one; False: start empty, which is refused when this run has
+        checkpoints (they would be overwritten).
 
     Returns:
       What was restored, or None (the store stays uninitialized).
@@ -179,10 +183,12 @@ def restore_at_start(
             )
     if restore is False:
         if candidates:
-            print(
-                f"parameter server: not restoring (restore=False); {len(candidates)} "
-                f"checkpoint(s) of {whose} in {directory} are left as they are",
-                flush=True,
+            # Starting the same run afresh would overwrite its files (same
+            # names) and prune them: a new run needs a new id.
+            raise RestoreFailedError(
+                f"restore=False, but {directory} holds {len(candidates)} checkpoint(s) of "
+                f"{whose}, which a fresh start under the same run id would overwrite: pass a "
+                "new --config.run_id (or move them away)"
             )
         return None
     if not candidates and damaged:
@@ -303,6 +309,7 @@ class Checkpointer:
         # None: nothing saved by this process yet; the first save comes at once
         # (for a restored store, a copy of the file it came from: cheap insurance).
         self._last_version: int | None = None
+        self._last_leaves = 0
         self._last_time = time.monotonic()
         self._save_lock = threading.Lock()  # The final save may race a periodic one.
         self.saved = 0
@@ -318,6 +325,8 @@ class Checkpointer:
         version = self._store.version
         if self._last_version is None:
             return True  # The first state: a restart must find something.
+        if self._store.leaves != self._last_leaves:
+            return True  # Who has finished must survive a restart (see ParameterStore.leaves).
         if version == self._last_version:
             return False
         if self._every_updates and version - self._last_version >= self._every_updates:
@@ -327,12 +336,18 @@ class Checkpointer:
     def save(self, quiet: bool = True) -> str | None:
         """Saves now and prunes older files; returns the path (None: nothing saved)."""
         with self._save_lock:
-            path = save_checkpoint(
-                self._store, self._directory, self._shard, self._run_id, quiet=quiet
-            )
-            self._last_time = time.monotonic()
+            leaves = self._store.leaves  # Read first: a Leave during the save is saved next time.
+            try:
+                path = save_checkpoint(
+                    self._store, self._directory, self._shard, self._run_id, quiet=quiet
+                )
+            finally:
+                # A failed save (disk full) waits for the next interval too,
+                # instead of copying the state and retrying ten times a second.
+                self._last_time = time.monotonic()
             if path is None:
                 return None
+            self._last_leaves = leaves
             self._last_version = checkpoints.read_file(path, with_arrays=False).version
             self.saved += 1
             checkpoints.prune(self._directory, self._shard, self._run_id, self._keep)
@@ -340,13 +355,22 @@ class Checkpointer:
 
     def _run(self) -> None:
         # Poll often enough for every_updates to be near exact at typical rates.
+        failed_at = None
         while not self._stop.wait(0.1):
+            if failed_at is not None and time.monotonic() - failed_at < FAILED_SAVE_BACKOFF_SECS:
+                continue
             if not self.due():
                 continue
             try:
                 path = self.save()
-            except OSError as e:  # Disk full: say so, keep serving, try again later.
-                print(f"parameter server: checkpoint failed: {e}", flush=True)
+                failed_at = None
+            except Exception as e:  # Disk full, out of memory: say so, keep serving, retry later.
+                failed_at = time.monotonic()
+                print(
+                    f"parameter server: checkpoint failed ({type(e).__name__}: {e}); trying "
+                    f"again in {FAILED_SAVE_BACKOFF_SECS:.0f}s",
+                    flush=True,
+                )
                 continue
             if path is not None:
                 print(

@@ -333,6 +333,7 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
             )
             flat = self._in_dtype(snap.version, snap.flat, dtype)
         header = pb.FetchHeader(
+            server_id=self._store.server_id,
             version=snap.version,
             tensors=wire.specs_to_proto(with_dtype(snap.specs, dtype)),
             total_bytes=flat.nbytes,
@@ -425,6 +426,7 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
             grad,
             header.client_step,
             known_finite=known_finite,  # Checked chunk by chunk, in cache, as it arrived.
+            base_server_id=header.base_server_id,
         )
         return pb.PushResponse(
             version=result.version, staleness=result.staleness, duplicate=result.duplicate

@@ -248,6 +248,9 @@ class ParameterStore:
         self._params: np.ndarray | None = None
         self._slots: dict[str, np.ndarray] = {}
         self._version = 0
+        # The version this server start began at (0, or the restored one):
+        # versions above it exist only in this start's history.
+        self._start_version = 0
         self._snapshot: Snapshot | None = None
         self._clients: dict[str, ClientRecord] = {}
         self._staleness = StalenessStats()
@@ -255,6 +258,10 @@ class ParameterStore:
         self._updates_applied = 0
         self._pushes_rejected = 0
         self._duplicate_pushes = 0
+        # Counts Leaves: a checkpoint must record them even when the version
+        # stands still (a restored server that thinks a finished worker is
+        # still active would make the evaluator wait for it forever).
+        self.leaves = 0
 
     # -- Reads ---------------------------------------------------------------
 
@@ -495,6 +502,7 @@ class ParameterStore:
         grad: np.ndarray,
         client_step: int = 0,
         known_finite: bool = False,
+        base_server_id: str = "",
     ) -> PushResult:
         """Validates and applies one gradient as one update.
 
@@ -508,6 +516,9 @@ class ParameterStore:
           known_finite: The caller has checked every value of ``grad`` for
             NaN and Inf (the servicer does, chunk by chunk as they arrive);
             skips that pass here.
+          base_server_id: The server id of the fetch that gave
+            ``base_version`` ("": unknown). From an earlier server start and
+            above the version this start began at: refused, as ahead.
 
         Raises:
           ValidationError: Bad ids, a base version from the future, a wrong
@@ -529,7 +540,8 @@ class ParameterStore:
             self._layout.check_finite(grad)
         with self._lock:
             self._require_healthy()
-            if base_version > self._version:
+            other_start = base_server_id and base_server_id != self.server_id
+            if base_version > self._version or (other_start and base_version > self._start_version):
                 self._pushes_rejected += 1
                 raise AheadOfServerError(
                     f"base_version {base_version} is ahead of the server version {self._version} "
@@ -714,7 +726,7 @@ class ParameterStore:
             if self._layout is not None:
                 raise RestoreError("the parameters are already initialized: restore first")
             self._layout, self._params, self._slots = layout, params, slots
-            self._version = int(state.version)
+            self._version = self._start_version = int(state.version)
             self._updates_applied = int(meta.get("updates_applied", 0))
             self._pushes_rejected = int(meta.get("pushes_rejected", 0))
             self._duplicate_pushes = int(meta.get("duplicate_pushes", 0))
@@ -750,6 +762,7 @@ class ParameterStore:
         with self._lock:
             self._touch(client_id).active = False
             self._forget(client_id)
+            self.leaves += 1
             return self._version
 
     def _learning_rate(self, staleness: int) -> float:
