@@ -163,6 +163,8 @@ def run(config: ml_collections.ConfigDict, address: str, workdir: str) -> EvalRe
     progress_file = progress.progress_path(workdir, CLIENT_ID)
     client = worker.connect(config, address, CLIENT_ID)
     client.wait_for_server(config.client.connect_timeout_secs)
+    # A long evaluation of a large test set is silence otherwise.
+    client.start_heartbeats(config.client.heartbeat_secs)
     deadline = time.monotonic() + config.client.connect_timeout_secs
     # With its signature, so that the server refuses a model that differs.
     while not client.register(sync.specs).initialized:

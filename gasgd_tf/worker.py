@@ -499,7 +499,9 @@ def train(
                     fetches += int(fetch_due)
                     ack = background.ack or ack
                 except ServerRestartedError as e:  # The previous push, refused.
-                    # This step's gradient came from the same stale weights: drop it too.
+                    # What was computed since came from the same lost weights: drop it too.
+                    if not pushed and not direct:
+                        step_fn.take_gradient()
                     pushes -= 1
                     pushes_lost += 1 + int(pushed)
                     base_version, fresh = recover(e), True
