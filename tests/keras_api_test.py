@@ -1,0 +1,335 @@
+"""gasgd_tf.AsyncSGD: model.fit as an A-SGD worker, against in-process parameter servers."""
+
+import grpc
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import gasgd_tf
+from gasgd_tf.client import ParameterClient, ServerRestartedError, ServerUnavailableError
+from gasgd_tf.server import SGD, ParameterStore
+from gasgd_tf.worker import VariableSync
+
+pytestmark = pytest.mark.filterwarnings("ignore:`shuffle=True` was passed:UserWarning")
+
+BATCH = 8
+
+
+def regression_data(batches: int, seed: int = 0) -> tf.data.Dataset:
+    """A learnable problem: y = x @ w + 0.5, with a little noise; no shuffling."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batches * BATCH, 4)).astype(np.float32)
+    w = np.array([[1.0], [-2.0], [0.5], [3.0]], np.float32)
+    y = x @ w + 0.5 + 0.01 * rng.normal(size=(len(x), 1)).astype(np.float32)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH)
+
+
+def dense_net(name: str = "net", hidden: int = 8, seed: int = 0) -> keras.Model:
+    """Explicit names: the variable paths, which the server checks, do not depend on
+    how many layers this process built before."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(hidden, activation="tanh", name="hidden"),
+            keras.layers.Dense(1, name="out"),
+        ],
+        name=name,
+    )
+
+
+class Recorder:
+    """Records every push (gradient, base version, client step) and fetch of ParameterClient."""
+
+    def __init__(self, monkeypatch, callback=None):
+        self.pushes, self.fetch_steps = [], []
+        self.callback = callback
+        push, fetch = ParameterClient.push, ParameterClient.fetch
+
+        def recording_push(client, grad, base_version, client_step=0):
+            self.pushes.append((np.array(grad, copy=True), base_version, client_step))
+            return push(client, grad, base_version, client_step)
+
+        def recording_fetch(client, *args, **kwargs):
+            self.fetch_steps.append(self.callback.steps if self.callback else None)
+            return fetch(client, *args, **kwargs)
+
+        monkeypatch.setattr(ParameterClient, "push", recording_push)
+        monkeypatch.setattr(ParameterClient, "fetch", recording_fetch)
+
+    @property
+    def gradient_sum(self) -> np.ndarray:
+        return np.sum([g for g, _, _ in self.pushes], axis=0)
+
+
+def flat_gradient(model: keras.Model, loss_fn, x, y) -> np.ndarray:
+    with tf.GradientTape() as tape:
+        loss = loss_fn(y, model(x, training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    return np.concatenate([g.numpy().ravel() for g in grads])
+
+
+@pytest.mark.parametrize("local_optimizer", ["sgd", "adam", "loss_scale"])
+def test_server_moves_exactly_by_the_pushed_gradients(serve, monkeypatch, local_optimizer):
+    store = ParameterStore(SGD(learning_rate=1.0))
+    server = serve(store)
+    model = dense_net()
+    optimizer = {
+        "sgd": lambda: keras.optimizers.SGD(0.05),
+        "adam": lambda: keras.optimizers.Adam(0.01),
+        # The loss is scaled by 2**15 before the gradient: the push must not be.
+        "loss_scale": lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.05)),
+    }[local_optimizer]()
+    model.compile(optimizer=optimizer, loss="mse")
+    data = regression_data(6)
+    init = VariableSync(model.trainable_variables).read()
+    x0, y0 = next(iter(data))
+    first_gradient = flat_gradient(model, keras.losses.MeanSquaredError(), x0, y0)
+
+    callback = gasgd_tf.AsyncSGD(server=server.address, n_push=1, n_fetch=1, verbose=False)
+    recorder = Recorder(monkeypatch, callback)
+    model.fit(data, epochs=1, callbacks=[callback], verbose=0)
+
+    assert len(recorder.pushes) == callback.pushes == store.version == callback.version == 6
+    # The first push is the raw gradient of the loss at the initial weights.
+    np.testing.assert_allclose(recorder.pushes[0][0], first_gradient, rtol=1e-4, atol=1e-6)
+    # Each push is computed from the weights fetched after the previous one.
+    assert [base for _, base, _ in recorder.pushes] == list(range(6))
+    assert [step for _, _, step in recorder.pushes] == list(range(1, 7))
+    assert (callback.staleness, callback.max_staleness, callback.pushes_lost) == (0, 0, 0)
+    expected = init - 1.0 * recorder.gradient_sum
+    np.testing.assert_allclose(store.snapshot().flat, expected, rtol=1e-5, atol=1e-5)
+    # After fit the optimizer and train function are the user's again.
+    inner = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    assert "apply" not in vars(inner) and model.train_function is None
+    (record,) = store.status().clients
+    assert (record.client_id, record.pushes, record.active) == (callback.client_id, 6, False)
+
+
+class TinyNet(keras.Model):
+    """A user-defined subclassed model."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(8, activation="relu", name="hidden")
+        self.out = keras.layers.Dense(1, name="out")
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def pseudo_huber(y_true, y_pred):
+    """The user's own loss."""
+    return keras.ops.mean(keras.ops.sqrt(1.0 + keras.ops.square(y_true - y_pred)) - 1.0, axis=-1)
+
+
+class MaxAbsError(keras.metrics.Metric):
+    """The user's own metric."""
+
+    def __init__(self, name="max_abs_error", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.max = self.add_variable(shape=(), initializer="zeros", name="max")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        self.max.assign(keras.ops.maximum(self.max, keras.ops.max(keras.ops.abs(y_true - y_pred))))
+
+    def result(self):
+        return self.max
+
+
+def test_subclassed_model_with_own_loss_and_metric_follows_the_schedule(serve, monkeypatch):
+    store = ParameterStore(SGD(learning_rate=0.01))
+    server = serve(store)
+    keras.utils.set_random_seed(1)
+    model = TinyNet(name="tiny")
+    model(np.zeros((1, 4), np.float32))  # Builds the layers.
+    init = VariableSync(model.trainable_variables).read()
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=pseudo_huber, metrics=[MaxAbsError()])
+    callback = gasgd_tf.AsyncSGD(
+        server.address, n_push=5, n_fetch=10, client_id="keras_tiny", verbose=False
+    )
+    recorder = Recorder(monkeypatch, callback)
+    history = model.fit(regression_data(10), epochs=2, callbacks=[callback], verbose=0)
+
+    # 20 steps over 2 epochs: pushes at 5, 10, 15, 20; a fetch when joining
+    # (step 0) and at 10, none at the last step 20.
+    assert [step for _, _, step in recorder.pushes] == [5, 10, 15, 20]
+    assert recorder.fetch_steps == [0, 10]
+    # A push names the version its oldest gradient was computed from.
+    assert [base for _, base, _ in recorder.pushes] == [0, 0, 2, 2]
+    assert callback.stats == {
+        "steps": 20,
+        "pushes": 4,
+        "fetches": 1,
+        "pushes_lost": 0,
+        "version": 4,
+        "staleness": 1,
+        "max_staleness": 1,
+    }
+    assert set(history.history) == {"loss", "max_abs_error"}
+    assert len(history.history["max_abs_error"]) == 2
+    np.testing.assert_allclose(
+        store.snapshot().flat,
+        init - 0.01 * recorder.gradient_sum,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+class CustomStepNet(TinyNet):
+    """A custom train_step that applies its gradients through self.optimizer.apply."""
+
+    def train_step(self, data):
+        x, y = data
+        with tf.GradientTape() as tape:
+            loss = keras.ops.mean(keras.ops.square(y - self(x, training=True)))
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        return {"loss": loss}
+
+
+def test_custom_train_step_pushes_its_gradients(serve, monkeypatch):
+    store = ParameterStore(SGD(learning_rate=0.1))
+    server = serve(store)
+    keras.utils.set_random_seed(2)
+    model = CustomStepNet(name="custom")
+    model.compile(optimizer=keras.optimizers.SGD(0.05))
+    model(np.zeros((1, 4), np.float32))  # Builds the layers.
+    init = VariableSync(model.trainable_variables).read()
+    callback = gasgd_tf.AsyncSGD(server.address, n_push=3, n_fetch=100, verbose=False)
+    recorder = Recorder(monkeypatch, callback)
+    model.fit(regression_data(7), epochs=1, callbacks=[callback], verbose=0)
+    # Pushes at 3, 6 and the rest (step 7) at the end of fit.
+    assert [step for _, _, step in recorder.pushes] == [3, 6, 7]
+    # Never fetched: the local SGD(0.05) weights moved by 0.05 * every gradient.
+    local = VariableSync(model.trainable_variables).read()
+    np.testing.assert_allclose(local, init - 0.05 * recorder.gradient_sum, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        store.snapshot().flat, init - 0.1 * recorder.gradient_sum, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_a_push_lost_to_a_server_restart_refetches_and_goes_on(serve, monkeypatch):
+    store = ParameterStore(SGD(learning_rate=0.1))
+    server = serve(store)
+    model = dense_net()
+    model.compile(optimizer="sgd", loss="mse")
+    callback = gasgd_tf.AsyncSGD(
+        server.address, n_push=1, n_fetch=100, fetch_on_end=True, verbose=False
+    )
+    recorder = Recorder(monkeypatch, callback)
+    recorded_push = ParameterClient.push
+    calls = []
+
+    def push_refused_once(client, grad, base_version, client_step=0):
+        calls.append((base_version, client_step))
+        if len(calls) == 2:  # As a server restored from an older checkpoint answers.
+            raise ServerRestartedError("restored to version 1", grpc.StatusCode.ABORTED)
+        return recorded_push(client, grad, base_version, client_step)
+
+    monkeypatch.setattr(ParameterClient, "push", push_refused_once)
+    model.fit(regression_data(4), callbacks=[callback], verbose=0)
+
+    # Step 2's push is lost; the worker refetches (version 1) and goes on from it.
+    assert calls == [(0, 1), (0, 2), (1, 3), (1, 4)]
+    assert recorder.fetch_steps == [0, 2, 4]  # Join, recovery, fetch_on_end.
+    assert (callback.pushes, callback.pushes_lost, callback.fetches) == (3, 1, 1)
+    assert store.version == callback.version == 3
+    # fetch_on_end: the model holds the server's parameters after fit.
+    np.testing.assert_array_equal(
+        VariableSync(model.trainable_variables).read(), store.snapshot().flat
+    )
+
+
+def test_local_server_learns_and_is_reachable_by_other_workers():
+    model = dense_net("linear", seed=3)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    callback = gasgd_tf.AsyncSGD(
+        None, n_push=2, n_fetch=4, server_learning_rate=0.05, keep_server=True, verbose=False
+    )
+    address = callback.address
+    assert address.startswith("127.0.0.1:") and callback.server is not None
+    try:
+        history = model.fit(regression_data(20), epochs=3, callbacks=[callback], verbose=0)
+        losses = history.history["loss"]
+        assert losses[-1] < 0.5 * losses[0], losses
+        assert (callback.pushes, callback.version) == (30, 30)
+
+        # A second worker joins the kept server and starts from its weights.
+        other = dense_net("linear", seed=4)
+        other.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+        joiner = gasgd_tf.AsyncSGD(address, n_push=2, n_fetch=2, client_id="w2", verbose=False)
+        other.fit(regression_data(2), epochs=1, callbacks=[joiner], verbose=0)
+        assert (joiner.pushes, joiner.version) == (1, 31)
+    finally:
+        callback.stop_server()
+    assert callback.server is None
+
+    # Without keep_server the local server stops with fit.
+    transient = gasgd_tf.AsyncSGD("local", n_push=1, n_fetch=1, verbose=False)
+    model.fit(regression_data(2), epochs=1, callbacks=[transient], verbose=0)
+    assert transient.server is None and transient.version == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_push": 0}, "n_push must be a positive integer"),
+        ({"n_push": 2.5}, "n_push must be a positive integer"),
+        ({"n_fetch": -1}, "n_fetch must be a positive integer"),
+        ({"n_fetch": True}, "n_fetch must be a positive integer"),
+        ({"server": "somehost"}, "has no port"),
+        ({"server": "h:1", "server_learning_rate": 0.1}, "configure a local server"),
+        ({"push_dtype": "int8"}, "push_dtype must be one of"),
+        ({"server_optimizer": "lbfgs"}, "unknown server optimizer"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, message):
+    kwargs = {"server": "h:1", **kwargs}
+    if "server_optimizer" in kwargs:
+        kwargs["server"] = None
+    with pytest.raises(ValueError, match=message):
+        gasgd_tf.AsyncSGD(**kwargs)
+
+
+def test_a_model_that_differs_from_the_servers_is_refused_naming_a_tensor(serve):
+    server = serve(ParameterStore(SGD(learning_rate=0.1)))
+    first = dense_net(hidden=8)
+    first.compile(optimizer="sgd", loss="mse")
+    first.fit(regression_data(1), callbacks=[gasgd_tf.AsyncSGD(server.address, verbose=False)])
+
+    wider = dense_net(hidden=16)  # Same names, other shapes.
+    wider.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(gasgd_tf.ModelMismatchError, match=r"net/hidden/kernel.*shape") as error:
+        wider.fit(regression_data(1), callbacks=[gasgd_tf.AsyncSGD(server.address, verbose=False)])
+    assert server.address in str(error.value)
+    assert "apply" not in vars(wider.optimizer)  # Nothing left behind.
+
+
+def test_an_unreachable_server_is_named():
+    model = dense_net()
+    model.compile(optimizer="sgd", loss="mse")
+    callback = gasgd_tf.AsyncSGD("127.0.0.1:1", connect_timeout_secs=0.2, verbose=False)
+    with pytest.raises(ServerUnavailableError, match="127.0.0.1:1"):
+        model.fit(regression_data(1), callbacks=[callback], verbose=0)
+
+
+def test_a_train_step_that_bypasses_the_optimizer_is_refused(serve):
+    class Bypass(TinyNet):
+        def train_step(self, data):
+            x, y = data
+            with tf.GradientTape() as tape:
+                loss = keras.ops.mean(keras.ops.square(y - self(x, training=True)))
+            for v, g in zip(
+                self.trainable_variables, tape.gradient(loss, self.trainable_variables)
+            ):
+                v.assign_sub(0.01 * g)
+            return {"loss": loss}
+
+    server = serve(ParameterStore(SGD(learning_rate=0.1)))
+    model = Bypass(name="bypass")
+    model.compile(optimizer="sgd")
+    model(np.zeros((1, 4), np.float32))  # Builds the layers.
+    with pytest.raises(RuntimeError, match="never called its optimizer"):
+        model.fit(regression_data(2), callbacks=[gasgd_tf.AsyncSGD(server.address, verbose=False)])
