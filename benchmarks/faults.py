@@ -22,7 +22,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
+
+from gasgd_tf import progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,20 +40,6 @@ def _command(workdir: str, num_steps: int, *extra: str) -> list[str]:
         "--config.ps.checkpoint_every_secs=2",
         *extra,
     ]
-
-
-def _wait_for_step(workdir: str, step: int, process: subprocess.Popen) -> None:
-    path = os.path.join(workdir, "progress", "worker_1.json")
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with open(path) as f:
-                if json.load(f)["step"] >= step:
-                    return
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"worker_1 never reached step {step}")
 
 
 def _pid_of(workdir: str, role: str) -> int:
@@ -76,7 +63,7 @@ def run(kill: str, num_steps: int, at_step: int) -> dict:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    _wait_for_step(workdir, at_step, launcher)
+    progress.wait_for_step(workdir, "worker_1", at_step, launcher, timeout_secs=300)
     if kill == "launcher":
         launcher.send_signal(signal.SIGINT)
         out, _ = launcher.communicate(timeout=120)

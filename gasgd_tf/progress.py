@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 
@@ -35,3 +36,30 @@ def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
 
 def progress_path(workdir: str, role: str) -> str:
     return os.path.join(workdir, "progress", f"{role}.json")
+
+
+def wait_for_step(
+    workdir: str, role: str, step: int, process=None, timeout_secs: float = 120.0
+) -> None:
+    """Blocks until ``role``'s progress file in ``workdir`` reports ``step`` or later.
+
+    For scripts and tests that act on a run mid-way (fault injection).
+
+    Args:
+      workdir: The run folder.
+      role: For example "worker_1".
+      step: The step to wait for.
+      process: The run's process (a ``subprocess.Popen``): if it ends first,
+        waiting ends too.
+      timeout_secs: How long to wait.
+
+    Raises:
+      TimeoutError: The step was not reached in time, or ``process`` ended.
+    """
+    path = progress_path(workdir, role)
+    deadline = time.monotonic() + timeout_secs
+    while time.monotonic() < deadline and (process is None or process.poll() is None):
+        if ((read_json(path) or {}).get("step") or 0) >= step:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{role} did not reach step {step} within {timeout_secs:.0f}s")

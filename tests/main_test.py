@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO_ROOT
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gasgd_tf import checkpoints
+from gasgd_tf import checkpoints, progress
 from gasgd_tf.client import ParameterClient
 
 
@@ -298,17 +298,7 @@ def test_sharded_run_trains_and_writes_one_checkpoint_per_shard(digits_data_dir,
 def test_a_worker_killed_mid_run_is_restarted_and_the_run_finishes(digits_data_dir, tmp_path):
     workdir = str(tmp_path / "run")
     launcher = start_launcher(workdir, digits_data_dir, 300)
-    progress_file = os.path.join(workdir, "progress", "worker_0.json")
-    deadline = time.monotonic() + 120
-    step = 0
-    while step < 20:  # Mid-run: it has pushed.
-        assert time.monotonic() < deadline and launcher.poll() is None, "worker_0 never started"
-        try:
-            with open(progress_file) as f:
-                step = json.load(f)["step"]
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            pass
-        time.sleep(0.05)
+    progress.wait_for_step(workdir, "worker_0", 20, launcher)  # Mid-run: it has pushed.
     pattern = (
         f"--role=worker --config_json={workdir}/config.json --workdir={workdir} --task_index=0"
     )
@@ -331,20 +321,6 @@ def test_a_worker_killed_mid_run_is_restarted_and_the_run_finishes(digits_data_d
     assert not leftover_processes(workdir)
 
 
-def _wait_for_step(workdir: str, role: str, step: int, process: subprocess.Popen) -> None:
-    progress_file = os.path.join(workdir, "progress", f"{role}.json")
-    deadline = time.monotonic() + 120
-    while True:
-        assert time.monotonic() < deadline and process.poll() is None, f"{role} stalled"
-        try:
-            with open(progress_file) as f:
-                if json.load(f)["step"] >= step:
-                    return
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            pass
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 def test_the_server_killed_mid_run_is_restarted_from_its_checkpoint(digits_data_dir, tmp_path):
     workdir = str(tmp_path / "run")
@@ -362,7 +338,7 @@ def test_the_server_killed_mid_run_is_restarted_from_its_checkpoint(digits_data_
         stderr=subprocess.STDOUT,
         text=True,
     )
-    _wait_for_step(workdir, "worker_1", 150, launcher)
+    progress.wait_for_step(workdir, "worker_1", 150, launcher)
     found = subprocess.run(
         ["pgrep", "-f", "--", f"--role=ps --config_json={workdir}/config.json"],
         capture_output=True,
@@ -402,7 +378,7 @@ def test_the_server_killed_mid_run_is_restarted_from_its_checkpoint(digits_data_
 def test_an_interrupted_run_resumes_where_it_stopped(digits_data_dir, tmp_path):
     workdir = str(tmp_path / "run")
     launcher = start_launcher(workdir, digits_data_dir, 400)
-    _wait_for_step(workdir, "worker_1", 100, launcher)
+    progress.wait_for_step(workdir, "worker_1", 100, launcher)
     launcher.send_signal(signal.SIGINT)  # Ctrl-C: the server saves as it stops.
     launcher.communicate(timeout=60)
     assert launcher.returncode == 130
