@@ -26,12 +26,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def visible_gpus() -> list[str]:
-    """The GPUs ``nvidia-smi -L`` lists (empty without a driver)."""
+    """The GPUs this process may use: ``nvidia-smi -L``'s, narrowed by CUDA_VISIBLE_DEVICES."""
     try:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return []
-    return [line for line in out.stdout.splitlines() if line.startswith("GPU ")]
+    gpus = [line for line in out.stdout.splitlines() if line.startswith("GPU ")]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:  # nvidia-smi ignores it; TensorFlow does not.
+        gpus = gpus[: len([d for d in visible.split(",") if d.strip()])]
+    return gpus
 
 
 def run_one(precision: str, workers: int, steps: int, jit: bool) -> dict:

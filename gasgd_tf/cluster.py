@@ -60,6 +60,8 @@ class ClusterTask:
       num_workers: Workers in the cluster.
       num_shards: Server shards in the cluster.
       source: Where this came from, for logs ("TF_CONFIG", "slurm", a file).
+      local_rank: For a worker under Slurm: its rank among the workers of
+        its node (the GPU it takes); None when the cluster does not say.
     """
 
     role: str
@@ -68,6 +70,7 @@ class ClusterTask:
     num_workers: int
     num_shards: int
     source: str
+    local_rank: int | None = None
 
 
 def from_tf_config(document: Mapping, source: str = "TF_CONFIG") -> ClusterTask:
@@ -88,12 +91,23 @@ def from_tf_config(document: Mapping, source: str = "TF_CONFIG") -> ClusterTask:
     jobs = {}
     for job, addresses in cluster.items():
         if isinstance(addresses, Mapping):  # TensorFlow's sparse form: {"0": "host:port"}.
-            addresses = [addresses[k] for k in sorted(addresses, key=int)]
+            try:
+                indices = sorted(int(k) for k in addresses)
+            except ValueError:
+                raise ClusterError(f"{source}: cluster.{job} has a non-integer index") from None
+            if indices != list(range(len(indices))):
+                raise ClusterError(
+                    f"{source}: cluster.{job} lists tasks {indices}: gasgd_tf needs every task "
+                    "from 0 up (each worker counts)"
+                )
+            addresses = [addresses[str(k)] for k in indices]
         if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
             raise ClusterError(f"{source}: cluster.{job} must be a list of 'host:port'")
         for address in addresses:
             _port(address, f"{source}: cluster.{job}")
         jobs[job] = addresses
+    if "master" in jobs:  # Kubeflow's older name of the chief.
+        jobs["chief"] = jobs.pop("master")
     ps = jobs.get("ps", [])
     workers = jobs.get("chief", []) + jobs.get("worker", [])
     if not ps:
@@ -101,6 +115,7 @@ def from_tf_config(document: Mapping, source: str = "TF_CONFIG") -> ClusterTask:
     if not workers:
         raise ClusterError(f"{source}: the cluster has no 'worker' (or 'chief') job")
     kind = str(task["type"])
+    kind = "chief" if kind == "master" else kind
     try:
         index = int(task.get("index", 0))
     except (TypeError, ValueError):
@@ -112,6 +127,8 @@ def from_tf_config(document: Mapping, source: str = "TF_CONFIG") -> ClusterTask:
             f"{source}: task type {kind!r} is not one of {sorted(known)} (gasgd_tf runs ps "
             "shards, workers (chief = worker 0) and one evaluator)"
         )
+    if kind == "evaluator" and index != 0:
+        raise ClusterError(f"{source}: gasgd_tf runs one evaluator, got evaluator:{index}")
     if not 0 <= index < max(len(known[kind]), 1 if kind == "evaluator" else 0):
         raise ClusterError(
             f"{source}: task {kind}:{index} is not in the cluster ({len(known[kind])} {kind} tasks)"
@@ -164,7 +181,9 @@ def from_slurm(
         return ClusterTask("ps", rank, f"0.0.0.0:{base_port + rank}", **common)
     if rank == ntasks - 1:
         return ClusterTask("eval", 0, shards, **common)
-    return ClusterTask("worker", rank - num_shards, shards, **common)
+    # Among the workers of its node (the server and evaluator take no GPU).
+    on_node = sum(1 for r in range(num_shards, rank) if hosts[r] == hosts[rank])
+    return ClusterTask("worker", rank - num_shards, shards, **common, local_rank=on_node)
 
 
 def expand_hostlist(text: str) -> list[str]:
@@ -211,8 +230,13 @@ def task_hosts(nodes: list[str], per_node: list[int]) -> list[str]:
 
 
 def local_rank(env: Mapping[str, str], default: int) -> int:
-    """This process's rank on its node: which of the node's GPUs it takes."""
-    for key in ("SLURM_LOCALID", "LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"):
+    """This process's rank on its node: which of the node's GPUs it takes.
+
+    ``LOCAL_RANK`` first (the launcher and ``--role=auto`` set it for
+    workers: their rank among the workers of their node), then Slurm's and
+    Open MPI's, else ``default``.
+    """
+    for key in ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK"):
         value = env.get(key)
         if value is not None and value.strip().isdigit():
             return int(value)

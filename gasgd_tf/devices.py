@@ -16,18 +16,24 @@ class DeviceError(RuntimeError):
 def pick_gpu(local_rank: int, num_gpus: int, share_gpus: bool = False) -> int:
     """Which of the node's ``num_gpus`` GPUs the worker of ``local_rank`` takes.
 
+    A process that sees exactly one GPU takes it, whatever its rank: the
+    scheduler gave it that one (Slurm's ``--gpus-per-task=1``, a pod with
+    one GPU).
+
     Raises:
-      DeviceError: ``local_rank >= num_gpus`` without ``share_gpus``: two
-        workers on one GPU halve each other's speed and may run out of its
-        memory, so it must be asked for.
+      DeviceError: ``local_rank >= num_gpus > 1`` without ``share_gpus``:
+        two workers on one GPU halve each other's speed and may run out of
+        its memory, so it must be asked for.
     """
+    if num_gpus == 1:
+        return 0
     if local_rank < num_gpus:
         return local_rank
     if not share_gpus:
         raise DeviceError(
             f"this worker has local rank {local_rank} but the process sees {num_gpus} GPU(s): "
-            "start at most one worker per GPU on a node (or set worker.share_gpus=True to "
-            "put several on one GPU)"
+            "start at most one worker per GPU on a node, set LOCAL_RANK to each worker's rank "
+            "on its node, or set worker.share_gpus=True to put several on one GPU"
         )
     return local_rank % num_gpus
 
@@ -57,10 +63,13 @@ def configure(local_rank: int, cpu_threads: int = 0, share_gpus: bool = False) -
       DeviceError: See ``pick_gpu``.
     """
     gpus = tf.config.list_physical_devices("GPU")
+    # Outside the try below: its RuntimeError means "already initialised",
+    # and a DeviceError (a RuntimeError too) must not be taken for that.
+    index = pick_gpu(local_rank, len(gpus), share_gpus) if gpus else 0
     try:
         if gpus:
-            gpu = gpus[pick_gpu(local_rank, len(gpus), share_gpus)]
-            if local_rank >= len(gpus):
+            gpu = gpus[index]
+            if local_rank >= len(gpus) > 1:
                 log.warning(
                     "local rank %d shares %s: %d GPUs for more workers",
                     local_rank,

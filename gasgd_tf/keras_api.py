@@ -490,9 +490,28 @@ class AsyncSGD(keras.callbacks.Callback):
             self.stop_server()
 
     def close(self) -> None:
-        """Releases everything, the local server included (also after a failed ``fit``)."""
+        """Releases everything, the local server included (also after a failed ``fit``).
+
+        Keras skips ``on_train_end`` when ``fit`` raises (a data error,
+        Ctrl-C): then the optimizer stays hooked and the connection open
+        until this is called. ``with AsyncSGD(...) as sync:`` calls it.
+        """
+        if self._client is not None:  # fit failed before on_train_end: leave, briefly.
+            clients = getattr(self._client, "clients", [self._client])
+            for c in clients:
+                c.retry_secs, c.timeout_secs = min(c.retry_secs, 1.0), min(c.timeout_secs, 5.0)
+            try:
+                self._client.leave()
+            except Exception as e:  # A dead server: it expires this client anyway.
+                log.warning("%s: could not leave the server: %s", self.client_id, e)
         self._teardown()
         self.stop_server()
+
+    def __enter__(self) -> AsyncSGD:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _total_steps(self) -> int | None:
         params = self.params or {}
@@ -557,6 +576,9 @@ class AsyncSGD(keras.callbacks.Callback):
         # ``batch`` is the last step of this execution within the epoch
         # (several with steps_per_execution > 1): a push or fetch falls due
         # when the step count crosses a multiple of n_push or n_fetch.
+        steps = (self.params or {}).get("steps")
+        if steps:  # Keras reports the execution's nominal last step, even past the epoch's end.
+            batch = min(batch, steps - 1)
         step = self._epoch_base + batch + 1
         previous = self.steps
         if step <= previous:

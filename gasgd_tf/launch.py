@@ -492,10 +492,12 @@ class LocalLauncher:
                 f"{what} on {address} (loopback only); starting {cfg.num_workers} "
                 f"workers x {cfg.num_steps} steps and an evaluator; logs in {self.workdir}/logs"
             )
-            workers = [
-                self._child(f"worker_{i}", task_index=i, ps_address=address)
-                for i in range(cfg.num_workers)
-            ]
+            workers = []
+            for i in range(cfg.num_workers):
+                # All on this machine: worker i takes GPU i (an error past the last GPU).
+                self.env["LOCAL_RANK"] = str(i)
+                workers.append(self._child(f"worker_{i}", task_index=i, ps_address=address))
+            self.env.pop("LOCAL_RANK")
             evaluator = self._child("eval", ps_address=address)
             # Only now, with every child started: see the module docstring on fork.
             from gasgd_tf.client import make_client  # grpc only; no TensorFlow.

@@ -130,7 +130,9 @@ def _from_cluster(config):
     with config.unlocked():
         config.num_workers = task.num_workers
         config.ps.num_shards = task.num_shards
-    if task.source == "TF_CONFIG":
+    if task.local_rank is not None:  # Slurm: the rank among the workers of the node.
+        os.environ["LOCAL_RANK"] = str(task.local_rank)
+    elif task.source == "TF_CONFIG":
         # One pod per task: a worker takes its pod's first GPU unless told otherwise.
         os.environ.setdefault("LOCAL_RANK", "0")
     try:

@@ -44,6 +44,9 @@ def test_without_a_chief_workers_keep_their_indices():
     assert (task.role, task.task_index, task.num_workers) == ("worker", 1, 2)
     sparse = {"ps": {"0": "p:1"}, "worker": {"1": "w1:1", "0": "w0:1"}}  # TensorFlow's sparse form.
     assert cluster.from_tf_config(tf_config("worker", 1, sparse)).num_workers == 2
+    master = {"ps": ["p:1"], "master": ["m:1"], "worker": ["w0:1"]}  # Kubeflow's older chief.
+    assert cluster.from_tf_config(tf_config("master", 0, master)).task_index == 0
+    assert cluster.from_tf_config(tf_config("worker", 0, master)).task_index == 1
 
 
 @pytest.mark.parametrize(
@@ -51,12 +54,14 @@ def test_without_a_chief_workers_keep_their_indices():
     [
         ({"task": {"type": "worker"}}, "no 'cluster'"),
         ({"cluster": CLUSTER}, "no 'task'"),
-        (tf_config("master", 0), "task type 'master' is not one of"),
+        (tf_config("trainer", 0), "task type 'trainer' is not one of"),
         (tf_config("worker", 2), r"task worker:2 is not in the cluster \(2 worker tasks\)"),
         (tf_config("worker", 0, {"worker": ["w:1"]}), "no 'ps' job"),
         (tf_config("ps", 0, {"ps": ["p:1"]}), "no 'worker'"),
         (tf_config("ps", 0, {"ps": ["p"], "worker": ["w:1"]}), "'p' is not 'host:port'"),
         ([1, 2], "expected a JSON object"),
+        (tf_config("evaluator", 1), "one evaluator"),
+        (tf_config("worker", 0, {"ps": ["p:1"], "worker": {"0": "w:1", "2": "w:2"}}), "from 0 up"),
     ],
 )
 def test_bad_tf_configs_are_named(document, message):
@@ -86,6 +91,8 @@ def test_slurm_tasks_become_shards_workers_and_the_evaluator():
     # Tasks 0-1 on gpu07, 2-3 on gpu08: the shards both live on gpu07.
     assert roles[2].ps_address == "gpu07:6000,gpu07:6001"
     assert {t.num_workers for t in roles} == {3}
+    # GPUs by rank among the workers of a node: gpu08's two workers take 0 and 1.
+    assert [t.local_rank for t in roles] == [None, None, 0, 1, 0, None]
 
 
 def test_slurm_lists_expand():

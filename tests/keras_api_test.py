@@ -333,3 +333,40 @@ def test_a_train_step_that_bypasses_the_optimizer_is_refused(serve):
     model(np.zeros((1, 4), np.float32))  # Builds the layers.
     with pytest.raises(RuntimeError, match="never called its optimizer"):
         model.fit(regression_data(2), callbacks=[gasgd_tf.AsyncSGD(server.address, verbose=False)])
+
+
+def test_steps_per_execution_counts_only_real_steps(serve):
+    # 8 steps an epoch in executions of 3: Keras reports the last execution
+    # as ending at step 9; the callback must count 8 per epoch.
+    store = ParameterStore(SGD(learning_rate=0.01))
+    server = serve(store)
+    model = dense_net()
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse", steps_per_execution=3)
+    sync = gasgd_tf.AsyncSGD(server=server.address, n_push=4, n_fetch=4)
+    model.fit(regression_data(8), epochs=2, callbacks=[sync], verbose=0)
+    assert sync.steps == 16 and sync.pushes == 4 == store.version
+
+
+def test_a_failed_fit_is_cleaned_up_by_the_context_manager(serve):
+    store = ParameterStore(SGD(learning_rate=0.01))
+    server = serve(store)
+    model = dense_net()
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+
+    def broken():
+        yield from regression_data(2)
+        raise ValueError("bad record")
+
+    data = tf.data.Dataset.from_generator(
+        broken,
+        output_signature=(
+            tf.TensorSpec((None, 4), tf.float32),
+            tf.TensorSpec((None, 1), tf.float32),
+        ),
+    )
+    with pytest.raises(Exception, match="bad record"):
+        with gasgd_tf.AsyncSGD(server=server.address, n_push=1, n_fetch=1) as sync:
+            model.fit(data, callbacks=[sync], verbose=0)
+    assert "apply" not in vars(model.optimizer)  # Unhooked although on_train_end never ran.
+    (record,) = [c for c in store.status().clients if c.client_id == sync.client_id]
+    assert not record.active  # It left the server.

@@ -74,11 +74,16 @@ def test_a_mixed_precision_worker_trains_against_a_float32_server(
     assert all(s.dtype == "float32" for s in store.specs)  # Variables stay float32.
 
 
-def test_one_gpu_per_worker_unless_sharing_is_asked_for():
+def test_one_gpu_per_worker_unless_sharing_is_asked_for(monkeypatch):
     assert devices.pick_gpu(1, num_gpus=2) == 1
     with pytest.raises(devices.DeviceError, match="local rank 2 but the process sees 2 GPU"):
         devices.pick_gpu(2, num_gpus=2)
     assert devices.pick_gpu(3, num_gpus=2, share_gpus=True) == 1
+    assert devices.pick_gpu(3, num_gpus=1) == 0  # The scheduler gave this process one GPU.
+    # configure() raises it too (a review found it taken for "already initialised").
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind: ["gpu:0", "gpu:1"])
+    with pytest.raises(devices.DeviceError):
+        devices.configure(2)
 
 
 def test_an_unknown_precision_is_refused():

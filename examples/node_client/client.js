@@ -92,7 +92,7 @@ async function fetchParameters(stub, clientId) {
     throw failed('Fetch', new Error(`stream ended after ${received} of ${expected} bytes`));
   }
   const values = new Float32Array(bytes.buffer, 0, bytes.length / 4);
-  return { version: header.version, tensors: header.tensors, values };
+  return { version: header.version, serverId: header.server_id, tensors: header.tensors, values };
 }
 
 // Push: a PushHeader, then the gradient's raw bytes in contiguous chunks.
@@ -145,6 +145,9 @@ async function main() {
     client_id: clientId,
     sequence: registered.last_sequence + 1, // 1, 2, 3, ... per client id.
     base_version: before.version,
+    // The server start that version came from: a server restarted from a
+    // checkpoint refuses (ABORTED) a base from a version it lost.
+    base_server_id: before.serverId,
     tensors: before.tensors.map((t) => ({ name: t.name, shape: t.shape, dtype: 'DTYPE_FLOAT32' })),
     client_step: 1,
   }, gradient, chunkBytes);
