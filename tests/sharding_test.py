@@ -210,3 +210,25 @@ def test_shard_checkpoints_of_two_runs_are_not_mixed(shards, tmp_path):
         checkpoints.load(str(tmp_path))  # The newest file is run B's.
     run_a = os.path.join(folder, "params-000000000-shard-0-of-3.run_a.npz")
     assert checkpoints.load(run_a).meta["versions"] == [0, 0, 0]
+
+
+def test_a_resumed_worker_does_not_push_again_to_a_shard_that_was_ahead(shards):
+    # A worker killed mid-push: shard 0 applied its step 2, shards 1 and 2
+    # did not. Restarted, it resumes after step 1 (what every shard has) and
+    # must not give shard 0 step 2 a second time.
+    stores, address = shards
+    with make_client(address, "worker_0", split_bytes=4096, timeout_secs=10) as client:
+        client.register(SPECS)
+        client.initialize(SPECS, np.zeros(SIZE, np.float32))
+        client.push(np.ones(SIZE, np.float32), (0, 0, 0), client_step=1)
+        client.clients[0].push(  # Only shard 0 got step 2 before the kill.
+            client._views(np.ones(SIZE, np.float32), 0), 1, client_step=2
+        )
+    with make_client(address, "worker_0", split_bytes=4096, timeout_secs=10) as restarted:
+        assert restarted.register(SPECS).last_step == 1  # Resume after step 1...
+        version, _, _ = restarted.fetch()
+        assert version == (2, 1, 1)
+        restarted.push(np.ones(SIZE, np.float32), version, client_step=2)
+        assert [s.version for s in stores] == [2, 2, 2]  # ...and step 2 reaches each shard once.
+        restarted.push(np.ones(SIZE, np.float32), (2, 2, 2), client_step=3)
+    assert [s.version for s in stores] == [3, 3, 3]

@@ -82,6 +82,10 @@ class ShardedClient:
         self._pool = futures.ThreadPoolExecutor(len(addresses), thread_name_prefix="shard")
         self.plan: sharding.ShardPlan | None = None
         self._layout: FlatLayout | None = None
+        # Each shard's last applied step of this client at registration: a
+        # client resuming at the smallest does not push again to a shard
+        # that has the steps after it already.
+        self._registered_steps: list[int] = [0] * len(addresses)
 
     # -- Plumbing ------------------------------------------------------------
 
@@ -130,6 +134,7 @@ class ShardedClient:
             regs = self._each(lambda k, c: c.register(plan.shard_specs(k)))
         else:
             regs = self._each(lambda k, c: c.register())
+        self._registered_steps = [r.last_step for r in regs]
         return Registration(
             initialized=all(r.initialized for r in regs),
             version=tuple(r.version for r in regs),
@@ -198,7 +203,14 @@ class ShardedClient:
                 f"Push to {self.address}: {e}{hint}", grpc.StatusCode.INVALID_ARGUMENT
             ) from None
         bases = self._bases(base_version, plan.num_shards)
-        acks = self._each(lambda k, c: c.push(self._views(grad, k), bases[k], client_step))
+
+        def push_one(k: int, c: ParameterClient) -> PushAck:
+            if client_step and client_step <= self._registered_steps[k]:
+                # Resumed after a restart: this shard applied this step before.
+                return PushAck(version=bases[k], staleness=0, duplicate=True)
+            return c.push(self._views(grad, k), bases[k], client_step)
+
+        acks = self._each(push_one)
         return PushAck(
             version=min(a.version for a in acks),
             staleness=max(a.staleness for a in acks),
