@@ -186,6 +186,14 @@ def _read(path: str, with_arrays: bool) -> Checkpoint:
     return Checkpoint(path, version, arrays, meta, slots)
 
 
+def file_version(path: str) -> int:
+    """The version a checkpoint file holds, from its name (``save`` puts it there)."""
+    match = _NAME.search(path)
+    if not match:
+        raise CheckpointError(f"{path} is not named like a gasgd_tf checkpoint")
+    return int(match.group(1))
+
+
 def read_file(path: str, with_arrays: bool = True) -> Checkpoint:
     """Reads exactly the file ``path`` (one shard's file stays one shard's), slots included.
 

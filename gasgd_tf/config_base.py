@@ -498,6 +498,18 @@ def hparams(config: ml_collections.ConfigDict) -> dict[str, bool | int | float |
     return out
 
 
+def differences(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The dotted fields whose values differ between two config dicts, sorted.
+
+    Args:
+      old, new: Configs as dicts (``to_dict()``, or a config.json read back).
+      ignore: Fields, or prefixes of fields ("client."), left out.
+    """
+    a = {k: v for k, v in flatten(old).items() if not k.startswith(ignore)}
+    b = {k: v for k, v in flatten(new).items() if not k.startswith(ignore)}
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
 def flatten(d: dict, prefix: str = "") -> dict:
     """A nested dict as ``{"a.b": value}``."""
     out = {}

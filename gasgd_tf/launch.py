@@ -235,7 +235,7 @@ def choose_run(config, workdir: str) -> str | None:
     with config.unlocked():
         config.run_id = found[0]
         config.restore = True  # Every shard must find its part: none may start empty.
-    version = checkpoints.read_file(found[1], with_arrays=False).version
+    version = checkpoints.file_version(found[1])
     print(
         f"resuming run {config.run_id} from {found[1]} (version {version}); "
         "--norestore starts a new run instead",
@@ -251,13 +251,7 @@ def _changed_fields(config, workdir: str) -> list[str]:
     previous = progress.read_json(os.path.join(workdir, "config.json"))
     if previous is None:
         return []
-
-    def what_is_trained(flat: dict) -> dict:
-        return {k: v for k, v in flat.items() if not k.startswith(OPERATIONAL_FIELDS)}
-
-    old = what_is_trained(config_base.flatten(previous))
-    new = what_is_trained(config_base.flatten(config.to_dict()))
-    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return config_base.differences(previous, config.to_dict(), ignore=OPERATIONAL_FIELDS)
 
 
 def _shard0(config) -> tuple[int, int] | None:
@@ -387,7 +381,7 @@ class LocalLauncher:
             # It had no parameters yet, or lost them all: an empty server
             # would refuse every push, and the workers have moved on.
             raise ChildFailed(child, code, f"{how} before its first checkpoint (no restart)")
-        saved = checkpoints.read_file(found[0], with_arrays=False).version
+        saved = checkpoints.file_version(found[0])
         missed = reached - saved if reached is not None and reached >= saved else None
         if missed is not None:
             self.updates_lost += missed

@@ -191,12 +191,9 @@ def _same_config(cell: Cell, folder: str) -> bool:
     written = progress.read_json(os.path.join(folder, "config.json"))
     if written is None:
         return False
-    expected = json.loads(cell.config_json)
     # How a run was started (its id, whether it resumed) is not part of the experiment.
-    for key in ("run_id", "restore"):
-        written.pop(key, None)
-        expected.pop(key, None)
-    return written == expected
+    ignore = ("run_id", "restore")
+    return not config_base.differences(written, json.loads(cell.config_json), ignore=ignore)
 
 
 def is_done(cell: Cell, workdir: str) -> bool:

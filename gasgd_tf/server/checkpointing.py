@@ -210,16 +210,11 @@ def restore_at_start(
     for path in candidates:
         try:
             checkpoint = checkpoints.read_file(path)
+            specs = tuple(TensorSpec(name, tuple(a.shape)) for name, a in checkpoint.arrays.items())
             state = StoreState(
                 version=checkpoint.version,
-                specs=tuple(
-                    TensorSpec(name, tuple(a.shape)) for name, a in checkpoint.arrays.items()
-                ),
-                params=np.concatenate(
-                    [np.asarray(a, np.float32).ravel() for a in checkpoint.arrays.values()]
-                )
-                if checkpoint.arrays
-                else np.zeros(0, np.float32),
+                specs=specs,
+                params=checkpoints.flatten_for(checkpoint, specs),
                 slots=checkpoint.slots,
                 meta=checkpoint.meta,
             )
@@ -348,7 +343,7 @@ class Checkpointer:
             if path is None:
                 return None
             self._last_leaves = leaves
-            self._last_version = checkpoints.read_file(path, with_arrays=False).version
+            self._last_version = checkpoints.file_version(path)
             self.saved += 1
             checkpoints.prune(self._directory, self._shard, self._run_id, self._keep)
             return path
