@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -203,7 +204,25 @@ def test_stopping_the_launcher_leaves_no_process_behind(digits_data_dir, tmp_pat
     deadline = time.monotonic() + 10
     while leftover_processes(workdir) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not leftover_processes(workdir)
+    left = leftover_processes(workdir)
+    assert not left, _why_still_running(workdir, left)
+
+
+def _why_still_running(workdir: str, left: list[str]) -> str:
+    """The leftover processes, the end of every role's log and, where py-spy is there, stacks."""
+    report = [f"still running: {left}"]
+    logs = os.path.join(workdir, "logs")
+    for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
+        with open(os.path.join(logs, name), errors="replace") as f:
+            report.append(f"--- {name}:\n" + "".join(f.readlines()[-8:]))
+    py_spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    for line in left:
+        if os.path.exists(py_spy):
+            dump = subprocess.run(
+                [py_spy, "dump", "--pid", line.split()[0]], capture_output=True, text=True
+            )
+            report.append(dump.stdout[-3000:] + dump.stderr[-500:])
+    return "\n".join(report)
 
 
 @pytest.mark.slow
