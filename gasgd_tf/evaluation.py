@@ -19,8 +19,9 @@ import ml_collections
 import tensorflow as tf
 
 from gasgd_tf import config_base, devices, progress, worker
-from gasgd_tf.client import ServerUnavailableError, version_number
 from gasgd_tf.data import pipeline
+from gasgd_tf.keras_sync import VariableSync
+from gasgd_tf.replica import ReplicaSession, SyncSchedule
 from gasgd_tf.summaries import MetricWriter
 
 CLIENT_ID = "eval"
@@ -145,36 +146,67 @@ def save_final_model(model: keras.Model, path: str, version: int) -> bool:
     return True
 
 
+class _EvalRun:
+    """The evaluator's pieces: its replica, its read-only session and its sinks."""
+
+    def __init__(self, config: ml_collections.ConfigDict, address: str, workdir: str):
+        devices.configure(0, config.worker.cpu_threads)
+        self.config = config
+        self.workdir = workdir
+        self.model = worker.build(config)
+        multi_crop = config.eval.multi_crop
+        dataset = pipeline.eval_dataset(config.data, config.eval.batch_size, multi_crop=multi_crop)
+        self.evaluate = Evaluator(self.model, dataset, multi_crop=multi_crop)
+        with MetricWriter(os.path.join(workdir, "tb")) as hparams_writer:
+            hparams_writer.hparams(config_base.hparams(config), trial_id=os.path.basename(workdir))
+        self.writer = MetricWriter(os.path.join(workdir, "tb", "eval"))
+        self.progress_file = progress.progress_path(workdir, CLIENT_ID)
+        self.session = ReplicaSession(
+            worker.connect(config, address, CLIENT_ID),
+            VariableSync(self.model.trainable_variables),
+            SyncSchedule(1, 1),  # Unused: a read-only replica fetches when it evaluates.
+            model_name=self.model.name,
+        )
+
+    def evaluate_now(self, steps: float) -> EvalResult:
+        """Fetches the server's parameters, evaluates them, and reports the result."""
+        version = self.session.fetch(read_only=True)  # One number for a sharded server too.
+        accuracy, loss, count, multi = self.evaluate()
+        result = EvalResult(version, accuracy, loss, count, multi, steps)
+        scalars = {"eval/accuracy": accuracy, "eval/loss": loss, "eval/steps_per_client": steps}
+        if multi is not None:
+            scalars["eval/accuracy_multi_crop"] = multi
+        self.writer.scalars(scalars, version)
+        progress.write_json(self.progress_file, {**dataclasses.asdict(result), "final": False})
+        more = f", multi-crop accuracy {multi:.4f}" if multi is not None else ""
+        line = f"eval: version {version}: accuracy {accuracy:.4f}, loss {loss:.4f}{more}"
+        print(line, flush=True)
+        return result
+
+    def finish(self, result: EvalResult) -> None:
+        """Saves the final model (if asked), writes the final progress file, closes."""
+        final = {**dataclasses.asdict(result), "final": True}
+        if self.config.eval.save_model:
+            # The evaluator's replica holds the server's final parameters: a
+            # Keras model that loads without gasgd_tf's server (keras.models.load_model).
+            path = os.path.join(self.workdir, MODEL_FILE)
+            if save_final_model(self.model, path, result.version):
+                final["model"] = path  # Only a file that is there: the summary names it.
+        progress.write_json(self.progress_file, final)
+        self.writer.close()
+        self.session.close()
+        print(f"eval: final accuracy {result.accuracy:.4f} at version {result.version}", flush=True)
+
+
 def run(config: ml_collections.ConfigDict, address: str, workdir: str) -> EvalResult:
     """The ``eval`` role: evaluates until all ``config.num_workers`` workers have left.
 
     Raises:
       ServerUnavailableError: The server is unreachable or never initialized.
     """
-    devices.configure(0, config.worker.cpu_threads)
-    model = worker.build(config)
-    sync = worker.VariableSync(model.trainable_variables)
-    multi_crop = config.eval.multi_crop
-    dataset = pipeline.eval_dataset(config.data, config.eval.batch_size, multi_crop=multi_crop)
-    evaluate = Evaluator(model, dataset, multi_crop=multi_crop)
-    with MetricWriter(os.path.join(workdir, "tb")) as hparams_writer:
-        hparams_writer.hparams(config_base.hparams(config), trial_id=os.path.basename(workdir))
-    writer = MetricWriter(os.path.join(workdir, "tb", "eval"))
-    progress_file = progress.progress_path(workdir, CLIENT_ID)
-    client = worker.connect(config, address, CLIENT_ID)
-    client.wait_for_server(config.client.connect_timeout_secs)
-    # A long evaluation of a large test set is silence otherwise.
-    client.start_heartbeats(config.client.heartbeat_secs)
-    deadline = time.monotonic() + config.client.connect_timeout_secs
-    # With its signature, so that the server refuses a model that differs.
-    while not client.register(sync.specs).initialized:
-        if time.monotonic() > deadline:
-            raise ServerUnavailableError(
-                f"parameter server at {address} was not initialized by any worker within "
-                f"{config.client.connect_timeout_secs:.0f}s"
-            )
-        time.sleep(0.2)
-
+    run = _EvalRun(config, address, workdir)
+    client = run.session.client
+    run.session.join_read_only(config.client.connect_timeout_secs, config.client.heartbeat_secs)
     result = None
     last_eval = float("-inf")
     while True:
@@ -182,35 +214,10 @@ def run(config: ml_collections.ConfigDict, address: str, workdir: str) -> EvalRe
         finished = _workers_finished(status, config.num_workers)
         due = time.monotonic() - last_eval >= config.eval.every_secs
         if (result is None or status.version != result.version) and (due or finished):
-            steps = _steps_per_client(status, config.num_workers)
-            version, _, flat = client.fetch(read_only=True)
-            version = version_number(version)  # One number for a sharded server too.
-            sync.assign(flat)
-            accuracy, loss, count, multi = evaluate()
+            result = run.evaluate_now(_steps_per_client(status, config.num_workers))
             last_eval = time.monotonic()
-            result = EvalResult(version, accuracy, loss, count, multi, steps)
-            scalars = {"eval/accuracy": accuracy, "eval/loss": loss, "eval/steps_per_client": steps}
-            if multi is not None:
-                scalars["eval/accuracy_multi_crop"] = multi
-            writer.scalars(scalars, version)
-            progress.write_json(progress_file, {**dataclasses.asdict(result), "final": False})
-            more = f", multi-crop accuracy {multi:.4f}" if multi is not None else ""
-            print(
-                f"eval: version {version}: accuracy {accuracy:.4f}, loss {loss:.4f}{more}",
-                flush=True,
-            )
         if finished and result is not None and result.version == status.version:
             break
         time.sleep(min(0.5, config.eval.every_secs))
-    final = {**dataclasses.asdict(result), "final": True}
-    if config.eval.save_model:
-        # The evaluator's replica holds the server's final parameters: a
-        # Keras model that loads without gasgd_tf's server (keras.models.load_model).
-        path = os.path.join(workdir, MODEL_FILE)
-        if save_final_model(model, path, result.version):
-            final["model"] = path  # Only a file that is there: the summary names it.
-    progress.write_json(progress_file, final)
-    writer.close()
-    client.close()
-    print(f"eval: final accuracy {result.accuracy:.4f} at version {result.version}", flush=True)
+    run.finish(result)
     return result

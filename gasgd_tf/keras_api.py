@@ -56,35 +56,24 @@ import logging
 import os
 import weakref
 
-import grpc
 import keras
 import numpy as np
 import tensorflow as tf
 
-from gasgd_tf import sharding
-from gasgd_tf.client import (
-    ParameterClient,
-    RequestRejectedError,
-    ServerRestartedError,
-    ShardedClient,
-    Version,
-    make_client,
-    version_number,
-)
+from gasgd_tf import config_base
+from gasgd_tf.client import make_client
+from gasgd_tf.keras_sync import GradientSums, VariableSync
+from gasgd_tf.replica import ModelMismatchError, ReplicaSession, SessionStats, SyncSchedule
 from gasgd_tf.security import Credentials
 from gasgd_tf.server import ParameterServer, ParameterStore, make_optimizer
-from gasgd_tf.tensors import WIRE_DTYPES, ValidationError, check_same_specs
-from gasgd_tf.worker import VariableSync
+from gasgd_tf.tensors import WIRE_DTYPES
 
 log = logging.getLogger(__name__)
 
 LOCAL = "local"
-# The command-line parameter server's default learning rate (config.ps.learning_rate).
-DEFAULT_SERVER_LEARNING_RATE = 0.05
-
-
-class ModelMismatchError(ValueError):
-    """The model's trainable variables differ from the parameters the server holds."""
+# The command-line defaults (deadlines, dtypes, the server's learning rate):
+# one source for both ways of running a worker.
+_DEFAULT = config_base.get_base_config()
 
 
 def _positive_int(name: str, value: object, what: str) -> int:
@@ -101,6 +90,41 @@ def _positive_float(name: str, value: object) -> float:
     if not number > 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
     return number
+
+
+def _check_remote(server: object, **local_only) -> None:
+    """Refuses a remote ``server`` address without a port, or with local-server options."""
+    if not isinstance(server, str) or not server.strip():
+        raise ValueError(f"server must be 'host:port', None or 'local', got {server!r}")
+    for part in server.split(","):
+        if ":" not in part.strip():
+            raise ValueError(
+                f"server address {part.strip()!r} has no port: give host:port "
+                f"(got server={server!r})"
+            )
+    given = [name for name, value in local_only.items() if value is not None]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} configure a local server (server=None); the server at "
+            f"{server} has its own (set with --config.ps.* when starting it)"
+        )
+
+
+def _client_arguments(
+    timeout_secs, retry_secs, push_dtype, fetch_dtype, split_bytes, credentials
+) -> dict:
+    """``make_client``'s keyword arguments, checked."""
+    for name, dtype in (("push_dtype", push_dtype), ("fetch_dtype", fetch_dtype)):
+        if dtype not in WIRE_DTYPES:
+            raise ValueError(f"{name} must be one of {WIRE_DTYPES}, got {dtype!r}")
+    return dict(
+        split_bytes=split_bytes,
+        timeout_secs=_positive_float("timeout_secs", timeout_secs),
+        retry_secs=_positive_float("retry_secs", retry_secs),
+        push_dtype=push_dtype,
+        fetch_dtype=fetch_dtype,
+        credentials=credentials,
+    )
 
 
 def _innermost(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
@@ -128,6 +152,9 @@ class AsyncSGD(keras.callbacks.Callback):
       fetch_on_end: After the last push, fetch the server's weights into the
         model, so that the model after ``fit`` holds the shared parameters
         (the command-line worker keeps its local ones: False).
+      overlap: Push and fetch on a background thread while the next steps
+        compute, as the command-line worker's ``worker.overlap`` (fetched
+        weights arrive a step or two later).
       connect_timeout_secs: How long to wait for the server to accept
         connections at the start of ``fit``.
       timeout_secs: Deadline of each attempt of each call.
@@ -186,13 +213,14 @@ class AsyncSGD(keras.callbacks.Callback):
         client_id: str | None = None,
         credentials: Credentials | None = None,
         fetch_on_end: bool = False,
-        connect_timeout_secs: float = 60.0,
-        timeout_secs: float = 60.0,
-        retry_secs: float = 30.0,
-        heartbeat_secs: float = 10.0,
-        push_dtype: str = "float32",
-        fetch_dtype: str = "float32",
-        shard_split_bytes: int = sharding.DEFAULT_SPLIT_BYTES,
+        overlap: bool = False,
+        connect_timeout_secs: float = _DEFAULT.client.connect_timeout_secs,
+        timeout_secs: float = _DEFAULT.client.timeout_secs,
+        retry_secs: float = _DEFAULT.client.retry_secs,
+        heartbeat_secs: float = _DEFAULT.client.heartbeat_secs,
+        push_dtype: str = _DEFAULT.client.push_dtype,
+        fetch_dtype: str = _DEFAULT.client.fetch_dtype,
+        shard_split_bytes: int = _DEFAULT.ps.shard_split_bytes,
         server_optimizer: str | None = None,
         server_learning_rate: float | None = None,
         server_options: dict | None = None,
@@ -204,48 +232,28 @@ class AsyncSGD(keras.callbacks.Callback):
         self.n_push = _positive_int("n_push", n_push, "push every n_push steps")
         self.n_fetch = _positive_int("n_fetch", n_fetch, "fetch every n_fetch steps")
         self.local = server is None or server == LOCAL
-        local_only = {
-            "server_optimizer": server_optimizer,
-            "server_learning_rate": server_learning_rate,
-            "server_options": server_options,
-            "listen": listen,
-            "keep_server": keep_server,
-        }
         if not self.local:
-            if not isinstance(server, str) or not server.strip():
-                raise ValueError(f"server must be 'host:port', None or 'local', got {server!r}")
-            for part in server.split(","):
-                if ":" not in part.strip():
-                    raise ValueError(
-                        f"server address {part.strip()!r} has no port: give host:port "
-                        f"(got server={server!r})"
-                    )
-            given = [name for name, value in local_only.items() if value is not None]
-            if given:
-                raise ValueError(
-                    f"{', '.join(given)} configure a local server (server=None); the server at "
-                    f"{server} has its own (set with --config.ps.* when starting it)"
-                )
+            _check_remote(
+                server,
+                server_optimizer=server_optimizer,
+                server_learning_rate=server_learning_rate,
+                server_options=server_options,
+                listen=listen,
+                keep_server=keep_server,
+            )
         self.client_id = client_id or f"keras_{os.getpid()}"
         self.credentials = credentials
         self.fetch_on_end = bool(fetch_on_end)
         self.connect_timeout_secs = _positive_float("connect_timeout_secs", connect_timeout_secs)
         self.heartbeat_secs = _positive_float("heartbeat_secs", heartbeat_secs)
-        self._client_args = dict(
-            split_bytes=shard_split_bytes,
-            timeout_secs=_positive_float("timeout_secs", timeout_secs),
-            retry_secs=_positive_float("retry_secs", retry_secs),
-            push_dtype=push_dtype,
-            fetch_dtype=fetch_dtype,
-            credentials=credentials,
+        self.overlap = bool(overlap)
+        self._client_args = _client_arguments(
+            timeout_secs, retry_secs, push_dtype, fetch_dtype, shard_split_bytes, credentials
         )
-        for name, dtype in (("push_dtype", push_dtype), ("fetch_dtype", fetch_dtype)):
-            if dtype not in WIRE_DTYPES:
-                raise ValueError(f"{name} must be one of {WIRE_DTYPES}, got {dtype!r}")
         self.verbose = verbose
         self._server_optimizer = server_optimizer or "sgd"
         self._server_hparams = {
-            "learning_rate": DEFAULT_SERVER_LEARNING_RATE
+            "learning_rate": _DEFAULT.ps.learning_rate
             if server_learning_rate is None
             else server_learning_rate,
             **(server_options or {}),
@@ -260,8 +268,8 @@ class AsyncSGD(keras.callbacks.Callback):
         if self.local:
             self.start_server()
 
-        self._client: ParameterClient | ShardedClient | None = None
-        self._sync: VariableSync | None = None
+        self._session: ReplicaSession | None = None
+        self._sums: GradientSums | None = None
         self._hooked: keras.optimizers.Optimizer | None = None
         self._reset_counters()
 
@@ -301,19 +309,22 @@ class AsyncSGD(keras.callbacks.Callback):
 
     def _reset_counters(self) -> None:
         self.steps = 0
-        self.pushes = 0
-        self.fetches = 0
-        self.pushes_lost = 0
-        self.version = 0
-        self.staleness = 0
-        self.max_staleness = 0
-        self._base_version: Version = 0  # Of the weights the model computes with.
-        self._push_base: Version = 0  # Of the oldest gradient in the accumulator.
-        self._unpushed = 0  # Steps accumulated since the last push.
+        self._stats = SessionStats()
         self._epoch_base = 0
         self._first_epoch: int | None = None
-        self._step_offset = 0
         self._hook_traced = False
+
+    # The counters of the last fit, from its session (they outlive it).
+    pushes = property(lambda self: self._stats.pushes, doc="Pushes the server applied.")
+    fetches = property(lambda self: self._stats.fetches, doc="Fetches after the join.")
+    pushes_lost = property(
+        lambda self: self._stats.pushes_lost, doc="Pushes lost to server restarts."
+    )
+    version = property(lambda self: self._stats.version, doc="The server version last seen.")
+    staleness = property(lambda self: self._stats.staleness, doc="The last push's staleness.")
+    max_staleness = property(
+        lambda self: self._stats.max_staleness, doc="The largest staleness of a push."
+    )
 
     @property
     def stats(self) -> dict[str, int]:
@@ -369,7 +380,7 @@ class AsyncSGD(keras.callbacks.Callback):
         original = optimizer.apply
         index = {id(v): i for i, v in enumerate(variables)}
         by_path = {v.path: i for i, v in enumerate(variables)}
-        accumulators = self._accumulators
+        sums = self._sums
 
         def apply(grads, trainable_variables=None):
             self._hook_traced = True
@@ -382,20 +393,8 @@ class AsyncSGD(keras.callbacks.Callback):
             scale = optimizer.loss_scale_factor
             for grad, var in zip(grads, targets):
                 i = index.get(id(var), by_path.get(getattr(var, "path", None)))
-                if grad is None or i is None:  # No gradient, or not one of the model's.
-                    continue
-                if isinstance(grad, tf.IndexedSlices):  # Embeddings: add the rows only.
-                    values = tf.cast(grad.values, tf.float32)
-                    if scale is not None:
-                        values = values / scale
-                    accumulators[i].scatter_add(
-                        tf.IndexedSlices(values, grad.indices, grad.dense_shape)
-                    )
-                else:
-                    grad = tf.cast(grad, tf.float32)
-                    if scale is not None:
-                        grad = grad / scale
-                    accumulators[i].assign_add(grad)
+                if grad is not None and i is not None:  # Else not one of the model's.
+                    sums.add(i, grad, scale)
             return original(grads, trainable_variables)
 
         optimizer.apply = apply
@@ -414,78 +413,35 @@ class AsyncSGD(keras.callbacks.Callback):
 
     # -- Talking to the server ----------------------------------------------
 
-    def _join(self, sync: VariableSync) -> None:
-        """Registers, offers the model's weights if the server has none, fetches them."""
-        client, address = self._client, self._address
-        client.wait_for_server(self.connect_timeout_secs)
-        try:
-            reg = client.register(sync.specs)
-        except RequestRejectedError as e:
-            if e.code == grpc.StatusCode.INVALID_ARGUMENT:
-                raise ModelMismatchError(
-                    f"model {self.model.name!r} does not match the parameters on the server at "
-                    f"{address} ({e}); every worker must build the same model: the same "
-                    "variable names (Keras paths), shapes and order"
-                ) from None
-            raise
-        self._step_offset = reg.last_step  # client_step goes on from an earlier fit.
-        if not reg.initialized:
-            accepted, _ = client.initialize(sync.specs, sync.read())
-            log.info(
-                "%s: initialization offer %s", self.client_id, "accepted" if accepted else "lost"
-            )
-        version, specs, flat = client.fetch()
-        try:  # Another worker may have initialized the server first, with another model.
-            check_same_specs(specs, sync.specs)
-        except ValidationError as e:
-            raise ModelMismatchError(
-                f"model {self.model.name!r} does not match the parameters on the server at "
-                f"{address}: {e}"
-            ) from None
-        sync.assign(flat)
-        self._base_version = self._push_base = version
-        self.version = version_number(version)
+    def _open_session(self, variables: list) -> ReplicaSession:
+        """Connects, joins (register, offer the weights, fetch) and starts heartbeats."""
+        self._sums = GradientSums(variables)
+        client = make_client(self._address, self.client_id, **self._client_args)
+        session = ReplicaSession(
+            client,
+            VariableSync(variables),
+            SyncSchedule(self.n_push, self.n_fetch),
+            self._sums.take,
+            overlap=self.overlap,
+            model_name=f"model {self.model.name!r}",
+        )
+        self._session, self._stats = session, session.stats
+        # client_step goes on from an earlier fit, whose steps counted from 0 too.
+        session.step_offset = session.join(
+            self.connect_timeout_secs, heartbeat_secs=self.heartbeat_secs
+        )
+        return session
 
-    def _fetch(self, count: bool = True) -> None:
-        version, _, flat = self._client.fetch()
-        self._sync.assign(flat)
-        self._base_version = version
-        self.version = version_number(version)
-        self.fetches += int(count)
-
-    def _push(self, step: int) -> bool:
-        """Pushes the accumulated gradient; False if the server had lost its base (refetched)."""
-        grad = self._take_gradient().numpy()
-        self._unpushed = 0
-        try:
-            ack = self._client.push(grad, self._push_base, client_step=self._step_offset + step)
-        except ServerRestartedError as e:
-            self.pushes_lost += 1
-            self._fetch(count=False)
-            log.warning(
-                "%s: the server was restored to an earlier version (%s); this push is lost; "
-                "fetched version %d and going on",
-                self.client_id,
-                e,
-                self.version,
-            )
-            return False
-        self.pushes += 1
-        self.version, self.staleness = ack.version, ack.staleness
-        self.max_staleness = max(self.max_staleness, ack.staleness)
-        return True
-
-    def _close_client(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    def _close_session(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
     def _teardown(self) -> None:
         """Restores the optimizer, closes the client and stops a local server not kept."""
         self._remove_hook()
-        self._close_client()
-        self._accumulators = None
-        self._sync = None
+        self._close_session()
+        self._sums = None
         if self.local and not self.keep_server:
             self.stop_server()
 
@@ -496,12 +452,12 @@ class AsyncSGD(keras.callbacks.Callback):
         Ctrl-C): then the optimizer stays hooked and the connection open
         until this is called. ``with AsyncSGD(...) as sync:`` calls it.
         """
-        if self._client is not None:  # fit failed before on_train_end: leave, briefly.
-            clients = getattr(self._client, "clients", [self._client])
-            for c in clients:
+        if self._session is not None:  # fit failed before on_train_end: leave, briefly.
+            client = self._session.client
+            for c in getattr(client, "clients", [client]):
                 c.retry_secs, c.timeout_secs = min(c.retry_secs, 1.0), min(c.timeout_secs, 5.0)
             try:
-                self._client.leave()
+                self._session.leave()
             except Exception as e:  # A dead server: it expires this client anyway.
                 log.warning("%s: could not leave the server: %s", self.client_id, e)
         self._teardown()
@@ -530,24 +486,7 @@ class AsyncSGD(keras.callbacks.Callback):
         if self.local:
             self.start_server()
         try:
-            self._sync = VariableSync(variables)
-            self._accumulators = [
-                tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in variables
-            ]
-            accumulators = self._accumulators
-
-            @tf.function
-            def take_gradient():
-                flat = tf.concat([tf.reshape(a, [-1]) for a in accumulators], axis=0)
-                with tf.control_dependencies([flat]):
-                    for a in accumulators:
-                        a.assign(tf.zeros_like(a))
-                return flat
-
-            self._take_gradient = take_gradient
-            self._client = make_client(self._address, self.client_id, **self._client_args)
-            self._join(self._sync)
-            self._client.start_heartbeats(self.heartbeat_secs)
+            self._open_session(variables)
             self._install_hook(variables)
         except BaseException:
             self._teardown()
@@ -563,58 +502,59 @@ class AsyncSGD(keras.callbacks.Callback):
     def _teardown_leftovers(self) -> None:
         """What an earlier fit that raised left behind: the hook and the client."""
         self._remove_hook()
-        self._close_client()
+        self._close_session()
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         if self._first_epoch is None:
             self._first_epoch = epoch
+            if self._session is not None:  # Now fit's length is known: no fetch at its end.
+                schedule = self._session.schedule
+                self._session.schedule = schedule.with_num_steps(self._total_steps())
         self._epoch_base = self.steps
 
+    def on_train_batch_begin(self, batch: int, logs=None) -> None:
+        if self._session is not None:
+            self._guarded(self._session.before_step)
+
     def on_train_batch_end(self, batch: int, logs=None) -> None:
-        if self._client is None:
+        if self._session is None:
             return
         # ``batch`` is the last step of this execution within the epoch
-        # (several with steps_per_execution > 1): a push or fetch falls due
-        # when the step count crosses a multiple of n_push or n_fetch.
+        # (several with steps_per_execution > 1); the schedule counts the
+        # multiples of n_push and n_fetch the step count crosses.
         steps = (self.params or {}).get("steps")
         if steps:  # Keras reports the execution's nominal last step, even past the epoch's end.
             batch = min(batch, steps - 1)
         step = self._epoch_base + batch + 1
-        previous = self.steps
-        if step <= previous:
+        if step <= self.steps:
             return
+        if not self._hook_traced and not self.model.run_eagerly:
+            self._teardown()
+            raise RuntimeError(
+                f"the train step of model {self.model.name!r} never called its optimizer's "
+                "apply or apply_gradients, so AsyncSGD saw no gradient: a custom train_step "
+                "must apply its gradients through self.optimizer"
+            )
+        self.steps = step
+        self._guarded(self._session.after_step, step)
+
+    def _guarded(self, call, *args) -> None:
+        """Runs ``call``; on any error, tears down (Keras skips on_train_end) and re-raises."""
         try:
-            if not self._hook_traced and not self.model.run_eagerly:
-                raise RuntimeError(
-                    f"the train step of model {self.model.name!r} never called its optimizer's "
-                    "apply or apply_gradients, so AsyncSGD saw no gradient: a custom train_step "
-                    "must apply its gradients through self.optimizer"
-                )
-            self.steps = step
-            self._unpushed += step - previous
-            push_due = step // self.n_push > previous // self.n_push
-            fetch_due = step // self.n_fetch > previous // self.n_fetch
-            if step == self._total_steps():
-                fetch_due = False  # Nothing would use it; on_train_end pushes.
-            if push_due and not self._push(step):
-                fetch_due = False  # The lost push already refetched.
-            if fetch_due:
-                self._fetch()
-            if push_due:  # The next gradient is computed from these weights.
-                self._push_base = self._base_version
+            call(*args)
         except BaseException:
             self._teardown()
             raise
 
     def on_train_end(self, logs=None) -> None:
-        if self._client is None:
+        session = self._session
+        if session is None:
             return
         try:
-            if self._unpushed:
-                self._push(self.steps)
+            session.finish()  # Pushes what the last steps computed, if not pushed yet.
             if self.fetch_on_end:
-                self._fetch()
-            self.version = version_number(self._client.leave())
+                session.fetch()
+            session.leave()
         finally:
             self._teardown()
         if self.verbose:

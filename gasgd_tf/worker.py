@@ -18,26 +18,25 @@ import dataclasses
 import functools
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import keras
 import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from gasgd_tf import checkpoints, cluster, devices, progress, security
+from gasgd_tf import checkpoints, cluster, devices, progress, reporting, security
 from gasgd_tf.client import (
     ParameterClient,
-    ServerRestartedError,
     ShardedClient,
     Version,
     make_client,
-    version_number,
 )
 from gasgd_tf.data import pipeline
+from gasgd_tf.keras_sync import GradientSums, VariableSync
 from gasgd_tf.models import build_model
+from gasgd_tf.replica import ReplicaSession, SyncSchedule
 from gasgd_tf.summaries import MetricWriter
 from gasgd_tf.tensors import TensorSpec
 
@@ -95,38 +94,6 @@ def build(config: ml_collections.ConfigDict) -> keras.Model:
     )
 
 
-class VariableSync:
-    """Moves a list of variables to and from one flat float32 buffer.
-
-    The tensor names are the Keras variable paths, so every replica of a
-    model has the same signature.
-    """
-
-    def __init__(self, variables: list[tf.Variable]):
-        self.variables = list(variables)
-        self.specs = tuple(TensorSpec(v.path, tuple(v.shape), "float32") for v in self.variables)
-        self._sizes = [int(np.prod(v.shape)) for v in self.variables]
-        size = sum(self._sizes)
-
-        @tf.function(input_signature=[tf.TensorSpec([size], tf.float32)])
-        def assign(flat):
-            for v, part in zip(self.variables, tf.split(flat, self._sizes)):
-                v.assign(tf.reshape(part, v.shape))
-
-        @tf.function
-        def read():
-            return tf.concat([tf.reshape(v, [-1]) for v in self.variables], axis=0)
-
-        self._assign = assign
-        self._read = read
-
-    def read(self) -> np.ndarray:
-        return self._read().numpy()
-
-    def assign(self, flat: np.ndarray) -> None:
-        self._assign(flat)
-
-
 class TrainStep:
     """One compiled training step that also accumulates gradients for the next push.
 
@@ -159,9 +126,7 @@ class TrainStep:
         # a skipped step.
         scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        self.accumulators = [
-            tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in variables
-        ]
+        self.sums = GradientSums(variables)
         # Running sums for the train/* metrics, read and reset when logging.
         self.loss_sum = tf.Variable(0.0, trainable=False)
         self.correct = tf.Variable(0.0, trainable=False)
@@ -183,8 +148,7 @@ class TrainStep:
                 finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
                 grads = [tf.where(finite, g / scale, tf.zeros_like(g)) for g in grads]
             if accumulate and not return_gradient:
-                for acc, g in zip(self.accumulators, grads):
-                    acc.assign_add(g)
+                self.sums.add_all(grads)
             n = tf.cast(tf.shape(labels)[0], tf.float32)
             self.loss_sum.assign_add(loss * n)
             hits = tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels)
@@ -194,22 +158,17 @@ class TrainStep:
                 return tf.concat([tf.reshape(g, [-1]) for g in grads], axis=0)
             return None
 
-        @tf.function
-        def take_gradient():
-            flat = tf.concat([tf.reshape(a, [-1]) for a in self.accumulators], axis=0)
-            with tf.control_dependencies([flat]):
-                for a in self.accumulators:
-                    a.assign(tf.zeros_like(a))
-            return flat
-
         self._step = step
-        self._take_gradient = take_gradient
         self.return_gradient = return_gradient
+        self._last_gradient: np.ndarray | None = None
 
     def __call__(self, images: tf.Tensor, labels: tf.Tensor) -> np.ndarray | None:
         """One step; with ``return_gradient``, its flat gradient."""
         grad = self._step(images, labels)
-        return grad.numpy() if self.return_gradient else None
+        if not self.return_gradient:
+            return None
+        self._last_gradient = grad.numpy()
+        return self._last_gradient
 
     def warm_up(self, images: tf.Tensor, labels: tf.Tensor) -> None:
         """Runs one step, then puts every variable back as it was.
@@ -231,7 +190,15 @@ class TrainStep:
 
     def take_gradient(self) -> np.ndarray:
         """The gradient accumulated since the last call, flat; resets the accumulator."""
-        return self._take_gradient().numpy()
+        return self.sums.take()
+
+    def take_update(self) -> np.ndarray:
+        """What the next push carries: the last step's gradient with ``return_gradient``
+        (``n_push`` = 1), else the sum since the last push."""
+        if self.return_gradient:
+            grad, self._last_gradient = self._last_gradient, None
+            return grad
+        return self.take_gradient()
 
     def take_metrics(self) -> tuple[float, float]:
         """Mean loss and accuracy since the last call; resets them."""
@@ -240,70 +207,6 @@ class TrainStep:
         for v in (self.loss_sum, self.correct, self.count):
             v.assign(0.0)
         return loss, acc
-
-
-class BackgroundSync:
-    """Pushes and fetches on a background thread while the worker computes (``worker.overlap``).
-
-    DistBelief ran fetch, compute and push in loosely coupled threads. Here
-    the training thread hands each push (and the fetch due at the same
-    step) to this helper and goes on with the next minibatch. At most one
-    request is in flight: handing over the next one first waits for the
-    previous one, so pushes stay in order and memory stays bounded. Fetched
-    parameters are assigned by the training thread at its next step
-    boundary (``take_fetched``), so with overlap the weights a step computes
-    with may be one or two steps older than without it; the pushes still
-    name the version their oldest gradient was computed from. Errors of the
-    background calls surface in the training thread, at the next hand-over
-    or at ``wait``. The fetch due at the last step is skipped (nothing would
-    use it), and the ack logged at a step is the previous push's. Not with
-    the ``bounded`` or ``dc_asgd`` staleness policies (the config refuses
-    it): both take the moment of a Fetch as the moment the worker starts
-    computing from it.
-    """
-
-    def __init__(self, client: ParameterClient | ShardedClient):
-        self._client = client
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self._fetched: tuple[int, tuple[TensorSpec, ...], np.ndarray] | None = None
-        self._lock = threading.Lock()  # Guards _fetched between the two threads.
-        self.ack = None
-
-    def submit(
-        self, grad: np.ndarray | None, base_version: Version, step: int, fetch: bool
-    ) -> None:
-        """Starts a push of ``grad`` (if any), then a fetch (if ``fetch``), in the background."""
-        self.wait()
-
-        def run():
-            try:
-                if grad is not None:
-                    self.ack = self._client.push(grad, base_version, client_step=step)
-                if fetch:
-                    fetched = self._client.fetch()
-                    with self._lock:
-                        self._fetched = fetched
-            except BaseException as e:  # Re-raised in the training thread.
-                self._error = e
-
-        self._thread = threading.Thread(target=run, name="gasgd-sync", daemon=True)
-        self._thread.start()
-
-    def take_fetched(self) -> tuple[int, tuple[TensorSpec, ...], np.ndarray] | None:
-        """The parameters fetched since the last call, if any (does not wait)."""
-        with self._lock:
-            fetched, self._fetched = self._fetched, None
-        return fetched
-
-    def wait(self) -> None:
-        """Waits for the request in flight; raises its error, if it failed."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
 
 
 @dataclasses.dataclass
@@ -330,29 +233,15 @@ def join(
     timeout_secs: float,
     initial: Callable[[], np.ndarray] | None = None,
 ) -> tuple[Version, int]:
-    """Registers, offers initial weights if the server has none, and fetches.
+    """Registers, offers initial weights if the server has none, and fetches (one-off).
 
-    Args:
-      client: A client of the server.
-      sync: The replica's variables, which receive the fetched parameters.
-      timeout_secs: How long to wait for the server to accept connections.
-      initial: Returns the flat weights to offer (called only when the
-        server needs them); default: the variables' current values.
-
-    Returns:
-      The version of the fetched parameters, and the step of this client
-      id's last push the server has applied (0 for a new client; more when
-      this worker resumes a run or was restarted).
+    ``ReplicaSession.join`` for a caller that wants no session: returns the
+    version of the fetched parameters and the step of this client id's last
+    push the server applied (0 for a new client).
     """
-    client.wait_for_server(timeout_secs)
-    reg = client.register(sync.specs)
-    if not reg.initialized:
-        offer = sync.read() if initial is None else initial()
-        accepted, _ = client.initialize(sync.specs, offer)
-        log.info("%s initialization offer %s", client.client_id, "accepted" if accepted else "lost")
-    version, _, flat = client.fetch()
-    sync.assign(flat)
-    return version, reg.last_step
+    session = ReplicaSession(client, sync, SyncSchedule(1, 1))
+    last_step = session.join(timeout_secs, initial=initial)
+    return session.weights_version, last_step
 
 
 def data_seed(config: ml_collections.ConfigDict, task_index: int, start_step: int) -> int:
@@ -379,6 +268,167 @@ def warm_start_weights(path: str, specs: tuple[TensorSpec, ...], name: str) -> n
     return flat
 
 
+def _local_optimizer(config: ml_collections.ConfigDict) -> keras.Optimizer:
+    optimizer = keras.optimizers.SGD(
+        learning_rate=config.worker.learning_rate, momentum=config.worker.momentum
+    )
+    if config.worker.precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+class _WorkerRun:
+    """One worker's run: what ``train`` sets up, steps through and closes.
+
+    The step (``TrainStep``) says what to compute; the session
+    (``ReplicaSession``) when and how to sync; the reporter where the
+    train/* numbers go. This class only wires them together.
+    """
+
+    def __init__(self, config, task_index: int, address: str | None, workdir: str):
+        self.config = config
+        self.task_index = task_index
+        self.device = devices.configure(
+            cluster.local_rank(os.environ, default=task_index),
+            config.worker.cpu_threads,
+            share_gpus=config.worker.share_gpus,
+        )
+        self.name = client_id(task_index)
+        self.model = build(config)
+        # Each replica sees its own dropout masks and data order.
+        keras.utils.set_random_seed(config.seed * 1000 + task_index + 1)
+        # n_push = 1: every step's gradient is pushed as it is; no accumulator.
+        self.step_fn = TrainStep(
+            self.model,
+            _local_optimizer(config),
+            jit_compile=config.worker.jit_compile,
+            accumulate=address is not None,
+            return_gradient=address is not None and config.n_push == 1,
+        )
+        self.sync = VariableSync(self.model.trainable_variables)
+        self.writer = MetricWriter(os.path.join(workdir, "tb", self.name))
+        self.progress_file = progress.progress_path(workdir, self.name)
+        self.reporter = reporting.Reporter(
+            config.worker.log_every_steps,
+            config.num_steps,
+            config.batch_size,
+            [
+                reporting.tensorboard(self.writer),
+                reporting.console(self.name),
+                reporting.progress_file(self.progress_file),
+            ],
+        )
+        self.session: ReplicaSession | None = None
+        if address is not None:
+            self.session = ReplicaSession(
+                connect(config, address, self.name),
+                self.sync,
+                SyncSchedule(config.n_push, config.n_fetch, config.num_steps),
+                self.step_fn.take_update,
+                overlap=config.worker.overlap,
+                model_name=self.model.name,
+                say=lambda line: print(line, flush=True),
+            )
+        self.start_step = 0
+        self.data = self._batches(0)
+
+    def _batches(self, start_step: int) -> Iterator:
+        seed = data_seed(self.config, self.task_index, start_step)
+        return iter(pipeline.train_dataset(self.config.data, self.config.batch_size, seed=seed))
+
+    def join(self) -> None:
+        """Warms the step up, then joins the server (or takes the warm start alone)."""
+        config = self.config
+        self.step_fn.warm_up(*next(self.data))
+        initial = None
+        if config.warm_start:
+            initial = functools.partial(
+                warm_start_weights, config.warm_start, self.sync.specs, self.name
+            )
+        if self.session is not None:
+            last_step = self.session.join(
+                config.client.connect_timeout_secs,
+                initial=initial,
+                heartbeat_secs=config.client.heartbeat_secs,
+            )
+            self.start_step = min(last_step, config.num_steps)
+            self.session.resume_at(self.start_step)
+        elif initial is not None:
+            self.sync.assign(initial())
+        if self.start_step:
+            self.data = self._batches(self.start_step)  # Not the first start's batches again.
+        version = self.session.stats.version if self.session else 0
+        resumed = f"; resuming after step {self.start_step}" if self.start_step else ""
+        print(
+            f"{self.name}: {self.model.count_params():,} parameters on {self.device}; "
+            f"joined at version {version}{resumed}",
+            flush=True,
+        )
+
+    def loop(self) -> int:
+        """Runs the steps after ``start_step``; returns the last step."""
+        session, step = self.session, self.start_step
+        self.reporter.start()
+        for step in range(self.start_step + 1, self.config.num_steps + 1):
+            if session is not None:
+                session.before_step()
+            self.step_fn(*next(self.data))
+            if session is not None:
+                session.after_step(step)
+            if self.reporter.due(step):
+                loss, accuracy = self.step_fn.take_metrics()
+                stats = session.stats if session is not None else None
+                self.reporter.report(
+                    step,
+                    loss,
+                    accuracy,
+                    server_version=stats.version if stats else 0,
+                    staleness=stats.staleness if stats else 0,
+                )
+        return step
+
+    def finish(self, last_step: int, wall_secs: float) -> WorkerResult:
+        """Lands the last push, leaves, writes the final progress file and line."""
+        config, session = self.config, self.session
+        final_version = 0
+        if session is not None:
+            session.finish()  # The last push lands before Leave.
+            final_version = session.leave()
+            session.close()
+        stats = session.stats if session is not None else None
+        report = self.reporter.last
+        steps = config.num_steps - self.start_step
+        result = WorkerResult(
+            steps=steps,
+            pushes=stats.pushes if stats else 0,
+            fetches=stats.fetches if stats else 0,
+            final_version=final_version,
+            loss=report.loss if report else float("nan"),
+            accuracy=report.accuracy if report else float("nan"),
+            images_per_sec=steps * config.batch_size / wall_secs,
+            wall_secs=wall_secs,
+            pushes_lost=stats.pushes_lost if stats else 0,
+            resumed_from_step=self.start_step,
+        )
+        progress.write_json(
+            self.progress_file,
+            {
+                **dataclasses.asdict(result),
+                "step": last_step,
+                "num_steps": config.num_steps,
+                "done": True,
+            },
+        )
+        self.writer.close()
+        print(
+            f"{self.name}: done, {result.steps} steps, {result.pushes} pushes "
+            f"({result.pushes_lost} lost to server restarts), {result.fetches} fetches, "
+            f"loss {result.loss:.4f}, {result.images_per_sec:.0f} images/s",
+            flush=True,
+        )
+        return result
+
+
 def train(
     config: ml_collections.ConfigDict, task_index: int, address: str | None, workdir: str
 ) -> WorkerResult:
@@ -392,201 +442,8 @@ def train(
       ServerUnavailableError: The server stopped answering (names the address).
       RequestRejectedError: The server refused a push (for example NaN values).
     """
-    device = devices.configure(
-        cluster.local_rank(os.environ, default=task_index),
-        config.worker.cpu_threads,
-        share_gpus=config.worker.share_gpus,
-    )
-    name = client_id(task_index)
-    model = build(config)
-    # Each replica sees its own dropout masks and data order.
-    keras.utils.set_random_seed(config.seed * 1000 + task_index + 1)
-    optimizer = keras.optimizers.SGD(
-        learning_rate=config.worker.learning_rate, momentum=config.worker.momentum
-    )
-    if config.worker.precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    # n_push = 1: every step's gradient is pushed as it is; no accumulator.
-    direct = address is not None and config.n_push == 1
-    step_fn = TrainStep(
-        model,
-        optimizer,
-        jit_compile=config.worker.jit_compile,
-        accumulate=address is not None,
-        return_gradient=direct,
-    )
-    sync = VariableSync(model.trainable_variables)
-    writer = MetricWriter(os.path.join(workdir, "tb", name))
-    progress_file = progress.progress_path(workdir, name)
-
-    def batches(start_step: int):
-        return iter(
-            pipeline.train_dataset(
-                config.data, config.batch_size, seed=data_seed(config, task_index, start_step)
-            )
-        )
-
-    data = batches(0)
-    client = connect(config, address, name) if address is not None else None
-    step_fn.warm_up(*next(data))
-    initial = None
-    if config.warm_start:
-        initial = functools.partial(warm_start_weights, config.warm_start, sync.specs, name)
-    start_step = 0
-    if client is not None:
-        base_version, start_step = join(client, sync, config.client.connect_timeout_secs, initial)
-        start_step = min(start_step, config.num_steps)
-        client.start_heartbeats(config.client.heartbeat_secs)
-    else:
-        base_version = 0
-        if initial is not None:
-            sync.assign(initial())
-    if start_step:
-        data = batches(start_step)  # Not the batches of the first start again.
-    resumed = f"; resuming after step {start_step}" if start_step else ""
-    print(
-        f"{name}: {model.count_params():,} parameters on {device}; "
-        f"joined at version {version_number(base_version)}{resumed}",
-        flush=True,
-    )
-
-    def recover(error: ServerRestartedError) -> Version:
-        """After a server restart: the current parameters, dropping what was computed before."""
-        version, _, flat = client.fetch()
-        sync.assign(flat)
-        print(
-            f"{name}: the server was restored to an earlier version ({error}); this push is "
-            f"lost; fetched version {version_number(version)} and going on",
-            flush=True,
-        )
-        return version
-
-    pushes = fetches = pushes_lost = 0
-    ack = None
-    # The version the oldest gradient in the accumulator was computed from:
-    # with n_fetch < n_push a fetch lands between pushes, and the push must
-    # not claim the newer version for gradients computed before it.
-    push_base = base_version  # Set again at the first step of every push window.
-    start = window_start = time.perf_counter()
-    window_images = 0
-    loss = accuracy = images_per_sec = float("nan")
-    background = BackgroundSync(client) if config.worker.overlap and client else None
-    # True when the accumulator is empty: the next step's gradient is the
-    # oldest of the next push, so that push's base is the version the
-    # weights have at that step (with overlap, fetched weights arrive at a
-    # later step boundary than the fetch was asked for).
-    fresh = True
-    step = start_step
-    for step in range(start_step + 1, config.num_steps + 1):
-        if background is not None and (fetched := background.take_fetched()) is not None:
-            base_version, _, flat = fetched
-            sync.assign(flat)
-        if fresh:
-            push_base, fresh = base_version, False
-        images, labels = next(data)
-        step_grad = step_fn(images, labels)
-        window_images += config.batch_size
-        last = step == config.num_steps
-        pushed = client is not None and (step % config.n_push == 0 or last)
-        # Nothing would use a fetch at the last step (with or without overlap).
-        fetch_due = client is not None and step % config.n_fetch == 0 and not last
-        if background is not None:
-            if pushed or fetch_due:
-                grad = (step_grad if direct else step_fn.take_gradient()) if pushed else None
-                try:
-                    background.submit(grad, push_base, step, fetch=fetch_due)
-                    pushes += int(pushed)
-                    fetches += int(fetch_due)
-                    ack = background.ack or ack
-                except ServerRestartedError as e:  # The previous push, refused.
-                    # What was computed since came from the same lost weights: drop it too.
-                    if not pushed and not direct:
-                        step_fn.take_gradient()
-                    pushes -= 1
-                    pushes_lost += 1 + int(pushed)
-                    base_version, fresh = recover(e), True
-        else:
-            if pushed:
-                grad = step_grad if direct else step_fn.take_gradient()
-                try:
-                    ack = client.push(grad, push_base, client_step=step)
-                    pushes += 1
-                except ServerRestartedError as e:
-                    pushes_lost += 1
-                    base_version, fresh, fetch_due = recover(e), True, False
-            if fetch_due:
-                base_version, _, flat = client.fetch()
-                sync.assign(flat)
-                fetches += 1
-        if pushed:
-            fresh = True
-        if step % config.worker.log_every_steps == 0 or last:
-            loss, accuracy = step_fn.take_metrics()
-            now = time.perf_counter()
-            images_per_sec = window_images / max(now - window_start, 1e-9)
-            window_start, window_images = now, 0
-            server_version = ack.version if ack else version_number(base_version)
-            writer.scalars(
-                {
-                    "train/loss": loss,
-                    "train/accuracy": accuracy,
-                    "train/images_per_sec": images_per_sec,
-                    "train/server_version": server_version,
-                    "train/staleness": ack.staleness if ack else 0,
-                },
-                step,
-            )
-            print(
-                f"{name}: step {step}/{config.num_steps}, loss {loss:.4f}, "
-                f"accuracy {accuracy:.4f}, {images_per_sec:.0f} images/s, "
-                f"server version {server_version}",
-                flush=True,
-            )
-            progress.write_json(
-                progress_file,
-                {
-                    "step": step,
-                    "num_steps": config.num_steps,
-                    "loss": loss,
-                    "accuracy": accuracy,
-                    "images_per_sec": images_per_sec,
-                    "server_version": server_version,
-                    "done": False,
-                },
-            )
-    if background is not None:
-        try:
-            background.wait()  # The last push lands before Leave.
-        except ServerRestartedError as e:
-            pushes, pushes_lost = pushes - 1, pushes_lost + 1
-            print(f"{name}: the last push was lost to a server restart ({e})", flush=True)
-        ack = background.ack or ack
-    final_version = base_version
-    if client is not None:
-        final_version = client.leave()
-        client.close()
-    wall = time.perf_counter() - start
-    result = WorkerResult(
-        steps=config.num_steps - start_step,
-        pushes=pushes,
-        fetches=fetches,
-        final_version=final_version,
-        loss=loss,
-        accuracy=accuracy,
-        images_per_sec=(config.num_steps - start_step) * config.batch_size / wall,
-        wall_secs=wall,
-        pushes_lost=pushes_lost,
-        resumed_from_step=start_step,
-    )
-    progress.write_json(
-        progress_file,
-        {**dataclasses.asdict(result), "step": step, "num_steps": config.num_steps, "done": True},
-    )
-    writer.close()
-    print(
-        f"{name}: done, {result.steps} steps, {pushes} pushes ({pushes_lost} lost to server "
-        f"restarts), {fetches} fetches, "
-        f"loss {loss:.4f}, {result.images_per_sec:.0f} images/s",
-        flush=True,
-    )
-    return result
+    run = _WorkerRun(config, task_index, address, workdir)
+    run.join()
+    start = time.perf_counter()
+    last_step = run.loop()
+    return run.finish(last_step, time.perf_counter() - start)
