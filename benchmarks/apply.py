@@ -31,13 +31,13 @@ Measured, never asserted. Usage:
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 
 import numpy as np
 
-from benchmarks.common import fmt, machine_info, stats, timed, verdict, write_report
+from benchmarks import common
+from benchmarks.common import fmt, machine_info, stats, timed, verdict
 from gasgd_tf.server import optimizers as opt_lib
 from gasgd_tf.server.store import ParameterStore
 from gasgd_tf.tensors import FlatLayout, TensorSpec, all_finite
@@ -320,112 +320,127 @@ def markdown(report: dict) -> str:
         )
     lines += ["", "### Profile: SGD with momentum", ""]
     for p in report["profiles"]:
-        size = _mparams(p["size"])
-        lines += [
-            f"Whole-array numpy passes of the update written without blocking, {size} "
-            "parameters (arrays touched = float32 arrays of P elements read + written; "
-            "a copy touches 2):",
-            "",
-            "| expression | arrays touched | GB/s | copy GB/s | time / copy time |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        total = 0.0
-        for r in p["passes"]:
-            total += r["copy_times"]
-            lines.append(
-                f"| `{r['expression']}` | {r['arrays_touched']} | {fmt(r['gbps'])} "
-                f"| {fmt(r['copy_gbps'])} | {r['copy_times']:.2f} |"
-            )
-        lines += [
-            f"| all four | {sum(a for _, a in SGD_MOMENTUM_PASSES)} | | | {total:.2f} |",
-            "",
-        ]
-        lines += [
-            f"`SGD(momentum=0.9).apply` by `block_size` (elements; {p['size']:,}: one block, "
-            f"no blocking), {size} parameters:",
-            "",
-            "| block_size | apply GB/s | copy GB/s | apply/copy |",
-            "|---:|---:|---:|---:|",
-        ]
-        for r in p["blocks"]:
-            mark = " (default)" if r["default"] else ""
-            lines.append(
-                f"| {r['block_size']:,}{mark} | {fmt(r['gbps'])} | {fmt(r['copy_gbps'])} "
-                f"| {r['ratio']:.2f} |"
-            )
-        lines.append("")
-        lines += [
-            f"Parts of `store.push` (SGD momentum), {size} parameters; `store.push` runs the "
-            "first and the third:",
-            "",
-            "| part | GB/s | copy GB/s | time / copy time |",
-            "|---|---:|---:|---:|",
-        ]
-        for r in p["push_parts"]:
-            lines.append(
-                f"| `{r['part']}` | {fmt(r['gbps'])} | {fmt(r['copy_gbps'])} "
-                f"| {1 / r['ratio']:.2f} |"
-            )
-        lines += [
-            "",
-            f"Finiteness checks of one array, {size} parameters:",
-            "",
-            "| check | GB/s | copy GB/s | time / copy time |",
-            "|---|---:|---:|---:|",
-        ]
-        for r in p["finite_checks"]:
-            lines.append(
-                f"| {r['check']} | {fmt(r['gbps'])} | {fmt(r['copy_gbps'])} "
-                f"| {1 / r['ratio']:.2f} |"
-            )
-        lines.append("")
-    if misses:
-        lines += ["### Missed targets", ""]
-        profiles = {p["size"]: p for p in report["profiles"]}
-        for what, c in misses:
-            ratio = c[f"{what}_ratio"]
-            line = (
-                f"- {c['optimizer']} {what}, {_mparams(c['size'])}: {ratio:.2f}x copy, "
-                f"{c[f'{what}_verdict']} (target {c['target']}x)."
-            )
-            parts = {r["part"]: 1 / r["ratio"] for r in profiles[c["size"]]["push_parts"]}
-            if what == "push" and len(parts) == 4:
-                grad_check, update, checked, separate = parts.values()
-                line += (
-                    f" In copy times: the gradient's check {grad_check:.2f} (before the lock), "
-                    f"the update {update:.2f} plus {checked - update:.2f} for the parameters' "
-                    f"check fused into it (a separate pass took {separate:.2f}). Under the "
-                    f"lock, which is what serialises pushes from several clients, a push "
-                    f"runs at {1 / checked:.2f}x copy."
-                )
-            lines.append(line)
-        lines += [
-            "",
-            "Where the time goes: numpy runs each operation of an update as its own loop, "
-            "so the update is as fast as blocking makes it: each block's operands stay in "
-            "cache and memory sees each of w, g and m read once and w and m written once "
-            "(5 arrays against the copy's 2: at most 0.4x); the finiteness checks add a "
-            "read of the gradient before the update and a pass over each block of "
-            "parameters in cache. What would close the push gap: check the gradient chunk "
-            "by chunk as the servicer receives it (each chunk is in cache then), which "
-            "takes most of the gradient's check out of `push`; or one compiled loop "
-            "(numba, Cython, a C extension: a dependency the numpy-only server does not "
-            "have) doing the update and both checks in one pass over memory; or running "
-            "the blocks on two threads (numpy releases the GIL), taking cores from the "
-            "gRPC threads.",
-            "",
-        ]
+        lines += _profile_tables(p)
+    lines += _misses(report, misses)
     return "\n".join(lines)
 
 
+def _profile_tables(p: dict) -> list[str]:
+    """One profile's tables: unblocked passes, block sizes, parts of push, finiteness checks."""
+    lines: list[str] = []
+    size = _mparams(p["size"])
+    lines += [
+        f"Whole-array numpy passes of the update written without blocking, {size} "
+        "parameters (arrays touched = float32 arrays of P elements read + written; "
+        "a copy touches 2):",
+        "",
+        "| expression | arrays touched | GB/s | copy GB/s | time / copy time |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    total = 0.0
+    for r in p["passes"]:
+        total += r["copy_times"]
+        lines.append(
+            f"| `{r['expression']}` | {r['arrays_touched']} | {fmt(r['gbps'])} "
+            f"| {fmt(r['copy_gbps'])} | {r['copy_times']:.2f} |"
+        )
+    lines += [
+        f"| all four | {sum(a for _, a in SGD_MOMENTUM_PASSES)} | | | {total:.2f} |",
+        "",
+    ]
+    lines += [
+        f"`SGD(momentum=0.9).apply` by `block_size` (elements; {p['size']:,}: one block, "
+        f"no blocking), {size} parameters:",
+        "",
+        "| block_size | apply GB/s | copy GB/s | apply/copy |",
+        "|---:|---:|---:|---:|",
+    ]
+    for r in p["blocks"]:
+        mark = " (default)" if r["default"] else ""
+        lines.append(
+            f"| {r['block_size']:,}{mark} | {fmt(r['gbps'])} | {fmt(r['copy_gbps'])} "
+            f"| {r['ratio']:.2f} |"
+        )
+    lines.append("")
+    lines += [
+        f"Parts of `store.push` (SGD momentum), {size} parameters; `store.push` runs the "
+        "first and the third:",
+        "",
+        "| part | GB/s | copy GB/s | time / copy time |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in p["push_parts"]:
+        lines.append(
+            f"| `{r['part']}` | {fmt(r['gbps'])} | {fmt(r['copy_gbps'])} | {1 / r['ratio']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Finiteness checks of one array, {size} parameters:",
+        "",
+        "| check | GB/s | copy GB/s | time / copy time |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in p["finite_checks"]:
+        lines.append(
+            f"| {r['check']} | {fmt(r['gbps'])} | {fmt(r['copy_gbps'])} | {1 / r['ratio']:.2f} |"
+        )
+    lines.append("")
+    return lines
+
+
+def _misses(report: dict, misses: list[tuple[str, dict]]) -> list[str]:
+    """Missed targets: by how much, where the push's time goes, what would close the gap."""
+    if not misses:
+        return []
+    lines: list[str] = []
+    lines += ["### Missed targets", ""]
+    profiles = {p["size"]: p for p in report["profiles"]}
+    for what, c in misses:
+        ratio = c[f"{what}_ratio"]
+        line = (
+            f"- {c['optimizer']} {what}, {_mparams(c['size'])}: {ratio:.2f}x copy, "
+            f"{c[f'{what}_verdict']} (target {c['target']}x)."
+        )
+        parts = {r["part"]: 1 / r["ratio"] for r in profiles[c["size"]]["push_parts"]}
+        if what == "push" and len(parts) == 4:
+            grad_check, update, checked, separate = parts.values()
+            line += (
+                f" In copy times: the gradient's check {grad_check:.2f} (before the lock), "
+                f"the update {update:.2f} plus {checked - update:.2f} for the parameters' "
+                f"check fused into it (a separate pass took {separate:.2f}). Under the "
+                f"lock, which is what serialises pushes from several clients, a push "
+                f"runs at {1 / checked:.2f}x copy."
+            )
+        lines.append(line)
+    lines += [
+        "",
+        "Where the time goes: numpy runs each operation of an update as its own loop, "
+        "so the update is as fast as blocking makes it: each block's operands stay in "
+        "cache and memory sees each of w, g and m read once and w and m written once "
+        "(5 arrays against the copy's 2: at most 0.4x); the finiteness checks add a "
+        "read of the gradient before the update and a pass over each block of "
+        "parameters in cache. What would close the push gap: check the gradient chunk "
+        "by chunk as the servicer receives it (each chunk is in cache then), which "
+        "takes most of the gradient's check out of `push`; or one compiled loop "
+        "(numba, Cython, a C extension: a dependency the numpy-only server does not "
+        "have) doing the update and both checks in one pass over memory; or running "
+        "the blocks on two threads (numpy releases the GIL), taking cores from the "
+        "gRPC threads.",
+        "",
+    ]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="7.7M parameters only, 5 repeats")
-    args = parser.parse_args(argv)
-    report = run(quick=args.quick)
-    path = write_report("apply", report)
-    print(markdown(report))
-    print(f"total {report['total_s']:.0f} s; wrote {path}")
+    """``python -m benchmarks.apply [--quick] [--out=PATH]``."""
+    common.main(
+        "apply",
+        run,
+        doc=__doc__,
+        markdown=markdown,
+        quick="7.7M parameters only, 5 repeats",
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

@@ -1,18 +1,21 @@
-"""What every benchmark shares: timing, summaries, machine info, results files.
+"""What every benchmark shares: its command line, timing, summaries, machine info, results files.
 
 Each benchmark module ``benchmarks/<name>.py`` has
-  ``run(quick: bool = False) -> dict``   measures and returns a JSON-able report
-                                         (``machine``, ``command``, numbers);
-  ``markdown(report: dict) -> str``      the report's section of BENCHMARKS.md;
-and runs alone as ``python -m benchmarks.<name> [--quick]``, writing
-``benchmarks/results/<name>.json``. ``benchmarks/run_all.py`` (``make bench``)
-runs them all and rewrites BENCHMARKS.md from the reports.
+  ``run(quick: bool = False, ...) -> dict``  measures and returns a JSON-able report
+                                             (``machine``, ``command``, numbers);
+  ``markdown(report: dict) -> str``          the report's section of BENCHMARKS.md;
+  ``main(argv: list[str] | None = None)``    its command line, through ``common.main``:
+and runs alone as ``python -m benchmarks.<name> [--quick] [--out=PATH]``, writing
+``benchmarks/results/<name>.json``; ``--help`` prints its usage (the module's
+docstring and its options) and runs nothing. ``benchmarks/run_all.py``
+(``make bench``) runs them all and rewrites BENCHMARKS.md from the reports.
 
 Measured, never asserted: targets are compared in the tables, not in tests.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -20,7 +23,8 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -79,11 +83,7 @@ def machine_info() -> dict:
 
 def write_report(name: str, report: dict) -> str:
     """Writes ``benchmarks/results/<name>.json``; returns its path."""
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    path = os.path.join(RESULTS_DIR, f"{name}.json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=1)
-    return path
+    return write_json(os.path.join(RESULTS_DIR, f"{name}.json"), report)
 
 
 def read_report(name: str) -> dict | None:
@@ -95,12 +95,137 @@ def read_report(name: str) -> dict | None:
         return None
 
 
-def main(name: str, run, markdown, argv: list[str]) -> None:
-    """A benchmark's command line: ``[--quick]``; writes its report and prints its table."""
-    report = run(quick="--quick" in argv)
-    path = write_report(name, report)
-    print(markdown(report))
-    print(f"wrote {path}")
+def write_json(path: str, report: dict) -> str:
+    """Writes ``report`` to ``path`` as indented JSON, creating its folder; returns the path."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    return path
+
+
+# -- The command line that every benchmark shares ------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line, ``error: ...``, and exits with status 2.
+
+    argparse's own ``error`` prints the whole usage first; one line is easier
+    to find in ``make bench``'s long output.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def comma_list(
+    item: Callable[[str], object] = str, choices: Sequence[object] | None = None
+) -> Callable[[str], list]:
+    """An argparse ``type`` for ``a,b,c``: the list of ``item(part)``, empty parts skipped.
+
+    Args:
+      item: Converts one part (``int``, ``float``, or a checker that raises
+        ValueError).
+      choices: The allowed values; None: any.
+
+    Returns:
+      The converter. A part that ``item`` refuses or that is not among
+      ``choices`` becomes one ``error: ... argument --flag: ...`` line.
+    """
+
+    def parse(text: str) -> list:
+        values = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            try:
+                value = item(part)
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(f"{part!r}: {e}") from None
+            if choices is not None and value not in choices:
+                known = ", ".join(map(str, choices))
+                raise argparse.ArgumentTypeError(f"unknown {part!r}; choose from {known}")
+            values.append(value)
+        return values
+
+    return parse
+
+
+def parser(
+    name: str,
+    doc: str | None,
+    *,
+    quick: str | None = None,
+    flags: Callable[[argparse.ArgumentParser], None] | None = None,
+    report: bool = True,
+) -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks.<name>``.
+
+    Args:
+      name: The module's name under ``benchmarks/``.
+      doc: The module's docstring: what ``--help`` prints above the options,
+        as written.
+      quick: The help of ``--quick``; None: the benchmark has no ``--quick``.
+      flags: Adds the benchmark's own options (``parser.add_argument``).
+      report: Whether the benchmark writes a JSON report; ``--out`` says where.
+
+    Returns:
+      The parser; its ``error`` prints one ``error: ...`` line and exits 2.
+    """
+    p = _Parser(
+        prog=f"python -m benchmarks.{name}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if quick is not None:
+        p.add_argument("--quick", action="store_true", help=quick)
+    if report:
+        p.add_argument(
+            "--out",
+            metavar="PATH",
+            default=os.path.join(RESULTS_DIR, f"{name}.json"),
+            help=f"the JSON report (default benchmarks/results/{name}.json; --out= writes none)",
+        )
+    if flags is not None:
+        flags(p)
+    return p
+
+
+def main(
+    name: str,
+    run: Callable[..., dict | None],
+    *,
+    doc: str | None,
+    markdown: Callable[[dict], str] | None = None,
+    quick: str | None = None,
+    flags: Callable[[argparse.ArgumentParser], None] | None = None,
+    report: bool = True,
+    argv: Sequence[str] | None = None,
+) -> None:
+    """A benchmark's command line: parses ``argv``, calls ``run``, prints and writes its report.
+
+    Every option but ``--out`` (``--quick`` and those that ``flags`` adds)
+    reaches ``run`` as the keyword argument of the same name, so an option is
+    named once, the same on the command line and in Python. ``--help``
+    prints the usage and exits 0 before ``run`` is called; a bad argument
+    prints one ``error: ...`` line and exits 2.
+
+    Args:
+      name: The module's name under ``benchmarks/``; the report goes to
+        ``benchmarks/results/<name>.json`` unless ``--out`` says otherwise.
+      run: Measures; returns the report, or None when there is nothing to
+        print or write (a child process's mode, or ``run_all``).
+      doc: The module's docstring, for ``--help``.
+      markdown: Renders the report for the terminal; None: indented JSON.
+      quick, flags, report: As for ``parser``.
+      argv: The arguments; None: ``sys.argv[1:]``.
+    """
+    args = vars(parser(name, doc, quick=quick, flags=flags, report=report).parse_args(argv))
+    out = args.pop("out", None)
+    start = time.perf_counter()
+    result = run(**args)
+    if result is None:
+        return
+    print(markdown(result) if markdown else json.dumps(result, indent=2))
+    wrote = f"; wrote {write_json(out, result)}" if out else ""
+    print(f"total {time.perf_counter() - start:.0f} s{wrote}", flush=True)
 
 
 def verdict(value: float, target: float, higher_is_better: bool = True) -> str:

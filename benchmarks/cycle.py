@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import multiprocessing
 import socket
-import sys
 import time
 
 import numpy as np
@@ -224,5 +223,12 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.cycle [--quick] [--out=PATH]``."""
+    common.main(
+        "cycle", run, doc=__doc__, markdown=markdown, quick="90k and 7.7M only, 3 cycles", argv=argv
+    )
+
+
 if __name__ == "__main__":
-    common.main("cycle", run, markdown, sys.argv[1:])
+    main()

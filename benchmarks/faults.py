@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 
+from benchmarks import common
 from gasgd_tf import progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,13 +100,18 @@ def run(kill: str, num_steps: int, at_step: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--kill", choices=["ps_0", "worker_0", "launcher"], required=True)
-    parser.add_argument("--num_steps", type=int, default=1500)
-    parser.add_argument("--at_step", type=int, default=500)
-    args = parser.parse_args()
-    print(json.dumps(run(args.kill, args.num_steps, args.at_step), indent=2))
+def _flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kill", choices=["ps_0", "worker_0", "launcher"], required=True, help="what to kill"
+    )
+    parser.add_argument("--num_steps", type=int, default=1500, help="config.num_steps")
+    parser.add_argument("--at_step", type=int, default=500, help="kill when worker_1 is here")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.faults --kill=ROLE [--num_steps=N] [--at_step=N]``."""
+    # Prints its figures as JSON and writes no report: RELIABILITY.md quotes them.
+    common.main("faults", run, doc=__doc__, flags=_flags, report=False, argv=argv)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ import subprocess
 import sys
 import tempfile
 
+from benchmarks import common
+from gasgd_tf.config_base import PRECISIONS  # worker.precision's values.
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -79,26 +82,49 @@ def run_one(precision: str, workers: int, steps: int, jit: bool) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workers", type=int, default=0, help="0: one per visible GPU")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--precisions", default="float32,mixed_float16,mixed_bfloat16")
-    parser.add_argument("--jit", action="store_true", help="XLA (worker.jit_compile)")
-    args = parser.parse_args()
+def run(workers: int, steps: int, precisions: list[str], jit: bool) -> dict:
+    """One run per precision with ``workers`` workers (0: one per visible GPU); the rows."""
     gpus = visible_gpus()
-    workers = args.workers or max(len(gpus), 1)
+    workers = workers or max(len(gpus), 1)
     print(f"GPUs: {gpus or 'none (the CPU path is measured)'}", flush=True)
-    rows = [run_one(p, workers, args.steps, args.jit) for p in args.precisions.split(",")]
-    print(json.dumps(rows, indent=2))
-    print("| precision | XLA | workers | images/s per worker | total | device of worker 0 |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
+    return {"gpus": gpus, "rows": [run_one(p, workers, steps, jit) for p in precisions]}
+
+
+def markdown(report: dict) -> str:
+    """The rows as JSON, then as a Markdown table."""
+    lines = [
+        json.dumps(report["rows"], indent=2),
+        "| precision | XLA | workers | images/s per worker | total | device of worker 0 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
         per = ", ".join(f"{x:,.0f}" for x in r["images_per_sec_per_worker"])
-        print(
+        lines.append(
             f"| {r['precision']} | {r['jit_compile']} | {r['workers']} | {per} | "
             f"{r['images_per_sec']:,.0f} | {r['devices'][0]} |"
         )
+    return "\n".join(lines)
+
+
+def _flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=0, help="0: one per visible GPU")
+    parser.add_argument("--steps", type=int, default=300, help="steps per worker")
+    parser.add_argument(
+        "--precisions",
+        type=common.comma_list(choices=PRECISIONS),
+        default=list(PRECISIONS),
+        metavar=",".join(PRECISIONS),
+        help="worker.precision of each run",
+    )
+    parser.add_argument("--jit", action="store_true", help="XLA (worker.jit_compile)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.gpu_check [--workers=N] [--steps=N] [--precisions=...] [--jit]``."""
+    # Prints its rows and writes no report: BUILD_NOTES.md records them by hand.
+    common.main(
+        "gpu_check", run, doc=__doc__, markdown=markdown, flags=_flags, report=False, argv=argv
+    )
 
 
 if __name__ == "__main__":

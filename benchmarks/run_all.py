@@ -15,10 +15,10 @@ running anything.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import re
-import sys
 import time
 
 from benchmarks import common
@@ -56,16 +56,14 @@ def rewrite_tables(names: tuple[str, ...], path: str = BENCHMARKS_MD) -> None:
         f.write(text)
 
 
-def main(argv: list[str]) -> None:
-    quick = "--quick" in argv
-    names = BENCHMARKS
-    for arg in argv:
-        if arg.startswith("--only="):
-            names = tuple(n for n in arg.split("=", 1)[1].split(",") if n)
-            unknown = set(names) - set(BENCHMARKS)
-            if unknown:
-                raise SystemExit(f"unknown benchmarks {sorted(unknown)}; known: {BENCHMARKS}")
-    if "--tables_only" not in argv:
+def run(quick: bool, only: list[str], tables_only: bool) -> None:
+    """Runs the benchmarks in ``only`` one after another (unless ``tables_only``), rewrites tables.
+
+    Each report goes to ``benchmarks/results/<name>.json`` as it is made, so
+    a failure later keeps the earlier ones.
+    """
+    names = tuple(only)
+    if not tables_only:
         start = time.perf_counter()
         for name in names:
             print(f"== {name} ==", flush=True)
@@ -79,5 +77,34 @@ def main(argv: list[str]) -> None:
     print(f"rewrote the tables in {os.path.normpath(BENCHMARKS_MD)}", flush=True)
 
 
+def _flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--only",
+        type=common.comma_list(choices=BENCHMARKS),
+        default=list(BENCHMARKS),
+        metavar=",".join(BENCHMARKS),
+        help="the benchmarks to run, in this order (default all)",
+    )
+    parser.add_argument(
+        "--tables_only",
+        action="store_true",
+        help="run nothing: rewrite the tables from the saved results",
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.run_all [--quick] [--only=cycle,apply,...] [--tables_only]``."""
+    # Writes each benchmark's own report; nothing of its own (no --out).
+    common.main(
+        "run_all",
+        run,
+        doc=__doc__,
+        quick="each benchmark's --quick: a short pass",
+        flags=_flags,
+        report=False,
+        argv=argv,
+    )
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -63,7 +63,8 @@ import subprocess
 import sys
 import time
 
-from benchmarks.common import fmt, machine_info, stats, timed, write_report
+from benchmarks import common
+from benchmarks.common import fmt, machine_info, stats, timed
 
 _RESULT_TAG = "TF_PS_RESULT "
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,21 +158,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_cell(cell: dict) -> dict:
-    """The subprocess side: builds the cluster, trains, times. Once per process."""
+def _start_cluster(num_workers: int, threads: int):
+    """In-process servers of 1 ps and ``num_workers`` workers; returns (strategy, coordinator)."""
     import tensorflow as tf
 
-    # Thread pools are fixed at the first op, so before anything else.
-    threads = int(cell.get("cpu_threads", 0))
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
-
-    import keras
-
-    from gasgd_tf.models import build_model
-
-    setup_start = time.perf_counter()
-    num_workers = cell["num_workers"]
     cluster = tf.train.ClusterSpec(
         {
             "worker": [f"127.0.0.1:{_free_port()}" for _ in range(num_workers)],
@@ -193,19 +183,15 @@ def _run_cell(cell: dict) -> dict:
     tf.distribute.Server(cluster, job_name="ps", task_index=0, protocol="grpc")
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(cluster, rpc_layer="grpc")
     strategy = tf.distribute.ParameterServerStrategy(resolver)
-    coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
+    return strategy, tf.distribute.coordinator.ClusterCoordinator(strategy)
 
-    width = cell["width"]
-    with strategy.scope():
-        # Variables (model's and optimizer's) must be created here, so that
-        # PSS places them on the ps; see the module docstring.
-        model = build_model(
-            cell["model"], _IMAGE_SHAPE, _NUM_CLASSES, **({"width": width} if width else {})
-        )
-        optimizer = keras.optimizers.SGD(cell["learning_rate"])
-        optimizer.build(model.trainable_variables)
+
+def _train_step(strategy, coordinator, model, optimizer, batch_size: int):
+    """The per-worker dataset's iterator and the step to schedule on it: (step, iterator)."""
+    import keras
+    import tensorflow as tf
+
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    batch_size = cell["batch_size"]
 
     def dataset_fn() -> tf.data.Dataset:
         # Runs on each worker: a fixed pool of random images, repeated forever.
@@ -234,6 +220,36 @@ def _run_cell(cell: dict) -> dict:
 
         # One replica per worker, so the per-replica value is a plain tensor.
         return strategy.run(replica_fn, args=(next(iterator),))
+
+    return step, iterator
+
+
+def _run_cell(cell: dict) -> dict:
+    """The subprocess side: builds the cluster, trains, times. Once per process."""
+    import tensorflow as tf
+
+    # Thread pools are fixed at the first op, so before anything else.
+    threads = int(cell.get("cpu_threads", 0))
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+    import keras
+
+    from gasgd_tf.models import build_model
+
+    setup_start = time.perf_counter()
+    strategy, coordinator = _start_cluster(cell["num_workers"], threads)
+    width = cell["width"]
+    with strategy.scope():
+        # Variables (model's and optimizer's) must be created here, so that
+        # PSS places them on the ps; see the module docstring.
+        model = build_model(
+            cell["model"], _IMAGE_SHAPE, _NUM_CLASSES, **({"width": width} if width else {})
+        )
+        optimizer = keras.optimizers.SGD(cell["learning_rate"])
+        optimizer.build(model.trainable_variables)
+    batch_size = cell["batch_size"]
+    step, iterator = _train_step(strategy, coordinator, model, optimizer, batch_size)
 
     last: list = []  # the latest scheduled step's RemoteValue, for the final loss
 
@@ -315,21 +331,32 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cell_or_run(quick: bool, cell: str | None) -> dict | None:
+    if cell is None:
+        return run(quick=quick)
+    result = _run_cell(json.loads(cell))
+    print(_RESULT_TAG + json.dumps(result), flush=True)
+    # The servers' and coordinator's threads may keep a normal exit
+    # waiting forever; the result is out, so leave at once.
+    os._exit(0)
+
+
+def _flags(parser: argparse.ArgumentParser) -> None:
+    # One cell in this process, started by ``measure``; internal.
+    parser.add_argument("--cell", metavar="JSON", help=argparse.SUPPRESS)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="~5 s per cell instead of ~15 s")
-    parser.add_argument("--cell", help="internal: JSON of one cell to run in this process")
-    args = parser.parse_args(argv)
-    if args.cell:
-        result = _run_cell(json.loads(args.cell))
-        print(_RESULT_TAG + json.dumps(result), flush=True)
-        # The servers' and coordinator's threads may keep a normal exit
-        # waiting forever; the result is out, so leave at once.
-        os._exit(0)
-    report = run(quick=args.quick)
-    path = write_report("tf_ps", report)
-    print(markdown(report))
-    print(f"total {report['total_s']:.0f} s; wrote {path}")
+    """``python -m benchmarks.tf_ps [--quick] [--out=PATH]``."""
+    common.main(
+        "tf_ps",
+        _cell_or_run,
+        doc=__doc__,
+        markdown=markdown,
+        quick="~5 s per cell instead of ~15 s",
+        flags=_flags,
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

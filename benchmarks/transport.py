@@ -19,7 +19,6 @@ Measured, never asserted. Usage:
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
 import platform
@@ -32,20 +31,13 @@ from concurrent import futures
 
 import grpc
 import numpy as np
-from absl import app, flags
 
+from benchmarks import common
 from gasgd_tf import wire
 from gasgd_tf.client import ParameterClient
 from gasgd_tf.server import SGD, ParameterServer, ParameterStore
 from gasgd_tf.server.server import SERVER_OPTIONS
 from gasgd_tf.tensors import TensorSpec
-
-_SIZES = flags.DEFINE_list("sizes_mib", ["1", "64", "256"], "Parameter sizes in MiB.")
-_CHUNKS = flags.DEFINE_list(
-    "chunks_kib", ["256", "1024", "2048", "4032"], "Chunk sizes in KiB (max 4032)."
-)
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per cell (after one warm-up).")
-_OUT = flags.DEFINE_string("out", "benchmarks/results/transport.json", "JSON results file.")
 
 MIB = 1 << 20
 KIB = 1 << 10
@@ -270,7 +262,9 @@ def _g(stats: dict) -> str:
     return f"{stats['median_gbps']:.2f} [{stats['min_gbps']:.2f}-{stats['max_gbps']:.2f}]"
 
 
-def markdown(results: list[dict]) -> str:
+def markdown(report: dict) -> str:
+    """The report's two tables: fetch and push per (size, chunk); the server's own work per size."""
+    results = report["sizes"]
     lines = [
         "| size MiB | chunk KiB | fetch ms | fetch GB/s | push+apply ms | push+apply GB/s "
         "| raw down GB/s | raw up GB/s | fetch / raw down | push / raw up |",
@@ -317,14 +311,11 @@ def machine_info() -> dict:
     }
 
 
-def main(argv: list[str]) -> None:
-    del argv
+def run(sizes_mib: list[float], chunks_kib: list[int], repeats: int) -> dict:
+    """Measures every (size, chunk) cell and the server's own work per size; returns the report."""
     logging.getLogger("gasgd_tf").setLevel(logging.WARNING)  # No "listening on" per cell.
-    sizes = [int(float(s) * MIB) for s in _SIZES.value]
-    chunks = [int(c) * KIB for c in _CHUNKS.value]
-    too_big = [c for c in chunks if c > wire.MAX_CHUNK_BYTES]
-    if too_big:
-        raise app.UsageError(f"chunks above {wire.MAX_CHUNK_BYTES // KIB} KiB: {too_big}")
+    sizes = [int(s * MIB) for s in sizes_mib]
+    chunks = [c * KIB for c in chunks_kib]
     start = time.perf_counter()
     raw_server = RawServer()
     raw = RawClient(raw_server.port)
@@ -332,31 +323,54 @@ def main(argv: list[str]) -> None:
     try:
         for nbytes in sizes:
             print(f"{nbytes / MIB:g} MiB of float32 parameters", flush=True)
-            results.append(bench_size(nbytes, chunks, _REPEATS.value, raw))
+            results.append(bench_size(nbytes, chunks, repeats, raw))
     finally:
         raw.close()
         raw_server.stop()
-    elapsed = time.perf_counter() - start
-    table = markdown(results)
-    print()
-    print(table)
-    print(f"\ntotal {elapsed:.0f} s")
     report = {
         "machine": machine_info(),
         "command": " ".join([".venv/bin/python -m benchmarks.transport", *sys.argv[1:]]),
-        "repeats": _REPEATS.value,
+        "repeats": repeats,
         "warmup": 1,
         "default_chunk_bytes": wire.DEFAULT_CHUNK_BYTES,
-        "total_seconds": elapsed,
+        "total_seconds": time.perf_counter() - start,
         "sizes": results,
-        "markdown": table,
     }
-    if _OUT.value:
-        os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-        with open(_OUT.value, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"wrote {_OUT.value}")
+    report["markdown"] = markdown(report)
+    return report
+
+
+def _chunk_kib(text: str) -> int:
+    kib = int(text)
+    if not 0 < kib * KIB <= wire.MAX_CHUNK_BYTES:
+        raise ValueError(f"chunks are 1 to {wire.MAX_CHUNK_BYTES // KIB} KiB")
+    return kib
+
+
+def _flags(parser) -> None:
+    parser.add_argument(
+        "--sizes_mib",
+        type=common.comma_list(float),
+        default=[1.0, 64.0, 256.0],
+        metavar="1,64,256",
+        help="parameter sizes in MiB",
+    )
+    parser.add_argument(
+        "--chunks_kib",
+        type=common.comma_list(_chunk_kib),
+        default=[256, 1024, 2048, 4032],
+        metavar="256,1024,2048,4032",
+        help=f"chunk sizes in KiB (at most {wire.MAX_CHUNK_BYTES // KIB})",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed repeats per cell, after one warm-up"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.transport [--sizes_mib=...] [--chunks_kib=...] [--repeats=N]``."""
+    common.main("transport", run, doc=__doc__, markdown=markdown, flags=_flags, argv=argv)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

@@ -26,7 +26,6 @@ Usage:
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 
 from benchmarks import common, tf_ps, worker_throughput
@@ -126,5 +125,17 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.versus_tf [--quick] [--out=PATH]``."""
+    common.main(
+        "versus_tf",
+        run,
+        doc=__doc__,
+        markdown=markdown,
+        quick="fewer steps, one measurement of each system per row",
+        argv=argv,
+    )
+
+
 if __name__ == "__main__":
-    common.main("versus_tf", run, markdown, sys.argv[1:])
+    main()

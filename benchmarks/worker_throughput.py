@@ -331,28 +331,7 @@ def measure(
         extra=extra or {},
     )
     prepare_data()
-    from gasgd_tf import config_base
-
-    config = make_config(
-        model=model,
-        width=width,
-        num_workers=num_workers,
-        batch_size=batch_size,
-        n_sync=n_sync,
-        num_steps=warmup_steps + steps,
-        # One point per warm-up-sized window; without warm-up, one at the end.
-        log_every_steps=warmup_steps or warmup_steps + steps,
-        overlap=overlap and server,
-        cpu_threads=cpu_threads,
-        num_shards=num_shards,
-        extra=extra,
-    )
-    os.makedirs(CELLS_DIR, exist_ok=True)
-    workdir = tempfile.mkdtemp(prefix=f"{model}_w{num_workers}_", dir=CELLS_DIR)
-    config_json = os.path.join(workdir, "config.json")
-    with open(config_json, "w") as f:
-        f.write(config_base.to_json(config))
-
+    workdir, config_json = _write_config(settings, n_sync, num_shards)
     start = time.monotonic()
     deadline = start + timeout_secs
     servers: list[_Child] = []
@@ -360,73 +339,19 @@ def measure(
     try:
         address = "none"
         if server:
-            # One plain server per shard (the clients split the parameters);
-            # workers get their host:ports, separated by commas.
-            for k in range(num_shards):
-                shard_dir = os.path.join(workdir, f"ps_{k}")
-                os.makedirs(shard_dir)
-                servers.append(
-                    _Child.start(
-                        f"ps_{k}",
-                        [
-                            "-m",
-                            "gasgd_tf.main",
-                            "--role=ps",
-                            f"--config_json={config_json}",
-                            f"--workdir={shard_dir}",
-                            "--ps_address=127.0.0.1:0",
-                            f"--port_file={os.path.join(shard_dir, 'port')}",
-                        ],
-                        workdir,
-                    )
-                )
-            address = ",".join(
-                _wait_for_port(ps, os.path.join(workdir, ps.role, "port"), deadline)
-                for ps in servers
-            )
-        for i in range(num_workers):
-            argv = [
-                "-m",
-                "benchmarks.worker_throughput",
-                "--worker",
-                f"--config_json={config_json}",
-                f"--workdir={workdir}",
-                f"--task_index={i}",
-                f"--address={address}",
-            ]
-            if pin_cores:
-                argv.append(f"--core={i % os.cpu_count()}")
-            workers.append(_Child.start(f"worker_{i}", argv, workdir))
-        # Until every worker is done; a failed worker or a server that exits ends the cell.
-        results: dict[int, dict] = {}
-        while len(results) < num_workers:
-            for i, w in enumerate(workers):
-                if i in results:
-                    continue
-                code = w.process.poll()  # Before reading progress: see _worker_result.
-                result = _worker_result(w, workdir, i, warmup_steps, batch_size)
-                if result is not None:
-                    results[i] = {**result, "core": i % os.cpu_count() if pin_cores else None}
-                    # Done: its numbers are on disk. train() can take 5-20 s more
-                    # to return (tearing down TensorFlow objects), so stop it now.
-                    w.process.kill()
-                elif code is not None:
-                    raise CellFailed(w.failure(f"exited with code {code} before it was done"))
-            for ps in servers:
-                if ps.process.poll() is not None:
-                    raise CellFailed(ps.failure(f"exited with code {ps.process.returncode}"))
-            if time.monotonic() > deadline:
-                raise CellFailed(
-                    "".join(c.failure(f"timed out after {timeout_secs:.0f} s") for c in workers)
-                )
-            time.sleep(0.1)
+            address = _start_servers(servers, num_shards, config_json, workdir, deadline)
+        _start_workers(workers, num_workers, config_json, workdir, address, pin_cores)
+        results = _wait_for_workers(workers, servers, workdir, settings, deadline, timeout_secs)
     finally:
         _stop([c.process for c in workers + servers])
     cell_secs = time.monotonic() - start
     shutil.rmtree(workdir, ignore_errors=True)  # Kept, with its logs, when the cell failed.
+    return _cell_result(settings, results, cell_secs)
 
-    timed_images = num_workers * steps * batch_size
-    results = [results[i] for i in range(num_workers)]
+
+def _cell_result(settings: dict, results: list[dict], cell_secs: float) -> dict:
+    """``measure``'s answer: the settings, each worker's result and their images/s."""
+    timed_images = settings["num_workers"] * settings["steps"] * settings["batch_size"]
     span = max(r["timed_end"] for r in results) - min(r["timed_start"] for r in results)
     return {
         **settings,
@@ -435,6 +360,125 @@ def measure(
         "images_per_sec_span": timed_images / span if span > 0 else float("nan"),
         "cell_secs": cell_secs,
     }
+
+
+def _write_config(settings: dict, n_sync: int, num_shards: int) -> tuple[str, str]:
+    """A fresh folder for the cell under ``CELLS_DIR``, and its config.json: (folder, file)."""
+    from gasgd_tf import config_base
+
+    warmup_steps, steps = settings["warmup_steps"], settings["steps"]
+    config = make_config(
+        model=settings["model"],
+        width=settings["width"],
+        num_workers=settings["num_workers"],
+        batch_size=settings["batch_size"],
+        n_sync=n_sync,
+        num_steps=warmup_steps + steps,
+        # One point per warm-up-sized window; without warm-up, one at the end.
+        log_every_steps=warmup_steps or warmup_steps + steps,
+        overlap=settings["overlap"],
+        cpu_threads=settings["cpu_threads"],
+        num_shards=num_shards,
+        extra=settings["extra"],
+    )
+    os.makedirs(CELLS_DIR, exist_ok=True)
+    workdir = tempfile.mkdtemp(
+        prefix=f"{settings['model']}_w{settings['num_workers']}_", dir=CELLS_DIR
+    )
+    config_json = os.path.join(workdir, "config.json")
+    with open(config_json, "w") as f:
+        f.write(config_base.to_json(config))
+    return workdir, config_json
+
+
+def _start_servers(
+    servers: list[_Child], num_shards: int, config_json: str, workdir: str, deadline: float
+) -> str:
+    """Starts one plain server per shard into ``servers``; returns their comma-separated addresses.
+
+    The clients split the parameters over the shards themselves. ``servers``
+    is the caller's list, so that it stops the ones started when one fails.
+    """
+    for k in range(num_shards):
+        shard_dir = os.path.join(workdir, f"ps_{k}")
+        os.makedirs(shard_dir)
+        args = [
+            "-m",
+            "gasgd_tf.main",
+            "--role=ps",
+            f"--config_json={config_json}",
+            f"--workdir={shard_dir}",
+            "--ps_address=127.0.0.1:0",
+            f"--port_file={os.path.join(shard_dir, 'port')}",
+        ]
+        servers.append(_Child.start(f"ps_{k}", args, workdir))
+    return ",".join(
+        _wait_for_port(ps, os.path.join(workdir, ps.role, "port"), deadline) for ps in servers
+    )
+
+
+def _start_workers(
+    workers: list[_Child],
+    num_workers: int,
+    config_json: str,
+    workdir: str,
+    address: str,
+    pin_cores: bool,
+) -> None:
+    """Starts the cell's worker processes into ``workers`` (the caller's list, to stop them)."""
+    for i in range(num_workers):
+        argv = [
+            "-m",
+            "benchmarks.worker_throughput",
+            "--worker",
+            f"--config_json={config_json}",
+            f"--workdir={workdir}",
+            f"--task_index={i}",
+            f"--address={address}",
+        ]
+        if pin_cores:
+            argv.append(f"--core={i % os.cpu_count()}")
+        workers.append(_Child.start(f"worker_{i}", argv, workdir))
+
+
+def _wait_for_workers(
+    workers: list[_Child],
+    servers: list[_Child],
+    workdir: str,
+    settings: dict,
+    deadline: float,
+    timeout_secs: float,
+) -> list[dict]:
+    """Every worker's result, in task order, once all are done.
+
+    Raises:
+      CellFailed: A worker exited before it was done, a server exited, or the
+        deadline passed.
+    """
+    results: dict[int, dict] = {}
+    pin_cores = settings["pin_cores"]
+    while len(results) < len(workers):
+        for i, w in enumerate(workers):
+            if i in results:
+                continue
+            code = w.process.poll()  # Before reading progress: see _worker_result.
+            result = _worker_result(w, workdir, i, settings["warmup_steps"], settings["batch_size"])
+            if result is not None:
+                results[i] = {**result, "core": i % os.cpu_count() if pin_cores else None}
+                # Done: its numbers are on disk. train() can take 5-20 s more
+                # to return (tearing down TensorFlow objects), so stop it now.
+                w.process.kill()
+            elif code is not None:
+                raise CellFailed(w.failure(f"exited with code {code} before it was done"))
+        for ps in servers:
+            if ps.process.poll() is not None:
+                raise CellFailed(ps.failure(f"exited with code {ps.process.returncode}"))
+        if time.monotonic() > deadline:
+            raise CellFailed(
+                "".join(c.failure(f"timed out after {timeout_secs:.0f} s") for c in workers)
+            )
+        time.sleep(0.1)
+    return [results[i] for i in range(len(workers))]
 
 
 # -- The worker processes --------------------------------------------------------
@@ -834,29 +878,41 @@ def markdown(report: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps (about 2 minutes)")
-    parser.add_argument("--only", default=",".join(DEFAULT_ONLY), help="b3, b4 and/or b6")
-    # One worker of a cell (started by ``measure``).
+def _flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--only",
+        type=common.comma_list(choices=tuple(BENCHMARKS)),
+        default=list(DEFAULT_ONLY),
+        metavar="b3,b4,b6",
+        help="the benchmarks to measure (default b3,b4)",
+    )
+    # One worker of a cell, started by ``measure``; internal.
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config_json", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--task_index", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     parser.add_argument("--core", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        worker_main(args)
-        return
-    only = tuple(name.strip() for name in args.only.split(",") if name.strip())
-    unknown = set(only) - set(BENCHMARKS)
-    if unknown:
-        parser.error(f"--only: unknown {sorted(unknown)}; choose from {sorted(BENCHMARKS)}")
-    report = run(quick=args.quick, only=only)
-    path = common.write_report(NAME, report)
-    print(markdown(report))
-    print(f"total {report['total_seconds']:.0f} s; wrote {path}")
+
+
+def _worker_or_run(quick: bool, only: list[str], worker: bool, **worker_args) -> dict | None:
+    if worker:
+        worker_main(argparse.Namespace(**worker_args))
+        return None
+    return run(quick=quick, only=tuple(only))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.worker_throughput [--quick] [--only=b3,b4,b6] [--out=PATH]``."""
+    common.main(
+        NAME,
+        _worker_or_run,
+        doc=__doc__,
+        markdown=markdown,
+        quick="fewer steps, one repeat (about 2.5 minutes): a smoke test, not a measurement",
+        flags=_flags,
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":
