@@ -18,14 +18,14 @@ import keras
 import ml_collections
 import tensorflow as tf
 
-from gasgd_tf import config_base, devices, progress, worker
+from gasgd_tf import config_base, devices, layout, progress, worker
 from gasgd_tf.data import pipeline
 from gasgd_tf.keras_sync import VariableSync
 from gasgd_tf.replica import ReplicaSession, SyncSchedule
 from gasgd_tf.summaries import MetricWriter
 
-CLIENT_ID = "eval"
-MODEL_FILE = "final_model.keras"
+CLIENT_ID = layout.EVAL
+MODEL_FILE = layout.FINAL_MODEL_FILE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,12 +104,12 @@ class Evaluator:
 def _workers_finished(status, num_workers: int) -> bool:
     """Whether worker_0 ... worker_{num_workers - 1} have all called Leave."""
     left = {c.client_id for c in status.clients if not c.active}
-    return all(worker.client_id(i) in left for i in range(num_workers))
+    return all(name in left for name in layout.workers(num_workers))
 
 
 def _steps_per_client(status, num_workers: int) -> float:
     """The workers' mean last reported step (0 before any push)."""
-    names = {worker.client_id(i) for i in range(num_workers)}
+    names = set(layout.workers(num_workers))
     steps = [c.last_step for c in status.clients if c.client_id in names]
     return sum(steps) / num_workers if steps else 0.0
 
@@ -157,10 +157,10 @@ class _EvalRun:
         multi_crop = config.eval.multi_crop
         dataset = pipeline.eval_dataset(config.data, config.eval.batch_size, multi_crop=multi_crop)
         self.evaluate = Evaluator(self.model, dataset, multi_crop=multi_crop)
-        with MetricWriter(os.path.join(workdir, "tb")) as hparams_writer:
+        with MetricWriter(layout.tensorboard_dir(workdir)) as hparams_writer:
             hparams_writer.hparams(config_base.hparams(config), trial_id=os.path.basename(workdir))
-        self.writer = MetricWriter(os.path.join(workdir, "tb", "eval"))
-        self.progress_file = progress.progress_path(workdir, CLIENT_ID)
+        self.writer = MetricWriter(layout.tensorboard_dir(workdir, CLIENT_ID))
+        self.progress_file = layout.progress_path(workdir, CLIENT_ID)
         self.session = ReplicaSession(
             worker.connect(config, address, CLIENT_ID),
             VariableSync(self.model.trainable_variables),
@@ -189,7 +189,7 @@ class _EvalRun:
         if self.config.eval.save_model:
             # The evaluator's replica holds the server's final parameters: a
             # Keras model that loads without gasgd_tf's server (keras.models.load_model).
-            path = os.path.join(self.workdir, MODEL_FILE)
+            path = layout.final_model_path(self.workdir)
             if save_final_model(self.model, path, result.version):
                 final["model"] = path  # Only a file that is there: the summary names it.
         progress.write_json(self.progress_file, final)

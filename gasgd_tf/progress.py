@@ -13,6 +13,8 @@ import os
 import time
 from typing import Any
 
+from gasgd_tf import layout
+
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Writes ``data`` as JSON to ``path`` atomically."""
@@ -35,7 +37,8 @@ def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def progress_path(workdir: str, role: str) -> str:
-    return os.path.join(workdir, "progress", f"{role}.json")
+    """``gasgd_tf.layout.progress_path``: where ``role`` writes its progress."""
+    return layout.progress_path(workdir, role)
 
 
 def wait_for_step(

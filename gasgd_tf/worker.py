@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from gasgd_tf import checkpoints, cluster, devices, progress, reporting, security
+from gasgd_tf import checkpoints, cluster, devices, layout, progress, reporting, security
 from gasgd_tf.client import (
     ParameterClient,
     ShardedClient,
@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 
 def client_id(task_index: int) -> str:
-    return f"worker_{task_index}"
+    """Worker ``task_index``'s client id (``gasgd_tf.layout.worker``)."""
+    return layout.worker(task_index)
 
 
 def connect(
@@ -306,8 +307,8 @@ class _WorkerRun:
             return_gradient=address is not None and config.n_push == 1,
         )
         self.sync = VariableSync(self.model.trainable_variables)
-        self.writer = MetricWriter(os.path.join(workdir, "tb", self.name))
-        self.progress_file = progress.progress_path(workdir, self.name)
+        self.writer = MetricWriter(layout.tensorboard_dir(workdir, self.name))
+        self.progress_file = layout.progress_path(workdir, self.name)
         self.reporter = reporting.Reporter(
             config.worker.log_every_steps,
             config.num_steps,

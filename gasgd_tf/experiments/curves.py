@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import os
 
 import numpy as np
 
+from gasgd_tf import layout
 from gasgd_tf.experiments import events
 
 
@@ -45,7 +45,7 @@ class Curve:
 
 
 def _worker_dirs(run_dir: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(run_dir, "tb", "worker_*")))
+    return sorted(glob.glob(layout.tensorboard_dir(run_dir, layout.WORKER_PREFIX + "*")))
 
 
 def start_time(run_dir: str) -> float:
@@ -58,7 +58,7 @@ def start_time(run_dir: str) -> float:
 
 def test_curve(run_dir: str) -> Curve:
     """Test error of the server's parameters, one point per evaluation."""
-    scalars = events.read_scalars(os.path.join(run_dir, "tb", "eval"))
+    scalars = events.read_scalars(layout.tensorboard_dir(run_dir, layout.EVAL))
     accuracy = scalars.get("eval/accuracy", [])
     steps = scalars.get("eval/steps_per_client", [])
     if len(steps) != len(accuracy):  # Written together; a run killed mid-write may differ.

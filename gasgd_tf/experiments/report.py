@@ -7,7 +7,7 @@ import math
 import os
 from collections.abc import Sequence
 
-from gasgd_tf import progress
+from gasgd_tf import layout, progress
 from gasgd_tf.experiments import curves
 from gasgd_tf.experiments.sweep import Cell
 
@@ -27,7 +27,7 @@ def row(cell: Cell, workdir: str, window_minibatches: int, target_error: float =
         error first reached it (the paper's "speed-up" reading).
     """
     folder = os.path.join(workdir, cell.name)
-    summary = progress.read_json(os.path.join(folder, "summary.json")) or {}
+    summary = progress.read_json(layout.summary_path(folder)) or {}
     config = cell.config
     test = curves.test_curve(folder)
     train, _ = curves.train_curves(folder, window_minibatches, config.worker.log_every_steps)

@@ -37,7 +37,7 @@ from typing import TextIO
 
 import ml_collections
 
-from gasgd_tf import config_base, launch, progress
+from gasgd_tf import config_base, launch, layout, progress
 
 PRETRAIN = "pretrain"
 
@@ -188,7 +188,7 @@ def grid_cells(base, sweep, warm_start: str | None) -> list[Cell]:
 
 def _same_config(cell: Cell, folder: str) -> bool:
     """Whether the run last started in ``folder`` had exactly this cell's config."""
-    written = progress.read_json(os.path.join(folder, "config.json"))
+    written = progress.read_json(layout.config_path(folder))
     if written is None:
         return False
     # How a run was started (its id, whether it resumed) is not part of the experiment.
@@ -199,7 +199,7 @@ def _same_config(cell: Cell, folder: str) -> bool:
 def is_done(cell: Cell, workdir: str) -> bool:
     """Whether the cell finished before with exactly this config."""
     folder = os.path.join(workdir, cell.name)
-    summary = progress.read_json(os.path.join(folder, "summary.json"))
+    summary = progress.read_json(layout.summary_path(folder))
     return summary is not None and _same_config(cell, folder)
 
 
@@ -366,10 +366,8 @@ def discover(workdir: str) -> list[Cell]:
     cells = []
     for name in sorted(os.listdir(workdir)) if os.path.isdir(workdir) else []:
         folder = os.path.join(workdir, name)
-        config_path = os.path.join(folder, "config.json")
-        if not (
-            os.path.isfile(config_path) and os.path.isfile(os.path.join(folder, "summary.json"))
-        ):
+        config_path = layout.config_path(folder)
+        if not (os.path.isfile(config_path) and os.path.isfile(layout.summary_path(folder))):
             continue
         with open(config_path) as f:
             config = config_base.from_json(f.read())
