@@ -24,7 +24,7 @@ import sys
 import tempfile
 
 from benchmarks import common
-from gasgd_tf import progress
+from gasgd_tf import layout, progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,7 +79,7 @@ def run(kill: str, num_steps: int, at_step: int) -> dict:
         code = launcher.returncode
     if code != 0:
         raise RuntimeError(f"the run failed ({code}):\n{out[-3000:]}")
-    with open(os.path.join(workdir, "summary.json")) as f:
+    with open(layout.summary_path(workdir)) as f:
         summary = json.load(f)
     pushes = 2 * num_steps
     lost = summary.get("updates_lost", 0)

@@ -23,6 +23,7 @@ import sys
 import tempfile
 
 from benchmarks import common
+from gasgd_tf import layout
 from gasgd_tf.config_base import PRECISIONS  # worker.precision's values.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,11 +64,11 @@ def run_one(precision: str, workers: int, steps: int, jit: bool) -> dict:
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     if result.returncode != 0:
         raise RuntimeError(f"{precision}: the run failed:\n{result.stdout[-3000:]}")
-    with open(os.path.join(workdir, "summary.json")) as f:
+    with open(layout.summary_path(workdir)) as f:
         summary = json.load(f)
     placed = []
     for i in range(workers):
-        with open(os.path.join(workdir, "logs", f"worker_{i}.log"), errors="replace") as f:
+        with open(layout.log_path(workdir, layout.worker(i)), errors="replace") as f:
             match = re.search(r"parameters on (.+?); joined", f.read())
         placed.append(match.group(1) if match else "?")
     return {

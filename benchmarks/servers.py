@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 
-from gasgd_tf import config_base, launch
+from gasgd_tf import config_base, launch, layout
 from gasgd_tf.progress import write_json
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,13 +56,13 @@ class ServerProcesses:
         self.address = ""
 
     def __enter__(self) -> ServerProcesses:
-        config_json = os.path.join(self.workdir, "config.json")
+        config_json = layout.config_path(self.workdir)
         write_json(config_json, self.config.to_dict())
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         addresses = []
         port_files = []
         for k in range(self.config.ps.num_shards):
-            port_file = os.path.join(self.workdir, f"ps_{k}.port")
+            port_file = os.path.join(self.workdir, f"{layout.shard(k)}.port")
             argv = [
                 sys.executable,
                 "-m",
@@ -76,7 +76,7 @@ class ServerProcesses:
             ]
             if self.cpus:
                 argv = ["taskset", "-c", ",".join(map(str, sorted(self.cpus))), *argv]
-            log = open(os.path.join(self.workdir, f"ps_{k}.log"), "wb")
+            log = open(os.path.join(self.workdir, f"{layout.shard(k)}.log"), "wb")
             self.processes.append(
                 subprocess.Popen(argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
             )
@@ -86,7 +86,7 @@ class ServerProcesses:
             while not os.path.exists(port_file):
                 if self.processes[k].poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    with open(os.path.join(self.workdir, f"ps_{k}.log")) as f:
+                    with open(os.path.join(self.workdir, f"{layout.shard(k)}.log")) as f:
                         raise RuntimeError(f"server shard {k} did not start:\n{f.read()[-2000:]}")
                 time.sleep(0.05)
             with open(port_file) as f:

@@ -95,7 +95,7 @@ import time
 import ml_collections
 
 from benchmarks import common
-from gasgd_tf import launch, progress  # Neither imports TensorFlow.
+from gasgd_tf import launch, layout, progress  # None imports TensorFlow.
 from gasgd_tf.experiments import events
 
 NAME = "worker_throughput"
@@ -385,7 +385,7 @@ def _write_config(settings: dict, n_sync: int, num_shards: int) -> tuple[str, st
     workdir = tempfile.mkdtemp(
         prefix=f"{settings['model']}_w{settings['num_workers']}_", dir=CELLS_DIR
     )
-    config_json = os.path.join(workdir, "config.json")
+    config_json = layout.config_path(workdir)
     with open(config_json, "w") as f:
         f.write(config_base.to_json(config))
     return workdir, config_json
@@ -400,7 +400,7 @@ def _start_servers(
     is the caller's list, so that it stops the ones started when one fails.
     """
     for k in range(num_shards):
-        shard_dir = os.path.join(workdir, f"ps_{k}")
+        shard_dir = os.path.join(workdir, layout.shard(k))
         os.makedirs(shard_dir)
         args = [
             "-m",
@@ -411,7 +411,7 @@ def _start_servers(
             "--ps_address=127.0.0.1:0",
             f"--port_file={os.path.join(shard_dir, 'port')}",
         ]
-        servers.append(_Child.start(f"ps_{k}", args, workdir))
+        servers.append(_Child.start(layout.shard(k), args, workdir))
     return ",".join(
         _wait_for_port(ps, os.path.join(workdir, ps.role, "port"), deadline) for ps in servers
     )
@@ -438,7 +438,7 @@ def _start_workers(
         ]
         if pin_cores:
             argv.append(f"--core={i % os.cpu_count()}")
-        workers.append(_Child.start(f"worker_{i}", argv, workdir))
+        workers.append(_Child.start(layout.worker(i), argv, workdir))
 
 
 def _wait_for_workers(
@@ -508,14 +508,14 @@ def _worker_result(
     says done, everything below is on disk. (Callers poll the process first:
     a worker seen to have exited and not done here has failed.)
     """
-    name = f"worker_{task_index}"  # gasgd_tf.worker.client_id (which imports TensorFlow).
+    name = layout.worker(task_index)
     done = progress.read_json(progress.progress_path(workdir, name))
     if not done or not done.get("done"):
         return None
     result = {key: done[key] for key in RESULT_FIELDS}
     result["whole_loop_images_per_sec"] = result.pop("images_per_sec")
     if warmup_steps:
-        logdir = os.path.join(workdir, "tb", name)
+        logdir = layout.tensorboard_dir(workdir, name)
         rate, timed_start, timed_end = _timed_rate(logdir, warmup_steps, batch_size)
     else:  # The whole loop after joining.
         rate = result["whole_loop_images_per_sec"]
