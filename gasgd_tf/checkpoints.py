@@ -203,6 +203,36 @@ def read_file(path: str, with_arrays: bool = True) -> Checkpoint:
     return _read(path, with_arrays)
 
 
+def check_slots(checkpoint: Checkpoint, expected: Mapping[str, tuple[int, ...]]) -> None:
+    """Checks that a file's optimizer slots fit the file's own tensors.
+
+    A well-formed file whose slots disagree with its parameters (a slot of
+    35 values beside 37 parameters) was written wrongly or altered: it
+    cannot be resumed, and the server tries the one before, as for a
+    damaged file. Slots named in only one of the two are not compared:
+    another set of slots is another optimizer, a config mistake that the
+    store reports (``ParameterStore.restore_state``).
+
+    Args:
+      checkpoint: One file's contents (``read_file``).
+      expected: The shape of each slot for this file's parameter count, as
+        the server's optimizer keeps them (``server.checkpointing``).
+
+    Raises:
+      CheckpointError: A slot of another shape, naming the file.
+    """
+    size = sum(int(a.size) for a in checkpoint.arrays.values())
+    for name, shape in expected.items():
+        if name not in checkpoint.slots:
+            continue
+        saved = tuple(checkpoint.slots[name].shape)
+        if saved != tuple(shape):
+            raise CheckpointError(
+                f"{checkpoint.path} is inconsistent: optimizer slot {name!r} has shape {saved}, "
+                f"but the file's {size} parameter values need {tuple(shape)}"
+            )
+
+
 def _shard_set(path: str) -> list[str] | None:
     """The files of the sharded checkpoint ``path`` belongs to, in shard order; None if unsharded.
 

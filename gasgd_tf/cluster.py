@@ -41,6 +41,8 @@ import os
 import re
 from collections.abc import Mapping
 
+from gasgd_tf import addresses
+
 DEFAULT_BASE_PORT = 50051
 
 
@@ -89,10 +91,10 @@ def from_tf_config(document: Mapping, source: str = "TF_CONFIG") -> ClusterTask:
     if not isinstance(task, Mapping) or "type" not in task:
         raise ClusterError(f"{source}: no 'task' with a 'type' and an 'index'")
     jobs = {}
-    for job, addresses in cluster.items():
-        if isinstance(addresses, Mapping):  # TensorFlow's sparse form: {"0": "host:port"}.
+    for job, listed in cluster.items():
+        if isinstance(listed, Mapping):  # TensorFlow's sparse form: {"0": "host:port"}.
             try:
-                indices = sorted(int(k) for k in addresses)
+                indices = sorted(int(k) for k in listed)
             except ValueError:
                 raise ClusterError(f"{source}: cluster.{job} has a non-integer index") from None
             if indices != list(range(len(indices))):
@@ -100,12 +102,10 @@ def from_tf_config(document: Mapping, source: str = "TF_CONFIG") -> ClusterTask:
                     f"{source}: cluster.{job} lists tasks {indices}: gasgd_tf needs every task "
                     "from 0 up (each worker counts)"
                 )
-            addresses = [addresses[str(k)] for k in indices]
-        if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+            listed = [listed[str(k)] for k in indices]
+        if not isinstance(listed, list) or not all(isinstance(a, str) for a in listed):
             raise ClusterError(f"{source}: cluster.{job} must be a list of 'host:port'")
-        for address in addresses:
-            _port(address, f"{source}: cluster.{job}")
-        jobs[job] = addresses
+        jobs[job] = [_checked(address, f"{source}: cluster.{job}") for address in listed]
     if "master" in jobs:  # Kubeflow's older name of the chief.
         jobs["chief"] = jobs.pop("master")
     ps = jobs.get("ps", [])
@@ -136,7 +136,8 @@ def from_tf_config(document: Mapping, source: str = "TF_CONFIG") -> ClusterTask:
     shards = ",".join(ps)
     common = dict(num_workers=len(workers), num_shards=len(ps), source=source)
     if kind == "ps":
-        return ClusterTask("ps", index, f"0.0.0.0:{_port(ps[index], source)}", **common)
+        port = addresses.parse(ps[index]).port  # Checked above.
+        return ClusterTask("ps", index, addresses.format_address("0.0.0.0", port), **common)
     if kind == "evaluator":
         return ClusterTask("eval", 0, shards, **common)
     offset = 0 if kind == "chief" else len(known["chief"])
@@ -175,10 +176,13 @@ def from_slurm(
             f"Slurm: {ntasks} tasks; gasgd_tf needs ps.num_shards={num_shards} server tasks, "
             "at least one worker and one evaluator"
         )
-    shards = ",".join(f"{hosts[k]}:{base_port + k}" for k in range(num_shards))
+    for k in range(num_shards):
+        _checked_port(base_port + k, f"Slurm: shard {k}'s port (--base_port={base_port} + {k})")
+    shards = ",".join(addresses.format_address(hosts[k], base_port + k) for k in range(num_shards))
     common = dict(num_workers=num_workers, num_shards=num_shards, source="slurm")
     if rank < num_shards:
-        return ClusterTask("ps", rank, f"0.0.0.0:{base_port + rank}", **common)
+        listen = addresses.format_address("0.0.0.0", base_port + rank)
+        return ClusterTask("ps", rank, listen, **common)
     if rank == ntasks - 1:
         return ClusterTask("eval", 0, shards, **common)
     # Among the workers of its node (the server and evaluator take no GPU).
@@ -288,8 +292,16 @@ def resolve(
     )
 
 
-def _port(address: str, where: str) -> int:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ClusterError(f"{where}: {address!r} is not 'host:port'")
-    return int(port)
+def _checked(address: str, where: str) -> str:
+    """``address`` in gRPC's form, checked by the one rule (``gasgd_tf.addresses``)."""
+    try:
+        return str(addresses.parse(address, where))
+    except addresses.AddressError as e:
+        raise ClusterError(f"{where}: {address!r} is not 'host:port': {e.reason}") from None
+
+
+def _checked_port(port: int, where: str) -> int:
+    try:
+        return addresses.check_port(port, where)
+    except addresses.AddressError as e:
+        raise ClusterError(str(e)) from None

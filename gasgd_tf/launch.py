@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Sequence
 from typing import TextIO
 
-from gasgd_tf import checkpoints, progress
+from gasgd_tf import addresses, checkpoints, progress
 
 # Outputs of a previous run in the same workdir, cleared before a new one.
 # Checkpoints are kept: they may be hours of work, and a warm start takes the newest.
@@ -197,15 +197,19 @@ def choose_run(config, workdir: str) -> str | None:
         False while the configured run id has checkpoints (they would be
         overwritten); or None and the config differs from the run's.
     """
+    from gasgd_tf.server import checkpointing  # numpy only
+
     directory = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
     if config.run_id:
         files = checkpoints.restore_candidates(directory, _shard0(config), config.run_id)
         found = (config.run_id, files[0]) if files else None
-        if found and config.restore is False:
-            raise ValueError(
-                f"--norestore, but run {config.run_id} has checkpoints in {directory}, which a "
-                "fresh start under the same id would overwrite: give a new --config.run_id"
+        if config.restore is False:
+            # The server's own rule, asked before any process starts.
+            refusal = checkpointing.fresh_start_refusal(
+                directory, _shard0(config), config.run_id, files
             )
+            if refusal:
+                raise ValueError(refusal)
     elif config.restore is False:
         found = None
     else:
@@ -375,18 +379,20 @@ class LocalLauncher:
         num_shards = self.config.ps.num_shards
         shard_of = (shard, num_shards) if num_shards > 1 else None
         directory = os.path.join(self.workdir, checkpoints.CHECKPOINT_DIR)
-        reached = checkpointing.read_mark(directory, self.config.run_id, shard_of)
         found = checkpoints.restore_candidates(directory, shard_of, self.config.run_id)
         if not found:
             # It had no parameters yet, or lost them all: an empty server
             # would refuse every push, and the workers have moved on.
             raise ChildFailed(child, code, f"{how} before its first checkpoint (no restart)")
         saved = checkpoints.file_version(found[0])
-        missed = reached - saved if reached is not None and reached >= saved else None
-        if missed is not None:
-            self.updates_lost += missed
+        # The count the restarted server will print too (it may fall back to
+        # an older file if this one turns out damaged, and then says so).
+        missed = checkpointing.lost_updates(directory, self.config.run_id, shard_of, saved)
+        reached = missed.reached
+        if missed.lost is not None:
+            self.updates_lost += missed.lost
         lost = f"from its checkpoint at version {saved}" + (
-            f"; {missed} update(s) after it are lost" if missed is not None else ""
+            f"; {missed.lost} update(s) after it are lost" if missed.lost is not None else ""
         )
         self.server_restarts[child.role] = done + 1
         port = self._server_ports[child.role]
@@ -402,7 +408,7 @@ class LocalLauncher:
             self.config_json,
             self.workdir,
             task_index=shard,
-            ps_address=f"127.0.0.1:{port}",
+            ps_address=addresses.format_address("127.0.0.1", int(port)),
             port_file=port_file,
             restore=True,  # It must resume its checkpoint: never start empty.
         )
@@ -458,7 +464,7 @@ class LocalLauncher:
                     port_file,
                 )
             )
-        addresses = []
+        listed = []
         for ps, port_file in shards:  # They start in parallel; wait for each in turn.
             self._wait_for(
                 ps,
@@ -466,11 +472,20 @@ class LocalLauncher:
                 "serving",
                 self.config.launcher.startup_timeout_secs,
             )
-            with open(port_file) as f:
-                port = f.read().strip()
-            self._server_ports[ps.role] = port
-            addresses.append(f"127.0.0.1:{port}")
-        return [ps for ps, _ in shards], ",".join(addresses)
+            address = self._served_address(ps, port_file)
+            self._server_ports[ps.role] = str(address.port)
+            listed.append(address)
+        return [ps for ps, _ in shards], addresses.join(listed)
+
+    @staticmethod
+    def _served_address(ps: Child, port_file: str) -> addresses.Address:
+        """The loopback address a started shard reported in ``port_file``, checked."""
+        with open(port_file) as f:
+            port = f.read().strip()
+        try:
+            return addresses.parse(f"127.0.0.1:{port}", where=f"{ps.role}'s port file")
+        except addresses.AddressError as e:
+            raise ChildFailed(ps, ps.poll(), f"reported no usable port: {e}") from None
 
     def run(self) -> int:
         """Runs the job; returns the process exit code (0 on success)."""

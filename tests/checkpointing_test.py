@@ -17,11 +17,15 @@ from gasgd_tf.server import (
 )
 from gasgd_tf.server.checkpointing import (
     Checkpointer,
+    LostUpdates,
     RestoreFailedError,
     VersionMark,
+    fresh_start_refusal,
+    lost_updates,
     read_mark,
     restore_at_start,
     save_checkpoint,
+    slot_shapes,
 )
 from gasgd_tf.tensors import TensorSpec
 
@@ -100,7 +104,7 @@ def test_restore_modes(tmp_path):
     save_checkpoint(initialized(), folder, run_id="run")
     fresh = new_store()
     # Starting run "run" afresh would overwrite and prune its files: refused.
-    with pytest.raises(RestoreFailedError, match="pass a new --config.run_id"):
+    with pytest.raises(RestoreFailedError, match="give a new --config.run_id"):
         restore_at_start(fresh, folder, None, "run", restore=False)
     assert not fresh.initialized
     assert restore_at_start(fresh, folder, None, "new_run", restore=False) is None
@@ -288,3 +292,93 @@ def test_a_failed_periodic_save_waits_before_trying_again(tmp_path, monkeypatch,
     saver.stop()
     assert len(calls) == 1  # Not ten times a second.
     assert "checkpoint failed (OSError" in capsys.readouterr().out
+
+
+def _rewrite_slot(path: str, name: str, values: np.ndarray) -> None:
+    """Rewrites one optimizer slot of a checkpoint in place: still a well-formed file."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays["__slot__." + name] = values
+    when = os.path.getmtime(path)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    os.utime(path, (when, when))  # Still the newest.
+
+
+def test_an_inconsistent_newest_checkpoint_is_named_and_the_one_before_used(tmp_path, capsys):
+    folder = str(tmp_path)
+    store = initialized("adam")
+    push_all(store, grads(2))
+    older = save_checkpoint(store, folder, run_id="run")
+    push_all(store, grads(1), first_sequence=3)
+    time.sleep(0.01)  # Newest by time written.
+    newest = save_checkpoint(store, folder, run_id="run")
+    _rewrite_slot(newest, "momentum", np.zeros(SIZE - 2, np.float32))  # Beside 16 parameters.
+
+    resumed = new_store("adam")
+    restored = restore_at_start(resumed, folder, None, "run", restore=None)
+    assert restored.path == older and resumed.version == 2
+    out = capsys.readouterr().out
+    assert f"cannot restore from {newest} ({newest} is inconsistent" in out, out
+    assert "slot 'momentum' has shape (14,), but the file's 16 parameter values need (16,)" in out
+
+
+def test_an_inconsistent_only_checkpoint_stops_the_server_naming_the_file(tmp_path):
+    path = save_checkpoint(initialized("adam"), str(tmp_path), run_id="run")
+    _rewrite_slot(path, "velocity", np.zeros((4, 4), np.float32))
+    store = new_store("adam")
+    with pytest.raises(RestoreFailedError, match=rf"{path}: {path} is inconsistent.*'velocity'"):
+        restore_at_start(store, str(tmp_path), None, "run", restore=None)
+    assert not store.initialized
+
+
+def test_a_fixed_size_slot_is_checked_too(tmp_path):
+    path = save_checkpoint(initialized("adam"), str(tmp_path), run_id="run")
+    _rewrite_slot(path, "iterations", np.zeros(SIZE, np.int64))  # Adam's step count is (1,).
+    with pytest.raises(RestoreFailedError, match="'iterations' has shape \\(16,\\).*need \\(1,\\)"):
+        restore_at_start(new_store("adam"), str(tmp_path), None, "run", restore=None)
+
+
+def test_another_optimizers_checkpoint_names_the_file(tmp_path):
+    path = save_checkpoint(initialized("adam"), str(tmp_path), run_id="run")
+    with pytest.raises(RestoreError, match=f"^{path}: .*saved by another optimizer"):
+        restore_at_start(new_store("rmsprop"), str(tmp_path), None, "run", restore=None)
+
+
+def test_slot_shapes_match_what_each_optimizer_allocates():
+    for name in ("sgd", "adam", "adagrad", "adadelta", "rmsprop"):
+        optimizer = make_optimizer(
+            name, learning_rate=0.1, **({"momentum": 0.9} if name == "sgd" else {})
+        )
+        expected = {k: v.shape for k, v in optimizer.init_slots(37).items()}
+        assert slot_shapes(optimizer, 37) == expected, name
+
+
+def test_updates_lost_are_computed_once_for_the_launcher_and_the_server(tmp_path):
+    folder = str(tmp_path)
+    assert lost_updates(folder, "run", None, 3) == LostUpdates(None, None)  # No crash on record.
+    mark = VersionMark(folder, "run", None).open()
+    mark[0] = 7
+    mark.flush()
+    assert lost_updates(folder, "run", None, 3) == LostUpdates(7, 4)
+    assert lost_updates(folder, "run", None, 9) == LostUpdates(7, None)  # An earlier start's mark.
+    assert lost_updates(folder, "other", None, 3) == LostUpdates(None, None)
+
+
+def test_the_norestore_refusal_is_one_rule_for_the_launcher_and_the_server(tmp_path):
+    from gasgd_tf import config_base, launch
+
+    folder = os.path.join(str(tmp_path), checkpoints.CHECKPOINT_DIR)
+    assert fresh_start_refusal(folder, None, "run") is None
+    save_checkpoint(initialized(), folder, run_id="run")
+    refusal = fresh_start_refusal(folder, None, "run")
+    assert "holds 1 checkpoint(s) of run run" in refusal and "give a new --config.run_id" in refusal
+    assert fresh_start_refusal(folder, None, "new_run") is None
+
+    with pytest.raises(RestoreFailedError) as server_says:
+        restore_at_start(new_store(), folder, None, "run", restore=False)
+    config = config_base.finalize(config_base.get_base_config())
+    config.run_id, config.restore = "run", False
+    with pytest.raises(ValueError) as launcher_says:
+        launch.choose_run(config, str(tmp_path))
+    assert str(server_says.value) == str(launcher_says.value) == refusal

@@ -117,3 +117,18 @@ def test_the_launcher_records_only_its_own_servers_checkpoint(tmp_path):
     time.sleep(0.01)
     mine = checkpoints.save(directory, SPECS, flat, 40, meta={"server_id": "new"})
     assert launcher._checkpoint_of(status) == mine != older
+
+
+def test_check_slots_names_a_file_whose_slots_disagree_with_its_tensors(tmp_path):
+    flat = np.zeros(SIZE, np.float32)
+    slots = {"momentum": np.zeros(SIZE - 1, np.float32), "iterations": np.zeros(1, np.int64)}
+    path = checkpoints.save(str(tmp_path), SPECS, flat, 3, slots=slots)
+    checkpoint = checkpoints.read_file(path)
+    checkpoints.check_slots(checkpoint, {"iterations": (1,)})  # Fits; others not compared.
+    checkpoints.check_slots(checkpoint, {"velocity": (SIZE,)})  # Absent: another optimizer's.
+    with pytest.raises(checkpoints.CheckpointError) as raised:
+        checkpoints.check_slots(checkpoint, {"momentum": (SIZE,), "iterations": (1,)})
+    assert str(raised.value) == (
+        f"{path} is inconsistent: optimizer slot 'momentum' has shape ({SIZE - 1},), but the "
+        f"file's {SIZE} parameter values need ({SIZE},)"
+    )

@@ -13,7 +13,11 @@ since its last checkpoint, and says how many when it starts again:
   run, and writes the last one on shutdown.
 - ``restore_at_start`` resumes a starting server from the newest checkpoint
   of its run. It never starts empty over a checkpoint it was asked to use:
-  an unreadable newest file is reported and the previous one tried.
+  a newest file that is unreadable, or whose optimizer slots disagree with
+  its own tensors, is named and the previous one tried.
+- ``fresh_start_refusal`` and ``lost_updates``: the rules the launcher
+  shares with the server (``--norestore`` over a run's checkpoints; the
+  updates a restart loses), computed here only.
 - ``VersionMark``: the version after every update, in a 16-byte file the
   store writes through shared memory (the page cache outlives a killed
   process), so the restarted server and the launcher can tell exactly how
@@ -32,7 +36,8 @@ import time
 import numpy as np
 
 from gasgd_tf import checkpoints
-from gasgd_tf.server.store import DivergedError, ParameterStore, StoreState
+from gasgd_tf.server.optimizers import ServerOptimizer
+from gasgd_tf.server.store import DivergedError, ParameterStore, RestoreError, StoreState
 from gasgd_tf.tensors import TensorSpec, ValidationError
 
 # After a failed periodic save, the next try waits this long.
@@ -131,6 +136,70 @@ def read_mark(directory: str, run_id: str | None, shard: tuple[int, int] | None)
 
 
 @dataclasses.dataclass(frozen=True)
+class LostUpdates:
+    """What a server that stopped had applied past the checkpoint it resumes from.
+
+    Attributes:
+      reached: The version it had reached (its version mark); None: no
+        crash on record.
+      lost: Updates applied after the checkpoint, gone with the process;
+        None when not known (no mark, or a mark behind the checkpoint: an
+        earlier start's).
+    """
+
+    reached: int | None
+    lost: int | None
+
+
+def lost_updates(
+    directory: str, run_id: str | None, shard: tuple[int, int] | None, version: int
+) -> LostUpdates:
+    """How many updates a server of this run lost by resuming from checkpoint ``version``.
+
+    The one place this is computed: the launcher says it as it restarts a
+    dead server (and adds it to summary.json), the server as it restores.
+    """
+    reached = read_mark(directory, run_id, shard)
+    lost = reached - version if reached is not None and reached >= version else None
+    return LostUpdates(reached, lost)
+
+
+def fresh_start_refusal(
+    directory: str,
+    shard: tuple[int, int] | None,
+    run_id: str | None,
+    candidates: list[str] | None = None,
+) -> str | None:
+    """Why run ``run_id`` may not start afresh (``--norestore``) here, or None if it may.
+
+    Starting a run afresh under the id of one that has checkpoints would
+    overwrite its files (same names) and prune them: a new run needs a new
+    id. The one rule for the launcher (before any process starts) and the
+    server (as it starts).
+
+    Args:
+      directory: The checkpoints folder.
+      shard: (k, K), or None for an unsharded server.
+      run_id: The run's id (None: any checkpoint of this shard layout).
+      candidates: ``checkpoints.restore_candidates`` of these, if the
+        caller has them already.
+    """
+    if candidates is None:
+        candidates = checkpoints.restore_candidates(directory, shard, run_id)
+    if not candidates:
+        return None
+    return (
+        f"--norestore (restore=False), but {directory} holds {len(candidates)} checkpoint(s) "
+        f"of {_whose(run_id)}, which a fresh start under the same run id would overwrite: give "
+        "a new --config.run_id (or move them away)"
+    )
+
+
+def _whose(run_id: str | None) -> str:
+    return f"run {run_id}" if run_id else "this server"
+
+
+@dataclasses.dataclass(frozen=True)
 class Restored:
     """What ``restore_at_start`` resumed from."""
 
@@ -151,6 +220,10 @@ def restore_at_start(
 ) -> Restored | None:
     """Resumes ``store`` from the newest checkpoint of this server's run, as ``restore`` says.
 
+    Candidates are tried newest first; one that cannot be read, or whose
+    contents disagree with themselves (``checkpoints.check_slots``), is
+    named and the one before it tried.
+
     Args:
       store: A fresh, uninitialized store.
       directory: The checkpoints folder.
@@ -159,7 +232,7 @@ def restore_at_start(
         checkpoint of this shard layout).
       restore: None: resume if there is a checkpoint; True: there must be
         one; False: start empty, which is refused when this run has
-        checkpoints (they would be overwritten).
+        checkpoints (``fresh_start_refusal``).
 
     Returns:
       What was restored, or None (the store stays uninitialized).
@@ -168,12 +241,17 @@ def restore_at_start(
       RestoreFailedError: ``restore`` is True and there is no checkpoint, or
         no candidate could be read.
       RestoreError: A checkpoint that does not fit this server (another
-        optimizer): a config mistake, reported rather than worked around.
+        optimizer): a config mistake, reported (with the file) rather than
+        worked around.
     """
     candidates = checkpoints.restore_candidates(directory, shard, run_id)
-    whose = f"run {run_id}" if run_id else "this server"
+    if restore is False:
+        refusal = fresh_start_refusal(directory, shard, run_id, candidates)
+        if refusal:
+            raise RestoreFailedError(refusal)
+        return None
     damaged = []
-    if run_id is not None and restore is not False:
+    if run_id is not None:
         # Whose run a damaged file was is unknown: never skip one without a word.
         damaged = checkpoints.unreadable(directory, shard)
         for path in damaged:
@@ -181,45 +259,13 @@ def restore_at_start(
                 f"parameter server: cannot read {path} (damaged?); not resuming from it",
                 flush=True,
             )
-    if restore is False:
-        if candidates:
-            # Starting the same run afresh would overwrite its files (same
-            # names) and prune them: a new run needs a new id.
-            raise RestoreFailedError(
-                f"restore=False, but {directory} holds {len(candidates)} checkpoint(s) of "
-                f"{whose}, which a fresh start under the same run id would overwrite: pass a "
-                "new --config.run_id (or move them away)"
-            )
-        return None
-    if not candidates and damaged:
-        # It may have been this run's only checkpoint: starting empty would
-        # silently throw the run away (and workers would initialize it anew).
-        raise RestoreFailedError(
-            f"{directory} holds damaged checkpoint(s) of unknown run and none of {whose} to "
-            f"resume: {', '.join(damaged)}; move them away, or pass restore=False "
-            "(--norestore) to start a new run"
-        )
     if not candidates:
-        if restore:
-            raise RestoreFailedError(
-                f"restore=True but {directory} has no checkpoint of {whose}"
-                + ("" if shard is None else f" (shard {shard[0]} of {shard[1]})")
-            )
+        _check_nothing_to_resume(directory, shard, run_id, restore, damaged)
         return None
     errors = []
     for path in candidates:
         try:
-            checkpoint = checkpoints.read_file(path)
-            specs = tuple(TensorSpec(name, tuple(a.shape)) for name, a in checkpoint.arrays.items())
-            state = StoreState(
-                version=checkpoint.version,
-                specs=specs,
-                params=checkpoints.flatten_for(checkpoint, specs),
-                slots=checkpoint.slots,
-                meta=checkpoint.meta,
-            )
-            _check_legacy_slots(state, store)
-            store.restore_state(state)
+            checkpoint = _restore_file(store, path)
         except (checkpoints.CheckpointError, ValidationError) as e:
             errors.append(f"{path}: {e}")
             print(
@@ -227,27 +273,104 @@ def restore_at_start(
                 flush=True,
             )
             continue
-        lost = None
-        mark = read_mark(directory, run_id, shard)
-        if mark is not None and mark >= checkpoint.version:
-            lost = mark - checkpoint.version
-        saved = float(checkpoint.meta.get("saved_unix", 0.0))
-        age = f", saved {time.time() - saved:.0f}s ago" if saved else ""
-        lost_text = (
-            f"; {lost} update(s) applied after it were lost (the server had reached version {mark})"
-            if lost is not None
-            else ""
-        )
-        print(
-            f"parameter server: restored version {checkpoint.version} from {path}{age}{lost_text}",
-            flush=True,
-        )
-        return Restored(path, checkpoint.version, saved, lost)
+        return _report_restored(checkpoint, directory, run_id, shard)
     raise RestoreFailedError(
-        f"none of the {len(candidates)} checkpoint(s) of {whose} could be restored; the "
-        "server will not start empty over them (pass restore=False to start a new run): "
+        f"none of the {len(candidates)} checkpoint(s) of {_whose(run_id)} could be restored; "
+        "the server will not start empty over them (pass restore=False to start a new run): "
         + "; ".join(errors)
     )
+
+
+def _check_nothing_to_resume(
+    directory: str,
+    shard: tuple[int, int] | None,
+    run_id: str | None,
+    restore: bool | None,
+    damaged: list[str],
+) -> None:
+    """No candidate: fine unless one was required, or damaged files may have been this run's."""
+    whose = _whose(run_id)
+    if damaged:
+        # It may have been this run's only checkpoint: starting empty would
+        # silently throw the run away (and workers would initialize it anew).
+        raise RestoreFailedError(
+            f"{directory} holds damaged checkpoint(s) of unknown run and none of {whose} to "
+            f"resume: {', '.join(damaged)}; move them away, or pass restore=False "
+            "(--norestore) to start a new run"
+        )
+    if restore:
+        raise RestoreFailedError(
+            f"restore=True but {directory} has no checkpoint of {whose}"
+            + ("" if shard is None else f" (shard {shard[0]} of {shard[1]})")
+        )
+
+
+def _restore_file(store: ParameterStore, path: str) -> checkpoints.Checkpoint:
+    """Restores ``store`` from the file ``path``; returns what it read.
+
+    Raises:
+      CheckpointError: The file cannot be read, or disagrees with itself.
+      ValidationError: Invalid tensors (names, non-finite values).
+      RestoreError: It was saved by another optimizer (the file is named).
+    """
+    checkpoint = checkpoints.read_file(path)
+    specs = tuple(TensorSpec(name, tuple(a.shape)) for name, a in checkpoint.arrays.items())
+    params = checkpoints.flatten_for(checkpoint, specs)
+    # Before the store sees it: a slot that disagrees with the file's own
+    # tensors is a bad file (try the one before), not another optimizer.
+    checkpoints.check_slots(checkpoint, slot_shapes(store.optimizer, int(params.size)))
+    state = StoreState(
+        version=checkpoint.version,
+        specs=specs,
+        params=params,
+        slots=checkpoint.slots,
+        meta=checkpoint.meta,
+    )
+    _check_legacy_slots(state, store)
+    try:
+        store.restore_state(state)
+    except RestoreError as e:
+        raise RestoreError(f"{path}: {e}") from None
+    return checkpoint
+
+
+def slot_shapes(optimizer: ServerOptimizer, size: int) -> dict[str, tuple[int, ...]]:
+    """The shape of each slot ``optimizer`` keeps for ``size`` parameters, none allocated.
+
+    A slot is either one value per parameter or of a fixed size (Adam's
+    step count), so its shape is read off the slots for 0 and 1
+    parameters: allocating the real ones would briefly double the
+    optimizer's memory for a large model.
+    """
+    none, one = optimizer.init_slots(0), optimizer.init_slots(1)
+    return {
+        name: tuple(a + (b - a) * size for a, b in zip(none[name].shape, one[name].shape))
+        for name in none
+    }
+
+
+def _report_restored(
+    checkpoint: checkpoints.Checkpoint,
+    directory: str,
+    run_id: str | None,
+    shard: tuple[int, int] | None,
+) -> Restored:
+    """Says what was restored (and what was lost); returns it."""
+    lost = lost_updates(directory, run_id, shard, checkpoint.version)
+    saved = float(checkpoint.meta.get("saved_unix", 0.0))
+    age = f", saved {time.time() - saved:.0f}s ago" if saved else ""
+    lost_text = (
+        f"; {lost.lost} update(s) applied after it were lost (the server had reached version "
+        f"{lost.reached})"
+        if lost.lost is not None
+        else ""
+    )
+    print(
+        f"parameter server: restored version {checkpoint.version} from {checkpoint.path}"
+        f"{age}{lost_text}",
+        flush=True,
+    )
+    return Restored(checkpoint.path, checkpoint.version, saved, lost.lost)
 
 
 def _check_legacy_slots(state: StoreState, store: ParameterStore) -> None:
