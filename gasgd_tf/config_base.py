@@ -9,6 +9,7 @@ inside a worker.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -19,8 +20,6 @@ from ml_collections import config_dict
 from gasgd_tf.data import geometry
 from gasgd_tf.data.registry import DATASETS
 from gasgd_tf.models.registry import MODELS
-from gasgd_tf.server import staleness
-from gasgd_tf.server.optimizers import OPTIMIZERS
 from gasgd_tf.tensors import WIRE_DTYPES
 
 WORKER_OPTIMIZERS = ("sgd",)
@@ -151,6 +150,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     # A client with no call or heartbeat for this long is dropped from the
     # staleness bounds until it calls again (0: never).
     c.ps.heartbeat_timeout_secs = 60.0
+    # Most client records the server keeps (any caller can name a new id):
+    # full, it forgets expired read-only clients first, then other expired
+    # ones, else refuses new ids (RESOURCE_EXHAUSTED). 1024: far above a
+    # run's workers + evaluator, ~1.3 MB of records and of a Status reply.
+    c.ps.max_clients = 1024
 
     # Deadlines: every call gets timeout_secs per attempt; transport failures
     # are retried for retry_secs, then the process exits naming the server.
@@ -207,6 +211,17 @@ def get_base_config() -> ml_collections.ConfigDict:
     return c
 
 
+@functools.cache
+def defaults() -> ml_collections.FrozenConfigDict:
+    """Every field's default, read-only.
+
+    Library code that takes no config (``ParameterClient``, the Keras
+    callback, an in-process server) reads its defaults here, so that a
+    default is written once, in ``get_base_config``.
+    """
+    return ml_collections.FrozenConfigDict(get_base_config())
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(f"invalid config: {message}")
@@ -234,6 +249,7 @@ _POSITIVE_INTS = (
     "ps.lr_decay_steps",
     "ps.max_parameter_bytes",
     "ps.keep_checkpoints",
+    "ps.max_clients",
     "eval.batch_size",
 )
 _NON_NEGATIVE_INTS = (
@@ -279,6 +295,22 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         config.n_push = config.n_sync
     if config.n_fetch is None:
         config.n_fetch = config.n_sync
+    for check in (
+        _check_kinds,
+        _check_run,
+        _check_data_and_model,
+        _check_optimizers,
+        _check_staleness,
+        _check_server,
+        _check_transport_and_security,
+    ):
+        check(config)
+    config.lock()
+    return config
+
+
+def _check_kinds(config: ml_collections.ConfigDict) -> None:
+    """Integers, positive numbers and switches, by the field lists above."""
     for field in _POSITIVE_INTS:
         value = _get(config, field)
         _check(_is_int(value) and value >= 1, f"{field} must be an integer >= 1, got {value!r}")
@@ -297,6 +329,10 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
             f"{field} must be a finite number >= 0 (0: off), got {value!r}",
         )
+
+
+def _check_run(config: ml_collections.ConfigDict) -> None:
+    """The run's identity, resumption, heartbeats and seed."""
     _check(
         config.run_id is None or bool(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", config.run_id)),
         f"run_id must be 1-64 of A-Z a-z 0-9 _ - (it names checkpoint files), got "
@@ -318,6 +354,10 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _is_int(config.seed) and 0 <= config.seed < seed_limit,
         f"seed must be an integer in [0, {seed_limit}), got {config.seed!r}",
     )
+
+
+def _check_data_and_model(config: ml_collections.ConfigDict) -> None:
+    """The dataset, its augmentation and the model."""
     _check(
         config.data.name in DATASETS,
         f"data.name {config.data.name!r} is not one of {sorted(DATASETS)}",
@@ -349,6 +389,12 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "eval.multi_crop needs crops to differ: set data.crop (or data.pad) so that the "
         "corner crops are not all the whole image",
     )
+
+
+def _check_optimizers(config: ml_collections.ConfigDict) -> None:
+    """The workers' precision and optimizer, and the server's optimizer."""
+    from gasgd_tf.server.optimizers import OPTIMIZERS
+
     _check(
         config.worker.precision in PRECISIONS,
         f"worker.precision {config.worker.precision!r} is not one of {PRECISIONS}",
@@ -367,6 +413,12 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check(
         config.ps.weight_decay >= 0, f"ps.weight_decay must be >= 0, got {config.ps.weight_decay}"
     )
+
+
+def _check_staleness(config: ml_collections.ConfigDict) -> None:
+    """The staleness policy and what it needs of the schedule, threads and overlap."""
+    from gasgd_tf.server import staleness
+
     _check(
         config.ps.staleness in staleness.POLICIES,
         f"ps.staleness {config.ps.staleness!r} is not one of {staleness.POLICIES}",
@@ -405,6 +457,10 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         math.isfinite(config.ps.dc_lambda) and config.ps.dc_lambda >= 0,
         f"ps.dc_lambda must be a finite number >= 0, got {config.ps.dc_lambda}",
     )
+
+
+def _check_server(config: ml_collections.ConfigDict) -> None:
+    """The server optimizer's and schedule's hyperparameters, and the shards."""
     try:  # The optimizer and schedule check their own hyperparameters (numpy only).
         from gasgd_tf.server import server_config
 
@@ -421,6 +477,10 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "ps.staleness='bounded' needs ps.num_shards=1: each shard would admit fetches in its "
         "own order, and two shards can each wait for a worker the other holds back",
     )
+
+
+def _check_transport_and_security(config: ml_collections.ConfigDict) -> None:
+    """Wire dtypes, chunk sizes, the token and TLS."""
     for field in ("push_dtype", "fetch_dtype"):
         _check(
             config.client[field] in WIRE_DTYPES,
@@ -456,8 +516,6 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         64 << 10 <= config.client.chunk_bytes <= 4 << 20,
         f"client.chunk_bytes must be in [64 KiB, 4 MiB], got {config.client.chunk_bytes}",
     )
-    config.lock()
-    return config
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 LOCAL = "local"
 # The command-line defaults (deadlines, dtypes, the server's learning rate):
 # one source for both ways of running a worker.
-_DEFAULT = config_base.get_base_config()
+_DEFAULT = config_base.defaults()
 
 
 def _positive_int(name: str, value: object, what: str) -> int:
