@@ -60,7 +60,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gasgd_tf import config_base
+from gasgd_tf import addresses, config_base
 from gasgd_tf.client import make_client
 from gasgd_tf.keras_sync import GradientSums, VariableSync
 from gasgd_tf.replica import ModelMismatchError, ReplicaSession, SessionStats, SyncSchedule
@@ -96,12 +96,7 @@ def _check_remote(server: object, **local_only) -> None:
     """Refuses a remote ``server`` address without a port, or with local-server options."""
     if not isinstance(server, str) or not server.strip():
         raise ValueError(f"server must be 'host:port', None or 'local', got {server!r}")
-    for part in server.split(","):
-        if ":" not in part.strip():
-            raise ValueError(
-                f"server address {part.strip()!r} has no port: give host:port "
-                f"(got server={server!r})"
-            )
+    addresses.parse_list(server, where="server")  # The CLI's rule: names what is wrong.
     given = [name for name, value in local_only.items() if value is not None]
     if given:
         raise ValueError(

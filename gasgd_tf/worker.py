@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from gasgd_tf import checkpoints, cluster, devices, layout, progress, reporting, security
+from gasgd_tf import addresses, checkpoints, cluster, devices, layout, progress, reporting, security
 from gasgd_tf.client import (
     ParameterClient,
     ShardedClient,
@@ -57,16 +57,16 @@ def connect(
     ``ps.num_shards`` > 1.
 
     Raises:
-      ValueError: The number of addresses is not ``ps.num_shards``.
+      ValueError: An address is not host:port, or their number is not ``ps.num_shards``.
     """
-    addresses = [a for a in address.split(",") if a.strip()]
-    if len(addresses) != config.ps.num_shards:
+    listed = [str(a) for a in addresses.parse_list(address)]
+    if len(listed) != config.ps.num_shards:
         raise ValueError(
-            f"{len(addresses)} server addresses ({address}) for ps.num_shards="
+            f"{len(listed)} server addresses ({address}) for ps.num_shards="
             f"{config.ps.num_shards}: give one host:port per shard, separated by commas"
         )
     return make_client(
-        addresses,
+        listed,
         name,
         split_bytes=config.ps.shard_split_bytes,
         timeout_secs=config.client.timeout_secs,

@@ -28,7 +28,7 @@ from typing import TypeVar
 import grpc
 import numpy as np
 
-from gasgd_tf import sharding
+from gasgd_tf import addresses, sharding
 from gasgd_tf.client.client import (
     ParameterClient,
     PushAck,
@@ -304,11 +304,12 @@ def make_client(
       client_id: This client's identity.
       split_bytes: See ShardedClient.
       **client_args: ParameterClient's arguments.
+
+    Raises:
+      ValueError: An address is not host:port (``addresses.AddressError``, named).
     """
-    addresses = address.split(",") if isinstance(address, str) else list(address)
-    addresses = [a.strip() for a in addresses if a.strip()]
-    if not addresses:
-        raise ValueError(f"no server address in {address!r}")
-    if len(addresses) == 1:
-        return ParameterClient(addresses[0], client_id, **client_args)
-    return ShardedClient(addresses, client_id, split_bytes=split_bytes, **client_args)
+    text = address if isinstance(address, str) else ",".join(address)
+    listed = [str(a) for a in addresses.parse_list(text, where="server address")]
+    if len(listed) == 1:
+        return ParameterClient(listed[0], client_id, **client_args)
+    return ShardedClient(listed, client_id, split_bytes=split_bytes, **client_args)
