@@ -90,7 +90,7 @@ class TcpFloor:
 
     The sender sends from an array of N bytes and the receiver fills one,
     1 MiB per system call: the least any transport between two processes'
-    buffers must do (DESIGN.md: about 3.5 GB/s here with 1 MiB sends).
+    buffers must do (about 3.5 GB/s on these machines with 1 MiB sends).
     """
 
     def __init__(self):

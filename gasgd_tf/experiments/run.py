@@ -6,7 +6,7 @@ Usage:
   python -m gasgd_tf.experiments.run --experiment=exp3 --config.sweep.concurrency=2
   python -m gasgd_tf.experiments.run --config=configs/my_sweep.py --workdir=runs/mine
 
-``--experiment`` picks the config file (configs/exp1..3*.py, whose
+``--experiment`` picks the config file (configs/exp1..4*.py, whose
 docstrings give the paper figure, the command, the expected result and the
 runtime); any of its fields can be overridden with ``--config.a.b=value``,
 for every cell at once. Results go to ``--workdir`` (default

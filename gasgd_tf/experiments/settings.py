@@ -1,4 +1,4 @@
-"""The setting shared by the paper's experiments here (configs/exp1..3*.py).
+"""The setting shared by the paper's experiments here (configs/exp1..4*.py).
 
 The paper trained the Krizhevsky et al. ImageNet network for days on
 ILSVRC-2012. These machines have two CPU cores and no network, so the

@@ -20,8 +20,8 @@ same float32 operations in the same order as without it.
 
 All optimizer state (accumulators, Adam's step count) lives in the slots dict
 the caller owns, never on the optimizer object, so a fresh optimizer given
-them continues the run exactly (the store's checkpoints hold the parameters
-only, for now: see BUILD_NOTES.md).
+them continues the run exactly (the server's checkpoints hold the
+parameters and these slots: gasgd_tf/server/checkpointing.py).
 """
 
 from __future__ import annotations
