@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from gasgd_tf.proto import parameter_service_pb2 as pb
 from gasgd_tf.tensors import (
@@ -46,6 +47,11 @@ DEFAULT_CHUNK_BYTES = 1 << 20  # 1 MiB: measured fastest on loopback (BUILD_NOTE
 MAX_CHUNK_BYTES = (4 << 20) - (64 << 10)
 # gRPC's receive limit counts framing; leave room above MAX_CHUNK_BYTES for it.
 GRPC_MESSAGE_LIMIT = 8 << 20
+# Trailing metadata of a busy refusal (RESOURCE_EXHAUSTED): milliseconds to
+# wait before retrying, as a decimal string. The server sets it
+# (gasgd_tf/server/admission.py) and the client reads it; defined once here,
+# where both already import from, so that the two cannot drift apart.
+RETRY_AFTER_KEY = "retry-after-ms"
 
 _DTYPE_TO_PROTO = {
     "float32": pb.DTYPE_FLOAT32,
@@ -241,10 +247,56 @@ def frame_parser(message_type: Any) -> Callable[[bytes], Any]:
     return parse
 
 
+class MalformedMessage(NamedTuple):
+    """What a ``tolerant`` deserializer returns for bytes that do not parse.
+
+    gRPC's Python server answers INTERNAL ("Exception deserializing
+    request!") whenever a request deserializer raises, before any handler
+    runs, and a deserializer cannot abort the call itself. Returning this
+    instead (never None: grpcio treats None as a failure too) hands the
+    decision to the handler, which answers INVALID_ARGUMENT as the proto's
+    error table promises for a malformed request.
+    """
+
+    type_name: str
+    error: str
+
+    def describe(self) -> str:
+        return f"the request is not a valid {self.type_name} message ({self.error})"
+
+
+class MalformedMessageError(ValidationError):
+    """A stream carried a message that did not parse (see ``MalformedMessage``)."""
+
+
+def tolerant(parse: Callable[[bytes], Any], type_name: str) -> Callable[[bytes], Any]:
+    """Wraps a request deserializer so that a parse failure returns a ``MalformedMessage``.
+
+    Args:
+      parse: The deserializer, e.g. ``pb.LeaveRequest.FromString`` or a
+        ``frame_parser``.
+      type_name: The message's name, for the error message.
+
+    Returns:
+      A deserializer that never raises protobuf's ``DecodeError``. Other
+      exceptions still propagate (gRPC answers INTERNAL: a bug, not bad input).
+    """
+
+    def parse_or_mark(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as e:
+            return MalformedMessage(type_name, str(e) or "wire format corrupt")
+
+    return parse_or_mark
+
+
 def _part(item: Any) -> tuple[str, Any]:
     """("header", header) or ("chunk", RawChunk) of a parsed frame or a protobuf message."""
     if isinstance(item, RawChunk):
         return "chunk", item
+    if isinstance(item, MalformedMessage):
+        raise MalformedMessageError(item.describe())
     if isinstance(item, bytes):
         raise ValidationError("unparsed bytes in a stream (missing deserializer)")
     which = item.WhichOneof("payload") if "payload" in _oneofs(item) else "header"
@@ -284,7 +336,8 @@ def decode_stream(
 
     Raises:
       ValidationError: A missing or repeated header, chunks out of order or
-        past the end, or a truncated stream.
+        past the end, or a truncated stream; ``MalformedMessageError`` for a
+        message that did not parse (a ``tolerant`` deserializer's mark).
     """
     iterator = iter(messages)
     first = next(iterator, None)

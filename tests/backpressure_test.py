@@ -12,10 +12,10 @@ import pytest
 
 from gasgd_tf import allocator, wire
 from gasgd_tf.client import ParameterClient, RequestRejectedError, ServerUnavailableError
+from gasgd_tf.client import client as client_lib
 from gasgd_tf.proto import parameter_service_pb2 as pb
 from gasgd_tf.proto import parameter_service_pb2_grpc as pb_grpc
-from gasgd_tf.server import SGD, ParameterStore
-from gasgd_tf.server import servicer as servicer_lib
+from gasgd_tf.server import SGD, ParameterStore, admission
 from gasgd_tf.tensors import FlatLayout, TensorSpec
 
 SPECS = (TensorSpec("w", (100,)), TensorSpec("b", (10,)))
@@ -25,7 +25,15 @@ SIZE = FlatLayout(SPECS).size
 @pytest.fixture
 def fast_refusals(monkeypatch):
     """A push or Initialize waits at most 0.2 s for a slot, so that refusals come quickly."""
-    monkeypatch.setattr(servicer_lib, "PUSH_SLOT_WAIT_SECS", 0.2)
+    monkeypatch.setattr(admission, "PUSH_SLOT_WAIT_SECS", 0.2)
+
+
+def wait_until(condition, what: str, timeout: float = 30.0) -> None:
+    """Polls ``condition`` until true; the deadline only guards against a hang."""
+    give_up = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < give_up, f"timed out waiting until {what}"
+        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -61,13 +69,13 @@ def stalled(messages, release):
     yield from messages[2:]
 
 
-def hold_slot(stub, release, results):
+def hold_slot(server, stub, release, results):
     """Starts a push that takes the only slot and holds it until ``release``."""
     holder = threading.Thread(
-        target=lambda: results.append(stub.Push(stalled(push_messages(1), release), timeout=30))
+        target=lambda: results.append(stub.Push(stalled(push_messages(1), release), timeout=60))
     )
     holder.start()
-    time.sleep(0.3)  # It has the slot.
+    wait_until(lambda: server.servicer.push_slots.held == 1, "the holder has the slot")
     return holder
 
 
@@ -75,21 +83,27 @@ def retry_after_ms(error: grpc.RpcError) -> str | None:
     return dict(error.trailing_metadata() or ()).get("retry-after-ms")
 
 
+def test_the_retry_after_key_is_defined_once():
+    # The server sets it, the client reads it: one definition, in wire.
+    assert admission.RETRY_AFTER_KEY is wire.RETRY_AFTER_KEY is client_lib.RETRY_AFTER_KEY
+    assert wire.RETRY_AFTER_KEY == "retry-after-ms"  # The proto's contract.
+
+
 def test_a_push_beyond_the_slots_is_refused_with_a_retry_hint(one_slot, fast_refusals):
-    _, store, stub, release = one_slot
+    server, store, stub, release = one_slot
     results = []
-    holder = hold_slot(stub, release, results)
+    holder = hold_slot(server, stub, release, results)
     with pytest.raises(grpc.RpcError) as e:
         stub.Push(iter(push_messages(1, client_id="late")), timeout=10)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     hint = retry_after_ms(e.value)
     assert hint is not None and hint.isdecimal()
-    assert servicer_lib.RETRY_AFTER_MIN_MS <= int(hint) <= servicer_lib.RETRY_AFTER_MAX_MS
+    assert admission.RETRY_AFTER_MIN_MS <= int(hint) <= admission.RETRY_AFTER_MAX_MS
     assert "server busy" in e.value.details()
     assert "ps.max_concurrent_pushes=1" in e.value.details()
     assert f"retry after {hint} ms" in e.value.details()
     release.set()
-    holder.join(10)
+    holder.join(30)
     assert not holder.is_alive() and results[0].version == 1
     assert store.version == 1  # The refused push was never applied.
 
@@ -98,8 +112,8 @@ def test_a_push_near_its_deadline_is_refused_before_it(one_slot):
     # No shortened wait here: a 1.5 s deadline leaves 0.5 s to wait for the
     # slot (PUSH_SLOT_MARGIN_SECS before the deadline), and the refusal
     # still carries the hint instead of ending as DEADLINE_EXCEEDED.
-    _, _, stub, release = one_slot
-    holder = hold_slot(stub, release, [])
+    server, _, stub, release = one_slot
+    holder = hold_slot(server, stub, release, [])
     start = time.monotonic()
     with pytest.raises(grpc.RpcError) as e:
         stub.Push(iter(push_messages(1, client_id="late")), timeout=1.5)
@@ -113,9 +127,9 @@ def test_the_client_retries_a_busy_refusal_and_succeeds_once_the_slot_frees(
     one_slot, fast_refusals
 ):
     server, store, stub, release = one_slot
-    holder = hold_slot(stub, release, [])
+    holder = hold_slot(server, stub, release, [])
     refusals = []
-    with ParameterClient(server.address, "worker_0", timeout_secs=10, retry_secs=10) as client:
+    with ParameterClient(server.address, "worker_0", timeout_secs=30, retry_secs=60) as client:
         client.register(SPECS)
         real_push = client._push
 
@@ -124,16 +138,15 @@ def test_the_client_retries_a_busy_refusal_and_succeeds_once_the_slot_frees(
                 return real_push(messages, **kwargs)
             except grpc.RpcError as e:
                 refusals.append(e.code())
+                if len(refusals) == 3:
+                    release.set()  # The slot frees after a few refusals, whatever their pace.
                 raise
 
         client._push = counting
-        threading.Timer(1.0, release.set).start()  # The slot frees after a few refusals.
-        start = time.monotonic()
         ack = client.push(np.ones(SIZE, np.float32), base_version=0)
-        waited = time.monotonic() - start
-    holder.join(10)
-    assert refusals and set(refusals) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
-    assert 0.7 < waited < 5, waited  # Retried until the slot freed, not given up.
+    holder.join(30)
+    # Refused three times, retried each time, then it got through.
+    assert refusals == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
     assert not ack.duplicate and store.version == 2
 
 
@@ -162,7 +175,7 @@ def _client_refused_with(serve, metadata, retry_secs):
     calls = []
 
     def refuse(messages, **kwargs):
-        calls.append(time.monotonic())
+        calls.append(client_lib.time.monotonic())  # The client's clock (a fake one below).
         raise _Refused(metadata)
 
     client._push = refuse
@@ -186,15 +199,40 @@ def test_an_unreadable_hint_is_not_retried(serve):
     assert len(calls) == 1
 
 
-def test_a_server_that_stays_busy_gives_up_within_the_retry_window(serve):
+class _FakeClock:
+    """The client's ``time`` module with a virtual clock: ``sleep`` advances it at once."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.sleeps = []
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, secs):
+        self.sleeps.append(secs)
+        self.now += secs
+
+    def __getattr__(self, name):  # Anything else the client may use: the real one.
+        return getattr(time, name)
+
+
+def test_a_server_that_stays_busy_gives_up_within_the_retry_window(serve, monkeypatch):
     client, calls = _client_refused_with(serve, (("retry-after-ms", "100"),), retry_secs=1.0)
+    clock = _FakeClock()  # No real waiting: the pace of this machine cannot matter.
+    monkeypatch.setattr(client_lib, "time", clock)
     with client, pytest.raises(ServerUnavailableError, match="stayed busy") as e:
         client.push(np.ones(SIZE, np.float32), base_version=0)
     assert "refused (simulated)" in str(e.value)  # The server's details, passed on.
-    # Retried after 50-150 ms each (the hint with jitter), for about the window.
-    assert 5 <= len(calls) <= 25, len(calls)
-    gaps = np.diff(calls)
-    assert gaps.min() >= 0.04 and calls[-1] - calls[0] <= 1.2
+    # Each retry after the hint times a jitter in [0.5, 1.5]: 50-150 ms.
+    slack = 1e-9  # 0.1 x 1.5 is a hair above 0.15 in floating point.
+    assert clock.sleeps and all(0.05 - slack <= s <= 0.15 + slack for s in clock.sleeps)
+    assert len(calls) == len(clock.sleeps) + 1  # A call after every wait, then it gave up.
+    # Every call within the 1 s window from the first refusal, and the
+    # window used up: it gave up only when the next wait would pass it.
+    assert calls[-1] - calls[0] <= 1.0
+    assert calls[-1] - calls[0] > 1.0 - 0.15 - slack
+    assert 7 <= len(calls) <= 21, len(calls)
 
 
 def initialize_messages(client_id, value):
@@ -210,7 +248,7 @@ def test_concurrent_initialize_streams_apply_one(serve):
 
     def offer(i, messages):
         with grpc.insecure_channel(server.address) as channel:
-            answers[i] = pb_grpc.ParameterServiceStub(channel).Initialize(messages, timeout=20)
+            answers[i] = pb_grpc.ParameterServiceStub(channel).Initialize(messages, timeout=60)
 
     # The first stream stalls mid-way while holding the Initialize slot; the
     # others arrive meanwhile and wait for their turn.
@@ -218,18 +256,19 @@ def test_concurrent_initialize_streams_apply_one(serve):
         target=offer, args=(0, stalled(initialize_messages("init_0", 0.0), release))
     )
     first.start()
-    time.sleep(0.3)
+    slot = server.servicer.initialize_slot
+    wait_until(lambda: slot.held == 1, "the first stream holds the Initialize slot")
     others = [
         threading.Thread(target=offer, args=(i, iter(initialize_messages(f"init_{i}", i))))
         for i in range(1, 5)
     ]
     for t in others:
         t.start()
-    time.sleep(0.5)
-    assert not store.initialized and all(t.is_alive() for t in others)  # Waiting.
+    wait_until(lambda: slot.waiting == 4, "the other four wait for the slot")
+    assert not store.initialized and all(t.is_alive() for t in others)
     release.set()
     for t in [first, *others]:
-        t.join(10)
+        t.join(30)
         assert not t.is_alive()
     assert answers[0].accepted
     assert [answers[i].accepted for i in range(1, 5)] == [False] * 4
@@ -243,19 +282,29 @@ def test_an_initialize_refused_as_busy_is_retried_by_the_client(serve, fast_refu
     stub = pb_grpc.ParameterServiceStub(grpc.insecure_channel(server.address))
     first = threading.Thread(
         target=lambda: stub.Initialize(
-            stalled(initialize_messages("init_0", 0.0), release), timeout=20
+            stalled(initialize_messages("init_0", 0.0), release), timeout=60
         )
     )
     first.start()
-    time.sleep(0.3)
+    slot = server.servicer.initialize_slot
+    wait_until(lambda: slot.held == 1, "the first stream holds the Initialize slot")
     with pytest.raises(grpc.RpcError) as e:
-        stub.Initialize(iter(initialize_messages("init_1", 1.0)), timeout=10)
+        stub.Initialize(iter(initialize_messages("init_1", 1.0)), timeout=30)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after_ms(e.value)
     assert "another Initialize" in e.value.details()
-    threading.Timer(0.7, release.set).start()
-    with ParameterClient(server.address, "init_2", timeout_secs=10, retry_secs=10) as client:
+    assert slot.refused == 1
+
+    def release_after_the_clients_first_refusal():
+        wait_until(lambda: slot.refused >= 2, "the client was refused as busy")
+        release.set()
+
+    releaser = threading.Thread(target=release_after_the_clients_first_refusal)
+    releaser.start()
+    with ParameterClient(server.address, "init_2", timeout_secs=30, retry_secs=60) as client:
         assert client.initialize(SPECS, np.full(SIZE, 2.0, np.float32)) == (False, 0)
-    first.join(10)
+    releaser.join(30)
+    assert slot.refused >= 2  # It was refused, retried, and answered.
+    first.join(30)
     np.testing.assert_array_equal(store.snapshot().flat, np.zeros(SIZE, np.float32))
 
 

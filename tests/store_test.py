@@ -1,5 +1,8 @@
 """Tests for ParameterStore without gRPC: versions, validation, duplicates, concurrency."""
 
+import logging
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -192,3 +195,56 @@ def test_update_that_overflows_the_parameters_stops_the_store():
         store.push("worker_1", 1, 2, np.zeros(SIZE, np.float32))
     # The overflowing update was applied and is counted as such.
     assert store.version == store.status().updates_applied == 2
+
+
+def test_the_store_reports_through_logging(caplog, capsys):
+    clock = [100.0]
+    store = ParameterStore(SGD(), clock=lambda: clock[0], heartbeat_timeout_secs=5)
+    store.initialize("worker_0", SPECS, np.zeros(SIZE, np.float32))
+    clock[0] += 10
+    with caplog.at_level(logging.INFO, logger="gasgd_tf.server.store"):
+        assert store.expire_silent() == ["worker_0"]
+        store.heartbeat("worker_0")
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert (
+        logging.WARNING,
+        "parameter server: worker_0 sent no call or heartbeat for 5s: "
+        "dropped from the staleness bounds until it calls again",
+    ) in messages
+    assert (logging.INFO, "parameter server: worker_0 is back after it expired") in messages
+    assert capsys.readouterr().out == ""  # Nothing printed behind logging's back.
+
+
+_CONSOLE = """
+import sys
+import numpy as np
+from gasgd_tf.server import SGD, ParameterStore
+from gasgd_tf.server.server import log_to_console
+from gasgd_tf.tensors import TensorSpec
+
+def main(argv=()):
+    log_to_console()  # As the ps role does (gasgd_tf/server/server.py run()).
+    clock = [100.0]
+    store = ParameterStore(SGD(), clock=lambda: clock[0], heartbeat_timeout_secs=5)
+    store.initialize("worker_0", (TensorSpec("w", (2,)),), np.zeros(2, np.float32))
+    clock[0] += 10
+    store.expire_silent()
+    store.heartbeat("worker_0")
+
+if sys.argv[1] == "absl":  # The ps role runs under absl's app.run (gasgd_tf/main.py).
+    from absl import app
+    app.run(main, argv=sys.argv[:1])
+else:
+    main()
+"""
+
+
+@pytest.mark.parametrize("runner", ["absl", "plain"])
+def test_the_server_process_shows_the_stores_lines_on_its_console(runner):
+    result = subprocess.run(
+        [sys.executable, "-c", _CONSOLE, runner], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    console = result.stdout + result.stderr
+    assert "worker_0 sent no call or heartbeat for 5s" in console
+    assert "worker_0 is back after it expired" in console  # INFO lines too.

@@ -179,3 +179,25 @@ def test_store_refuses_half_precision_parameters():
         store.initialize("w", half, np.zeros(4, np.float32))
     with pytest.raises(ValidationError, match="half precision is for transport only"):
         store.register("w", half)
+
+
+def test_a_tolerant_deserializer_marks_bytes_that_do_not_parse():
+    # gRPC answers INTERNAL when a request deserializer raises; the server's
+    # deserializers return a mark instead, which its handlers refuse as
+    # INVALID_ARGUMENT (tests/fuzz_test.py covers that over gRPC).
+    for parse in (pb.LeaveRequest.FromString, wire.frame_parser(pb.PushRequest)):
+        tolerant = wire.tolerant(parse, "SomeRequest")
+        mark = tolerant(b"\x0a\x05ab")  # Field 1 claims 5 bytes, 2 follow.
+        assert isinstance(mark, wire.MalformedMessage) and mark is not None
+        assert mark.describe().startswith("the request is not a valid SomeRequest message")
+        assert tolerant(b"") is not None  # An empty message is a valid one.
+    good = pb.LeaveRequest(client_id="w").SerializeToString()
+    assert wire.tolerant(pb.LeaveRequest.FromString, "LeaveRequest")(good).client_id == "w"
+
+
+def test_decode_stream_refuses_a_marked_message_as_malformed():
+    header = pb.PushHeader(client_id="w", sequence=1, tensors=wire.specs_to_proto(SPECS))
+    mark = wire.MalformedMessage("PushRequest", "truncated")
+    for stream in ([mark], [header, mark]):
+        with pytest.raises(wire.MalformedMessageError, match="not a valid PushRequest"):
+            wire.decode_stream(stream, lambda h: FlatLayout(SPECS))

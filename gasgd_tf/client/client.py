@@ -25,7 +25,7 @@ from typing import TypeVar
 import grpc
 import numpy as np
 
-from gasgd_tf import wire
+from gasgd_tf import config_base, wire
 from gasgd_tf.proto import parameter_service_pb2 as pb
 from gasgd_tf.proto import parameter_service_pb2_grpc as pb_grpc
 from gasgd_tf.security import Credentials
@@ -45,11 +45,12 @@ from gasgd_tf.tensors import (
 Buffer = np.ndarray | Sequence[np.ndarray]
 
 T = TypeVar("T")
+_DEFAULT = config_base.defaults().client  # Deadlines, chunk size and dtypes of `client.*`.
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 # Trailing metadata of a busy server's RESOURCE_EXHAUSTED: milliseconds to
-# wait before retrying (gasgd_tf/server/servicer.py sets it).
-RETRY_AFTER_KEY = "retry-after-ms"
+# wait before retrying (gasgd_tf/server/admission.py sets it; one definition).
+RETRY_AFTER_KEY = wire.RETRY_AFTER_KEY
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", wire.GRPC_MESSAGE_LIMIT),
     ("grpc.max_send_message_length", wire.GRPC_MESSAGE_LIMIT),
@@ -123,11 +124,11 @@ class ParameterClient:
         self,
         address: str,
         client_id: str,
-        timeout_secs: float = 60.0,
-        retry_secs: float = 10.0,
-        chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES,
-        push_dtype: str = PARAMETER_DTYPE,
-        fetch_dtype: str = PARAMETER_DTYPE,
+        timeout_secs: float = _DEFAULT.timeout_secs,
+        retry_secs: float = _DEFAULT.retry_secs,
+        chunk_bytes: int = _DEFAULT.chunk_bytes,
+        push_dtype: str = _DEFAULT.push_dtype,
+        fetch_dtype: str = _DEFAULT.fetch_dtype,
         credentials: Credentials | None = None,
     ):
         for what, dtype in (("push_dtype", push_dtype), ("fetch_dtype", fetch_dtype)):

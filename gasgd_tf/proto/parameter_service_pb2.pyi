@@ -177,8 +177,12 @@ class LeaveResponse(_message.Message):
     def __init__(self, version: _Optional[int] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("client_ids", "max_clients_listed")
+    CLIENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CLIENTS_LISTED_FIELD_NUMBER: _ClassVar[int]
+    client_ids: _containers.RepeatedScalarFieldContainer[str]
+    max_clients_listed: int
+    def __init__(self, client_ids: _Optional[_Iterable[str]] = ..., max_clients_listed: _Optional[int] = ...) -> None: ...
 
 class StalenessSummary(_message.Message):
     __slots__ = ("count", "mean", "max", "histogram")
@@ -215,7 +219,7 @@ class ClientStatus(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., active: _Optional[bool] = ..., pushes: _Optional[int] = ..., fetches: _Optional[int] = ..., last_sequence: _Optional[int] = ..., last_step: _Optional[int] = ..., last_seen_unix: _Optional[float] = ..., staleness: _Optional[_Union[StalenessSummary, _Mapping]] = ..., expired: _Optional[bool] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("initialized", "version", "updates_applied", "pushes_rejected", "duplicate_pushes", "num_parameters", "optimizer", "server_id", "uptime_secs", "staleness", "clients")
+    __slots__ = ("initialized", "version", "updates_applied", "pushes_rejected", "duplicate_pushes", "num_parameters", "optimizer", "server_id", "uptime_secs", "staleness", "clients", "num_clients", "active_clients", "expired_clients", "clients_not_listed", "max_clients", "clients_refused", "malformed_requests")
     INITIALIZED_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPDATES_APPLIED_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +231,13 @@ class StatusResponse(_message.Message):
     UPTIME_SECS_FIELD_NUMBER: _ClassVar[int]
     STALENESS_FIELD_NUMBER: _ClassVar[int]
     CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_NOT_LISTED_FIELD_NUMBER: _ClassVar[int]
+    MAX_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    MALFORMED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     initialized: bool
     version: int
     updates_applied: int
@@ -238,7 +249,14 @@ class StatusResponse(_message.Message):
     uptime_secs: float
     staleness: StalenessSummary
     clients: _containers.RepeatedCompositeFieldContainer[ClientStatus]
-    def __init__(self, initialized: _Optional[bool] = ..., version: _Optional[int] = ..., updates_applied: _Optional[int] = ..., pushes_rejected: _Optional[int] = ..., duplicate_pushes: _Optional[int] = ..., num_parameters: _Optional[int] = ..., optimizer: _Optional[str] = ..., server_id: _Optional[str] = ..., uptime_secs: _Optional[float] = ..., staleness: _Optional[_Union[StalenessSummary, _Mapping]] = ..., clients: _Optional[_Iterable[_Union[ClientStatus, _Mapping]]] = ...) -> None: ...
+    num_clients: int
+    active_clients: int
+    expired_clients: int
+    clients_not_listed: int
+    max_clients: int
+    clients_refused: int
+    malformed_requests: int
+    def __init__(self, initialized: _Optional[bool] = ..., version: _Optional[int] = ..., updates_applied: _Optional[int] = ..., pushes_rejected: _Optional[int] = ..., duplicate_pushes: _Optional[int] = ..., num_parameters: _Optional[int] = ..., optimizer: _Optional[str] = ..., server_id: _Optional[str] = ..., uptime_secs: _Optional[float] = ..., staleness: _Optional[_Union[StalenessSummary, _Mapping]] = ..., clients: _Optional[_Iterable[_Union[ClientStatus, _Mapping]]] = ..., num_clients: _Optional[int] = ..., active_clients: _Optional[int] = ..., expired_clients: _Optional[int] = ..., clients_not_listed: _Optional[int] = ..., max_clients: _Optional[int] = ..., clients_refused: _Optional[int] = ..., malformed_requests: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("client_id",)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent import futures
@@ -74,7 +75,8 @@ class ParameterServer:
             options=SERVER_OPTIONS,
             interceptors=interceptors,
         )
-        servicer = ParameterServicer(
+        # Kept for callers that watch its slots (tests synchronise on them).
+        self.servicer = servicer = ParameterServicer(
             store,
             fetch_chunk_bytes=fetch_chunk_bytes,
             max_concurrent_pushes=max_concurrent_pushes,
@@ -141,7 +143,7 @@ class SummaryLoop:
         return self
 
     def write(self) -> None:
-        status = self._store.status()
+        status = self._store.status(max_listed=0)  # Counts only: no copies of the records.
         now = time.monotonic()
         then, applied_then = self._last
         self._last = (now, status.updates_applied)
@@ -151,7 +153,7 @@ class SummaryLoop:
                 "ps/version": status.version,
                 "ps/updates_per_sec": (status.updates_applied - applied_then)
                 / max(now - then, 1e-9),
-                "ps/active_clients": sum(c.active for c in status.clients),
+                "ps/active_clients": status.active_clients,
                 "ps/pushes_rejected": status.pushes_rejected,
                 "ps/staleness_mean": status.staleness.mean,
             },
@@ -174,6 +176,43 @@ class SummaryLoop:
         self._stop.set()
         self._thread.join()
         self.write()
+
+
+def build_store(ps_config) -> ParameterStore:
+    """The ``ps`` role's store: optimizer, schedule, staleness and limits from ``config.ps``."""
+    return ParameterStore(
+        server_config.build_optimizer(ps_config),
+        ps_config.max_parameter_bytes,
+        staleness=server_config.build_staleness(ps_config),
+        schedule=server_config.build_schedule(ps_config),
+        heartbeat_timeout_secs=ps_config.heartbeat_timeout_secs or None,
+        max_clients=ps_config.max_clients,
+    )
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` so that a reader sees all of it or no file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def log_to_console() -> None:
+    """Shows the server's log lines (INFO and up) on stderr, unless logging is set up already.
+
+    The store and servicer report through ``logging`` (bounded-staleness
+    waits, expired clients, refusals). The ``ps`` role runs under absl,
+    whose handler on the root logger already prints them; a process that
+    configured nothing would otherwise show only warnings (Python's last
+    resort handler), and no INFO line at all.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO,
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
 
 
 def run(
@@ -199,13 +238,8 @@ def run(
     num_shards = config.ps.num_shards
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard index {shard_index} is not in [0, ps.num_shards={num_shards})")
-    store = ParameterStore(
-        server_config.build_optimizer(config.ps),
-        config.ps.max_parameter_bytes,
-        staleness=server_config.build_staleness(config.ps),
-        schedule=server_config.build_schedule(config.ps),
-        heartbeat_timeout_secs=config.ps.heartbeat_timeout_secs or None,
-    )
+    log_to_console()
+    store = build_store(config.ps)
     shard = (shard_index, num_shards) if num_shards > 1 else None
     directory = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
     # Before serving: a client must never see the empty store of a restarted server.
@@ -236,10 +270,7 @@ def run(
     writer = MetricWriter(os.path.join(workdir, "tb", f"ps_{shard_index}"))
     summaries = SummaryLoop(store, writer, config.ps.summary_every_secs).start()
     if port_file:
-        tmp = f"{port_file}.tmp"
-        with open(tmp, "w") as f:
-            f.write(str(server.port))
-        os.replace(tmp, port_file)
+        _write_atomically(port_file, str(server.port))
     if checkpointer is not None:
         checkpointer.start()
     name = f"(shard {shard_index} of {num_shards}) " if shard else ""
@@ -261,7 +292,7 @@ def run(
         checkpointer.stop()
         if checkpointer.save(quiet=False) is not None or not store.initialized:
             mark.remove()  # A clean stop: nothing was lost, nothing to account for.
-    status = store.status()
+    status = store.status(max_listed=0)
     print(
         f"parameter server stopped at version {status.version} "
         f"({status.updates_applied} updates, {status.pushes_rejected} rejected)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
+from collections.abc import Callable
 
 import grpc
 import numpy as np
@@ -13,8 +13,12 @@ import numpy as np
 from gasgd_tf import wire
 from gasgd_tf.proto import parameter_service_pb2 as pb
 from gasgd_tf.proto import parameter_service_pb2_grpc as pb_grpc
+from gasgd_tf.server.admission import Gate, take_slot
+from gasgd_tf.server.buffer_pool import BufferPool
 from gasgd_tf.server.store import (
     AheadOfServerError,
+    ClientLimitError,
+    ClientRecord,
     DivergedError,
     NotInitializedError,
     ParameterStore,
@@ -33,73 +37,12 @@ from gasgd_tf.tensors import (
 
 log = logging.getLogger(__name__)
 
-# A push (or Initialize) waits at most this long for a slot, then is refused
-# with RESOURCE_EXHAUSTED and a retry hint; it gives up this long before its
-# deadline, to answer in time.
-PUSH_SLOT_WAIT_SECS = 5.0
-PUSH_SLOT_MARGIN_SECS = 1.0
-# Trailing metadata of a busy refusal: milliseconds to wait before retrying,
-# as a decimal string. Clients retry RESOURCE_EXHAUSTED only when it is
-# present (without it, e.g. a message over gRPC's size limit, a retry fails
-# the same way).
-RETRY_AFTER_KEY = "retry-after-ms"
-# The hint's bounds: below 50 ms a retry is mostly a wasted round trip into
-# the same queue; above 5 s (one PUSH_SLOT_WAIT_SECS) a client would sit idle
-# although slots turn over much faster than that.
-RETRY_AFTER_MIN_MS = 50
-RETRY_AFTER_MAX_MS = 5000
-
-
-class _Gate:
-    """At most ``capacity`` holders at once, and a retry hint for callers turned away.
-
-    The hint estimates when a place frees for a newcomer: the moving average
-    of how long a holder keeps its place (receiving a whole stream and
-    applying it), times the callers that would still be ahead of it per
-    place, ``(waiting + 1) / capacity``, clamped to [RETRY_AFTER_MIN_MS,
-    RETRY_AFTER_MAX_MS]. It is a hint: a retry may still find the gate
-    full, and is then refused with a fresh one.
-
-    Args:
-      capacity: Places.
-      initial_hold_secs: The average hold before any was measured.
-    """
-
-    _SMOOTHING = 0.2  # Weight of the newest hold in the moving average.
-
-    def __init__(self, capacity: int, initial_hold_secs: float = 0.1):
-        self.capacity = capacity
-        self._places = threading.BoundedSemaphore(capacity)
-        self._lock = threading.Lock()  # Guards the counters below.
-        self._waiting = 0
-        self._hold_secs = initial_hold_secs
-        self.refused = 0
-
-    def acquire(self, timeout: float) -> float | None:
-        """Waits up to ``timeout`` seconds; returns when the place was taken, or None."""
-        with self._lock:
-            self._waiting += 1
-        taken = False
-        try:
-            taken = self._places.acquire(timeout=timeout)
-        finally:
-            with self._lock:
-                self._waiting -= 1
-                self.refused += 0 if taken else 1
-        return time.monotonic() if taken else None
-
-    def release(self, since: float) -> None:
-        """Gives back a place taken at ``since`` (``acquire``'s result)."""
-        held = time.monotonic() - since
-        with self._lock:
-            self._hold_secs += self._SMOOTHING * (held - self._hold_secs)
-        self._places.release()
-
-    def retry_after_ms(self) -> int:
-        """The hint for a caller turned away now, in milliseconds (see the class)."""
-        with self._lock:
-            ms = 1000.0 * self._hold_secs * (self._waiting + 1) / self.capacity
-        return int(min(max(ms, RETRY_AFTER_MIN_MS), RETRY_AFTER_MAX_MS))
+# The most clients one Status reply lists (StatusRequest.max_clients_listed
+# may ask for fewer). A ClientStatus is at most about 1.3 KB (a 128-character
+# id of 4-byte characters, ten-byte varints, 64 histogram buckets), so 1024
+# stay near 1.3 MB, far below gRPC's default 4 MiB message limit of any
+# client, however many records the server keeps (ps.max_clients).
+STATUS_MAX_CLIENTS = 1024
 
 
 def add_to_server(servicer: ParameterServicer, server: grpc.Server) -> None:
@@ -109,37 +52,72 @@ def add_to_server(servicer: ParameterServicer, server: grpc.Server) -> None:
     Initialize and Push requests are parsed into views of the received bytes,
     and Fetch yields ready-serialized messages. The bytes on the wire are the
     same, so every client (the generated stubs included) talks to it.
+
+    Every request deserializer is ``wire.tolerant``: gRPC itself answers
+    INTERNAL when a deserializer raises, before any handler runs, so bytes
+    that do not parse are handed to the handler as a ``wire.MalformedMessage``
+    instead, which it answers INVALID_ARGUMENT (and counts).
     """
-    proto = {  # method: (request deserializer, response serializer)
-        "Register": (pb.RegisterRequest.FromString, pb.RegisterResponse.SerializeToString),
-        "Leave": (pb.LeaveRequest.FromString, pb.LeaveResponse.SerializeToString),
-        "Status": (pb.StatusRequest.FromString, pb.StatusResponse.SerializeToString),
-        "Heartbeat": (pb.HeartbeatRequest.FromString, pb.HeartbeatResponse.SerializeToString),
+    unary = {  # method: (request type, response serializer)
+        "Register": (pb.RegisterRequest, pb.RegisterResponse.SerializeToString),
+        "Leave": (pb.LeaveRequest, pb.LeaveResponse.SerializeToString),
+        "Status": (pb.StatusRequest, pb.StatusResponse.SerializeToString),
+        "Heartbeat": (pb.HeartbeatRequest, pb.HeartbeatResponse.SerializeToString),
     }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, name), request_deserializer=de, response_serializer=ser
+            _parsed_or_refused(servicer, name, getattr(servicer, name)),
+            request_deserializer=wire.tolerant(message.FromString, message.DESCRIPTOR.name),
+            response_serializer=ser,
         )
-        for name, (de, ser) in proto.items()
+        for name, (message, ser) in unary.items()
     }
+    # Stream requests: decode_stream raises MalformedMessageError at a
+    # malformed message, which the handler answers like any invalid stream.
     handlers["Initialize"] = grpc.stream_unary_rpc_method_handler(
         servicer.Initialize,
-        request_deserializer=wire.frame_parser(pb.InitializeRequest),
+        request_deserializer=wire.tolerant(
+            wire.frame_parser(pb.InitializeRequest), "InitializeRequest"
+        ),
         response_serializer=pb.InitializeResponse.SerializeToString,
     )
     handlers["Push"] = grpc.stream_unary_rpc_method_handler(
         servicer.Push,
-        request_deserializer=wire.frame_parser(pb.PushRequest),
+        request_deserializer=wire.tolerant(wire.frame_parser(pb.PushRequest), "PushRequest"),
         response_serializer=pb.PushResponse.SerializeToString,
     )
     handlers["Fetch"] = grpc.unary_stream_rpc_method_handler(
-        servicer.Fetch,
-        request_deserializer=pb.FetchRequest.FromString,
+        _parsed_or_refused_stream(servicer, "Fetch", servicer.Fetch),
+        request_deserializer=wire.tolerant(pb.FetchRequest.FromString, "FetchRequest"),
         response_serializer=None,  # Fetch yields serialized messages.
     )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(wire.SERVICE_NAME, handlers),)
     )
+
+
+def _parsed_or_refused(servicer: ParameterServicer, what: str, behavior: Callable) -> Callable:
+    """A unary handler that refuses a ``wire.MalformedMessage`` before ``behavior`` sees it."""
+
+    def handle(request, context):
+        if isinstance(request, wire.MalformedMessage):
+            servicer.refuse_malformed(context, what, request)
+        return behavior(request, context)
+
+    return handle
+
+
+def _parsed_or_refused_stream(
+    servicer: ParameterServicer, what: str, behavior: Callable
+) -> Callable:
+    """Like ``_parsed_or_refused`` for a response-streaming ``behavior`` (a generator)."""
+
+    def handle(request, context):
+        if isinstance(request, wire.MalformedMessage):
+            servicer.refuse_malformed(context, what, request)
+        yield from behavior(request, context)
+
+    return handle
 
 
 def _staleness_proto(stats: StalenessStats) -> pb.StalenessSummary:
@@ -168,10 +146,13 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
         bounds the server's memory. A push beyond it waits, before reading
         its chunks (gRPC's flow control then holds its sender), until a
         slot frees; one that cannot get a slot before its deadline (or
-        within PUSH_SLOT_WAIT_SECS) is answered RESOURCE_EXHAUSTED with a
+        within admission.PUSH_SLOT_WAIT_SECS) is answered RESOURCE_EXHAUSTED with a
         ``retry-after-ms`` hint in its trailing metadata, which clients
-        retry after that delay. Initialize streams are received one at a
-        time the same way.
+        retry after that delay (gasgd_tf/server/admission.py). Initialize
+        streams are received one at a time the same way.
+      max_concurrent_fetches: How many non-bounded fetches may be sent at
+        once, each holding a snapshot of the parameters; the same waits
+        and refusals.
     """
 
     def __init__(
@@ -183,30 +164,41 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
         max_concurrent_fetches: int = 4,
     ):
         self._store = store
-        self._push_slots = _Gate(max_concurrent_pushes)
+        self._push_slots = Gate(max_concurrent_pushes)
         # Every Fetch streams the snapshot of the version it found, and
         # versions move with every push: without a limit, N fetches in flight
         # could hold N model-sized snapshots (measured: +160 MB with 64
         # clients of a 4 MB model). Bounded-staleness training fetches are
         # left out: their admission already bounds them, and a fetch refused
         # after it was admitted would be admitted again on retry.
-        self._fetch_slots = _Gate(max_concurrent_fetches)
+        self._fetch_slots = Gate(max_concurrent_fetches)
         self._max_concurrent_fetches = max_concurrent_fetches
         # One Initialize at a time: each one received allocates a buffer the
         # size of the whole model, and all but the first are dropped anyway.
-        self._initialize_slot = _Gate(1)
-        # Float32 gradient buffers, reused from push to push (a slot holder
-        # takes one, so there are at most max_concurrent_pushes): a fresh one
-        # per push left freed model-sized blocks cached in the malloc arena of
-        # every RPC thread that ever held a slot (measured: +85 MB with 64
-        # clients and a 4 MB model, growing with the RPC threads).
-        self._grad_buffers: list[np.ndarray] = []
-        self._grad_buffers_lock = threading.Lock()
+        self._initialize_slot = Gate(1)
+        # Float32 gradient buffers, reused from push to push: only a push
+        # slot holder takes one, so there are at most max_concurrent_pushes.
+        self._grad_buffers = BufferPool()
         self._max_concurrent_pushes = max_concurrent_pushes
         self._fetch_chunk_bytes = fetch_chunk_bytes
         self._max_chunk_bytes = max_chunk_bytes
         self._converted: dict[str, tuple[int, np.ndarray]] = {}  # dtype: (version, params)
         self._convert_lock = threading.Lock()
+
+    @property
+    def push_slots(self) -> Gate:
+        """The push slots (``max_concurrent_pushes``): who holds and waits, for tests."""
+        return self._push_slots
+
+    @property
+    def fetch_slots(self) -> Gate:
+        """The fetch slots (``max_concurrent_fetches``)."""
+        return self._fetch_slots
+
+    @property
+    def initialize_slot(self) -> Gate:
+        """The one Initialize slot."""
+        return self._initialize_slot
 
     def _in_dtype(self, version: int, flat: np.ndarray, dtype: str) -> np.ndarray:
         """The snapshot ``flat`` of ``version`` in ``dtype``, converted once per version."""
@@ -230,8 +222,16 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
         except ValidationError as e:
             if is_push:
                 self._store.note_rejected()
+            if isinstance(e, wire.MalformedMessageError):
+                self._store.note_malformed()
             log.warning("%s rejected: %s", what, e)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {e}")
+        except ClientLimitError as e:
+            # No retry hint: records free only as clients expire or leave,
+            # so an immediate retry would be refused the same way.
+            if is_push:
+                self._store.note_rejected()
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{what}: {e}")
         except (NotInitializedError, DivergedError) as e:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{what}: {e}")
         except AheadOfServerError as e:
@@ -248,6 +248,18 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
             if is_push:
                 self._store.note_rejected()
             context.abort(grpc.StatusCode.CANCELLED, f"{what}: the client cancelled the stream")
+
+    def refuse_malformed(
+        self, context: grpc.ServicerContext, what: str, mark: wire.MalformedMessage
+    ) -> None:
+        """Answers a request whose bytes did not parse: INVALID_ARGUMENT, counted.
+
+        Raises:
+          Exception: ``context.abort``'s, always.
+        """
+        self._store.note_malformed()
+        log.warning("%s rejected: %s", what, mark.describe())
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {mark.describe()}")
 
     def Register(self, request, context):
         with self._errors(context, "Register"):
@@ -340,30 +352,9 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
         )
         yield from wire.encode_frames(pb.FetchResponse, header, flat, self._fetch_chunk_bytes)
 
-    def _take_slot(self, context, gate: _Gate, what: str, busy: str) -> float:
-        """Waits for a place in ``gate``, at most PUSH_SLOT_WAIT_SECS and until the deadline.
-
-        Returns:
-          When the place was taken, for ``gate.release``.
-
-        Raises:
-          Exception: ``context.abort``'s, with RESOURCE_EXHAUSTED and the
-            ``retry-after-ms`` trailing metadata, when no place freed in time.
-            Not UNAVAILABLE: that says "the connection failed", and would be
-            retried at once into the same queue.
-        """
-        left = context.time_remaining()
-        wait = PUSH_SLOT_WAIT_SECS if left is None else left - PUSH_SLOT_MARGIN_SECS
-        since = gate.acquire(max(min(wait, PUSH_SLOT_WAIT_SECS), 0.0))
-        if since is None:
-            hint = gate.retry_after_ms()
-            log.info("%s refused: server busy (%d refusals so far)", what, self.busy_refusals)
-            context.set_trailing_metadata(((RETRY_AFTER_KEY, str(hint)),))
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{what}: server busy, {busy}; retry after {hint} ms",
-            )
-        return since
+    def _take_slot(self, context, gate: Gate, what: str, busy: str) -> float:
+        """``admission.take_slot``, naming this server's refusals in its log line."""
+        return take_slot(context, gate, what, busy, lambda: self.busy_refusals)
 
     def _take_push_slot(self, context) -> float:
         """Takes one of the ``max_concurrent_pushes`` slots; returns when, for the release."""
@@ -389,11 +380,7 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
         def into_buffer(layout: FlatLayout) -> list[memoryview] | None:
             if layout.dtype != PARAMETER_DTYPE:
                 return None  # Half precision: converted into a new float32 buffer anyway.
-            with self._grad_buffers_lock:
-                pooled = [b for b in self._grad_buffers if b.size == layout.size]
-                if pooled:
-                    self._grad_buffers.remove(pooled[0])
-            buffer.append(pooled[0] if pooled else np.empty(layout.size, np.float32))
+            buffer.append(self._grad_buffers.take(layout.size))
             return [byte_view(buffer[0])]
 
         try:
@@ -411,8 +398,7 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
                 return self._apply_push(header, buffer[0] if grad is None else grad, verified[0])
         finally:
             if buffer:  # Back before the slot, so that buffers never outnumber slots.
-                with self._grad_buffers_lock:
-                    self._grad_buffers.append(buffer[0])
+                self._grad_buffers.give_back(buffer[0])
             if slot:
                 self._push_slots.release(slot[0])
 
@@ -442,7 +428,11 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
             return pb.HeartbeatResponse(version=version, server_id=self._store.server_id)
 
     def Status(self, request, context):
-        status = self._store.status()
+        limit = request.max_clients_listed or STATUS_MAX_CLIENTS
+        status = self._store.status(
+            client_ids=request.client_ids[:STATUS_MAX_CLIENTS],
+            max_listed=min(limit, STATUS_MAX_CLIENTS),
+        )
         return pb.StatusResponse(
             initialized=status.initialized,
             version=status.version,
@@ -454,18 +444,26 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
             server_id=status.server_id,
             uptime_secs=status.uptime_secs,
             staleness=_staleness_proto(status.staleness),
-            clients=[
-                pb.ClientStatus(
-                    client_id=c.client_id,
-                    active=c.active,
-                    pushes=c.pushes,
-                    fetches=c.fetches,
-                    last_sequence=c.last_sequence,
-                    last_step=c.last_step,
-                    last_seen_unix=c.last_seen,
-                    staleness=_staleness_proto(c.staleness),
-                    expired=c.expired,
-                )
-                for c in status.clients
-            ],
+            clients=[_client_proto(c) for c in status.clients],
+            num_clients=status.num_clients,
+            active_clients=status.active_clients,
+            expired_clients=status.expired_clients,
+            clients_not_listed=status.num_clients - len(status.clients),
+            max_clients=status.max_clients or 0,
+            clients_refused=status.clients_refused,
+            malformed_requests=status.malformed_requests,
         )
+
+
+def _client_proto(c: ClientRecord) -> pb.ClientStatus:
+    return pb.ClientStatus(
+        client_id=c.client_id,
+        active=c.active,
+        pushes=c.pushes,
+        fetches=c.fetches,
+        last_sequence=c.last_sequence,
+        last_step=c.last_step,
+        last_seen_unix=c.last_seen,
+        staleness=_staleness_proto(c.staleness),
+        expired=c.expired,
+    )

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -33,6 +34,12 @@ STALENESS_BUCKETS = 64
 # Largest parameter set a store accepts by default: 16 GiB, 4 billion floats.
 DEFAULT_MAX_PARAMETER_BYTES = 16 << 30
 MAX_CLIENT_ID_LENGTH = 128
+# Client records a store keeps by default (ps.max_clients). A run has its
+# workers (one per GPU), an evaluator and a few tools, far fewer; each record
+# costs about 1.3 KB (measured: 20,000 records, +26 MB) and its ClientStatus
+# at most about 1.3 KB on the wire, so 1024 records stay near 1.3 MB in
+# memory and in a Status reply that lists them all, under gRPC's 4 MiB.
+DEFAULT_MAX_CLIENTS = 1024
 # A bounded-staleness wait longer than this is logged, naming who it waits for.
 SLOW_WAIT_SECS = 1.0
 # A bounded-staleness wait ends this long before the caller's deadline.
@@ -64,6 +71,10 @@ class AheadOfServerError(RuntimeError):
 
 class RestoreError(ValueError):
     """A saved state that does not fit this store (another optimizer, a bad slot)."""
+
+
+class ClientLimitError(RuntimeError):
+    """A new client id while ``max_clients`` records are kept and none may be forgotten."""
 
 
 @dataclasses.dataclass
@@ -111,6 +122,10 @@ class ClientRecord:
     # No call or heartbeat for the heartbeat timeout: left out of the
     # staleness bookkeeping until it calls again.
     expired: bool = False
+    # Pushed, or fetched without read_only: a worker. A record that never
+    # trained (an evaluator, a monitor, a heartbeat-only caller) holds no
+    # push sequence, so it is the first forgotten when the table is full.
+    trained: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +169,20 @@ class StoreState:
 
 @dataclasses.dataclass(frozen=True)
 class StoreStatus:
+    """What ``ParameterStore.status`` reports.
+
+    Attributes:
+      clients: Copies of the client records asked for (see ``status``):
+        all of them by default.
+      num_clients: Records kept, listed in ``clients`` or not.
+      active_clients: Of them, those that have not left.
+      expired_clients: Of them, those expired by the heartbeat timeout.
+      max_clients: The limit on records (None: none).
+      clients_refused: Calls from new client ids refused at that limit.
+      malformed_requests: Requests whose bytes did not parse (counted by
+        the servicer through ``note_malformed``).
+    """
+
     initialized: bool
     version: int
     updates_applied: int
@@ -165,6 +194,12 @@ class StoreStatus:
     uptime_secs: float
     staleness: StalenessStats
     clients: tuple[ClientRecord, ...]
+    num_clients: int = 0
+    active_clients: int = 0
+    expired_clients: int = 0
+    max_clients: int | None = None
+    clients_refused: int = 0
+    malformed_requests: int = 0
 
 
 class ParameterStore:
@@ -210,6 +245,14 @@ class ParameterStore:
         heartbeat) is expired: dropped from the staleness bookkeeping
         (``bounded`` stops waiting for it, ``dc_asgd`` lets go of its
         snapshot) until it calls again. None: never.
+      max_clients: Most client records kept; None: no limit. Any caller
+        can name a new client id, and every record costs memory and a line
+        in Status. When the table is full, a new id makes the store forget
+        one record: an expired one that never trained first, then one that
+        never trained and has left, then any expired one (the oldest seen
+        first within each); if none may be forgotten, the call raises
+        ``ClientLimitError``. Clients that trained and left are kept (their
+        push sequences recognise retries; evaluators wait for them).
     """
 
     def __init__(
@@ -220,9 +263,13 @@ class ParameterStore:
         staleness: StalenessConfig | None = None,
         schedule: Callable[[int], float] | None = None,
         heartbeat_timeout_secs: float | None = None,
+        max_clients: int | None = DEFAULT_MAX_CLIENTS,
     ):
+        if max_clients is not None and max_clients < 1:
+            raise ValueError(f"max_clients must be >= 1 or None, got {max_clients}")
         self.optimizer = optimizer
         self.heartbeat_timeout_secs = heartbeat_timeout_secs
+        self.max_clients = max_clients
         # Where the version is written after every update, when set: a
         # shared-memory file, so that a supervisor can tell after a crash
         # how many updates the last checkpoint missed (server/checkpointing.py).
@@ -258,6 +305,13 @@ class ParameterStore:
         self._updates_applied = 0
         self._pushes_rejected = 0
         self._duplicate_pushes = 0
+        self._clients_refused = 0
+        self._malformed_requests = 0
+        # When the table is full and nothing may be forgotten: the earliest
+        # time a record could expire (None: unknown, look). Until then a new
+        # id is refused without scanning the table, so that a flood of new
+        # ids costs O(1) each under the lock, not O(max_clients).
+        self._no_room_until: float | None = None
         # Counts Leaves: a checkpoint must record them even when the version
         # stands still (a restored server that thinks a finished worker is
         # still active would make the evaluator wait for it forever).
@@ -300,10 +354,13 @@ class ParameterStore:
         Raises:
           NotInitializedError: Before initialization.
           WaitAbandoned: The caller went away while waiting.
+          ClientLimitError: A new ``client_id`` and no room for its record.
         """
         with self._lock:
             self._require_healthy()
             training = bool(client_id) and not read_only
+            if client_id:
+                self._check_room(client_id)  # A new id over max_clients: refused before waiting.
             if training and self._admission is not None:
                 self._wait_for_admission(client_id, time_left, is_active)
             if self._snapshot is None or self._snapshot.version != self._version:
@@ -314,8 +371,13 @@ class ParameterStore:
                 flat.flags.writeable = False
                 self._snapshot = Snapshot(self._version, self._layout.specs, flat)
             if client_id:
-                record = self._touch(client_id)
+                try:
+                    record = self._touch(client_id)
+                except ClientLimitError:  # Its room was taken while it waited.
+                    self._forget(client_id)  # Never leave it admitted, blocking others.
+                    raise
                 record.fetches += 1
+                record.trained = record.trained or training
             if training and self.staleness_config.policy == "dc_asgd":
                 self._fetched[client_id] = self._snapshot
             return self._snapshot
@@ -347,33 +409,37 @@ class ParameterStore:
             if is_active is not None and not is_active():
                 raise WaitAbandoned(f"{client_id} went away while waiting for its turn")
             if give_up is not None and time.monotonic() >= give_up:
-                print(
-                    f"bounded staleness: admitted {client_id} past the bound at version "
-                    f"{self._version} to meet its deadline (waiting for "
-                    f"{', '.join(admission.blockers()) or 'its turn'}); raise client.timeout_secs "
-                    "or lower ps.straggler_secs",
-                    flush=True,
+                log.warning(
+                    "bounded staleness: admitted %s past the bound at version %d to meet its "
+                    "deadline (waiting for %s); raise client.timeout_secs or lower "
+                    "ps.straggler_secs",
+                    client_id,
+                    self._version,
+                    ", ".join(admission.blockers()) or "its turn",
                 )
                 break
             if self._expire_silent_locked():
                 continue  # A dead client no longer blocks anyone: check again.
             late = admission.drop_stragglers(self._clock(), self.staleness_config.straggler_secs)
             for name in late:
-                print(
-                    f"bounded staleness: no longer waiting for {name}: no push for "
-                    f"{self.staleness_config.straggler_secs:.1f}s after its fetch",
-                    flush=True,
+                log.warning(
+                    "bounded staleness: no longer waiting for %s: no push for %.1fs after its "
+                    "fetch",
+                    name,
+                    self.staleness_config.straggler_secs,
                 )
             if late:
                 self._changed.notify_all()
                 continue
             waited = self._clock() - start
             if waited > SLOW_WAIT_SECS and not logged:
-                print(
-                    f"bounded staleness (s={admission.bound}): {client_id} has waited "
-                    f"{waited:.1f}s at version {self._version} for "
-                    f"{', '.join(admission.blockers()) or 'its turn'}",
-                    flush=True,
+                log.info(
+                    "bounded staleness (s=%d): %s has waited %.1fs at version %d for %s",
+                    admission.bound,
+                    client_id,
+                    waited,
+                    self._version,
+                    ", ".join(admission.blockers()) or "its turn",
                 )
                 logged = True
             self._changed.wait(timeout=0.5)
@@ -384,8 +450,21 @@ class ParameterStore:
         # The next waiter in line may be admissible now too.
         self._changed.notify_all()
 
-    def status(self) -> StoreStatus:
+    def status(self, client_ids: Sequence[str] = (), max_listed: int | None = None) -> StoreStatus:
+        """Counters, staleness and (copies of) client records.
+
+        Asking about clients is no sign of life: no record is touched.
+
+        Args:
+          client_ids: Clients to list first (unknown ids are skipped).
+          max_listed: At most this many records in ``clients``; None: all.
+            When there are more, those named in ``client_ids`` come first,
+            then clients that trained (workers, active or left), then other
+            active ones, then the rest, the most recently seen first within
+            each group (see ``_pick_listed``).
+        """
         with self._lock:
+            records = self._clients.values()
             return StoreStatus(
                 initialized=self.initialized,
                 version=self._version,
@@ -396,19 +475,34 @@ class ParameterStore:
                 optimizer=self.optimizer.name,
                 server_id=self.server_id,
                 uptime_secs=self._clock() - self._start,
-                staleness=dataclasses.replace(
-                    self._staleness, histogram=self._staleness.histogram.copy()
-                ),
+                staleness=_copy_stats(self._staleness),
                 clients=tuple(
-                    dataclasses.replace(
-                        c,
-                        staleness=dataclasses.replace(
-                            c.staleness, histogram=c.staleness.histogram.copy()
-                        ),
-                    )
-                    for c in self._clients.values()
+                    dataclasses.replace(c, staleness=_copy_stats(c.staleness))
+                    for c in self._pick_listed(client_ids, max_listed)
                 ),
+                num_clients=len(self._clients),
+                active_clients=sum(c.active for c in records),
+                expired_clients=sum(c.expired for c in records),
+                max_clients=self.max_clients,
+                clients_refused=self._clients_refused,
+                malformed_requests=self._malformed_requests,
             )
+
+    def _pick_listed(self, client_ids: Sequence[str], max_listed: int | None) -> list[ClientRecord]:
+        """The records ``status`` lists: the named ones first, then the table's order."""
+        named = [self._clients[c] for c in dict.fromkeys(client_ids) if c in self._clients]
+        limit = len(self._clients) if max_listed is None else max(max_listed, 0)
+        named = named[:limit]
+        chosen = {r.client_id for r in named}
+        rest = [r for r in self._clients.values() if r.client_id not in chosen]
+        if len(rest) > limit - len(named):
+            # Workers first: the evaluator and the launcher look for them
+            # (who left, their steps and staleness); a flood of made-up ids
+            # (heartbeats, registrations) never trains, so it comes last.
+            rest.sort(key=lambda r: (not r.trained, not r.active, r.expired, -r.last_seen))
+            keep = {r.client_id for r in rest[: limit - len(named)]}
+            rest = [r for r in self._clients.values() if r.client_id in keep]
+        return named + rest
 
     def drain_staleness(self) -> list[int]:
         """Staleness of the pushes applied since the last drain, grouped by client."""
@@ -526,7 +620,38 @@ class ParameterStore:
           NotInitializedError: Before initialization.
           DivergedError: This or an earlier update made the parameters
             non-finite.
+          AheadOfServerError: ``base_version`` is not a version of this start.
+          ClientLimitError: A new ``client_id`` and no room for its record.
         """
+        self._check_push(client_id, sequence, grad, known_finite)
+        with self._lock:
+            self._require_healthy()
+            self._check_base(base_version, base_server_id)
+            record = self._touch(client_id)
+            record.trained = True
+            record.last_step = max(record.last_step, int(client_step))
+            if sequence <= record.last_sequence:
+                self._duplicate_pushes += 1
+                last = record.last_result
+                if sequence == record.last_sequence and last is not None:
+                    return dataclasses.replace(last, duplicate=True)
+                return PushResult(self._version, 0, duplicate=True)
+            staleness = self._version - base_version
+            finite = self._apply_locked(client_id, grad, staleness)
+            result = self._count_applied(record, sequence, staleness)
+            if not finite:
+                self._diverged = (
+                    f"the parameters became non-finite (NaN or Inf) at version {self._version}, "
+                    f"applying push {sequence} of {client_id!r}; the server refuses further "
+                    "pushes and fetches (lower the learning rate and start again)"
+                )
+                raise DivergedError(self._diverged)
+            return result
+
+    def _check_push(
+        self, client_id: str, sequence: int, grad: np.ndarray, known_finite: bool
+    ) -> None:
+        """``push``'s checks that read no shared state: outside the lock (the layout is fixed)."""
         _check_client_id(client_id)
         if sequence < 1:
             raise ValidationError(f"push sequence must be >= 1, got {sequence}")
@@ -538,71 +663,64 @@ class ParameterStore:
             )
         if not known_finite:
             self._layout.check_finite(grad)
-        with self._lock:
-            self._require_healthy()
-            other_start = base_server_id and base_server_id != self.server_id
-            if base_version > self._version or (other_start and base_version > self._start_version):
-                self._pushes_rejected += 1
-                raise AheadOfServerError(
-                    f"base_version {base_version} is ahead of the server version {self._version} "
-                    "(the server was restored from a checkpoint?): fetch the current parameters "
-                    "and push gradients computed from them"
+
+    def _check_base(self, base_version: int, base_server_id: str) -> None:
+        """Refuses (and counts) a push computed from a version this start does not have."""
+        other_start = base_server_id and base_server_id != self.server_id
+        if base_version > self._version or (other_start and base_version > self._start_version):
+            self._pushes_rejected += 1
+            raise AheadOfServerError(
+                f"base_version {base_version} is ahead of the server version {self._version} "
+                "(the server was restored from a checkpoint?): fetch the current parameters "
+                "and push gradients computed from them"
+            )
+
+    def _apply_locked(self, client_id: str, grad: np.ndarray, staleness: int) -> bool:
+        """Applies ``grad`` per the staleness policy; False if a parameter became non-finite."""
+        learning_rate = self._learning_rate(staleness)
+        if self.staleness_config.policy == "dc_asgd" and client_id in self._fetched:
+            grad = staleness_lib.dc_compensate(
+                grad,
+                self._params,
+                self._fetched[client_id].flat,
+                self.staleness_config.dc_lambda,
+                out=self._dc_buffer(),
+            )
+        with np.errstate(over="ignore", invalid="ignore"):  # Checked by the optimizer.
+            # The optimizer checks the new parameters block by block while
+            # each block is still in cache: a separate pass afterwards cost
+            # about one more copy's time of the parameters, under the lock.
+            finite = self.optimizer.apply(
+                self._params, grad, self._slots, learning_rate, check_finite=True
+            )
+        if self._admission is not None:
+            if staleness > self._admission.bound:
+                # Only after a straggler was given up on or a deadline forced an
+                # admission (both logged when they happened); say it again here.
+                log.warning(
+                    "bounded staleness: applied a push of %s with staleness %d > %d",
+                    client_id,
+                    staleness,
+                    self._admission.bound,
                 )
-            record = self._touch(client_id)
-            record.last_step = max(record.last_step, int(client_step))
-            if sequence <= record.last_sequence:
-                self._duplicate_pushes += 1
-                last = record.last_result
-                if sequence == record.last_sequence and last is not None:
-                    return dataclasses.replace(last, duplicate=True)
-                return PushResult(self._version, 0, duplicate=True)
-            staleness = self._version - base_version
-            learning_rate = self._learning_rate(staleness)
-            if self.staleness_config.policy == "dc_asgd" and client_id in self._fetched:
-                grad = staleness_lib.dc_compensate(
-                    grad,
-                    self._params,
-                    self._fetched[client_id].flat,
-                    self.staleness_config.dc_lambda,
-                    out=self._dc_buffer(),
-                )
-            with np.errstate(over="ignore", invalid="ignore"):  # Checked just below.
-                # The optimizer checks the new parameters block by block while
-                # each block is still in cache: a separate pass afterwards cost
-                # about one more copy's time of the parameters, under the lock.
-                finite = self.optimizer.apply(
-                    self._params, grad, self._slots, learning_rate, check_finite=True
-                )
-            if self._admission is not None:
-                if staleness > self._admission.bound:
-                    # Only after a straggler was given up on or a deadline forced an
-                    # admission (both logged when they happened); say it again here.
-                    print(
-                        f"bounded staleness: applied a push of {client_id} with staleness "
-                        f"{staleness} > {self._admission.bound}",
-                        flush=True,
-                    )
-                self._admission.finish(client_id)
-                self._changed.notify_all()
-            self._version += 1
-            self._updates_applied += 1
-            if self.version_sink is not None:
-                self.version_sink[0] = self._version
-            result = PushResult(self._version, staleness)
-            record.pushes += 1
-            record.last_sequence = sequence
-            record.last_result = result
-            record.staleness.add(staleness)
-            self._staleness.add(staleness)
-            self._recent_staleness.append((client_id, staleness))
-            if not finite:
-                self._diverged = (
-                    f"the parameters became non-finite (NaN or Inf) at version {self._version}, "
-                    f"applying push {sequence} of {client_id!r}; the server refuses further "
-                    "pushes and fetches (lower the learning rate and start again)"
-                )
-                raise DivergedError(self._diverged)
-            return result
+            self._admission.finish(client_id)
+            self._changed.notify_all()
+        return finite
+
+    def _count_applied(self, record: ClientRecord, sequence: int, staleness: int) -> PushResult:
+        """Bumps the version and the counters after an applied push; returns its result."""
+        self._version += 1
+        self._updates_applied += 1
+        if self.version_sink is not None:
+            self.version_sink[0] = self._version
+        result = PushResult(self._version, staleness)
+        record.pushes += 1
+        record.last_sequence = sequence
+        record.last_result = result
+        record.staleness.add(staleness)
+        self._staleness.add(staleness)
+        self._recent_staleness.append((record.client_id, staleness))
+        return result
 
     def heartbeat(self, client_id: str) -> int:
         """Records that ``client_id`` is alive (between its pushes); returns the version."""
@@ -629,11 +747,11 @@ class ParameterStore:
                 record.expired = True
                 expired.append(record.client_id)
                 self._forget(record.client_id)
-                print(
-                    f"parameter server: {record.client_id} sent no call or heartbeat for "
-                    f"{self.heartbeat_timeout_secs:.0f}s: dropped from the staleness bounds "
-                    "until it calls again",
-                    flush=True,
+                log.warning(
+                    "parameter server: %s sent no call or heartbeat for %.0fs: dropped from "
+                    "the staleness bounds until it calls again",
+                    record.client_id,
+                    self.heartbeat_timeout_secs,
                 )
         if expired:
             self._changed.notify_all()
@@ -677,6 +795,7 @@ class ParameterStore:
                     "last_version": c.last_result.version if c.last_result else None,
                     "last_staleness": c.last_result.staleness if c.last_result else None,
                     "staleness": _stats_to_json(c.staleness),
+                    "trained": c.trained,
                 }
                 for c in self._clients.values()
             }
@@ -742,12 +861,22 @@ class ParameterStore:
                     last_step=int(saved.get("last_step", 0)),
                     last_seen=now,
                     staleness=_stats_from_json(saved.get("staleness")),
+                    # Older checkpoints did not record it: a client that pushed trained.
+                    trained=bool(saved.get("trained", int(saved.get("pushes", 0)) > 0)),
                 )
                 if saved.get("last_version") is not None:
                     record.last_result = PushResult(
                         int(saved["last_version"]), int(saved.get("last_staleness") or 0)
                     )
                 self._clients[client_id] = record
+            if self.max_clients is not None and len(self._clients) > self.max_clients:
+                # Kept all the same: they are this run's clients, and the
+                # limit only refuses new ids (forgetting what it may first).
+                log.warning(
+                    "restored %d client records, more than ps.max_clients=%d",
+                    len(self._clients),
+                    self.max_clients,
+                )
             if self.version_sink is not None:
                 self.version_sink[0] = self._version
 
@@ -756,12 +885,18 @@ class ParameterStore:
         with self._lock:
             self._pushes_rejected += 1
 
+    def note_malformed(self) -> None:
+        """Counts a request (of any method) whose bytes did not parse."""
+        with self._lock:
+            self._malformed_requests += 1
+
     def leave(self, client_id: str) -> int:
         """Marks a client as finished; returns the version."""
         _check_client_id(client_id)
         with self._lock:
             self._touch(client_id).active = False
             self._forget(client_id)
+            self._no_room_until = None  # A client that left may be forgotten now: look again.
             self.leaves += 1
             return self._version
 
@@ -780,14 +915,65 @@ class ParameterStore:
     # -- Internals -----------------------------------------------------------
 
     def _touch(self, client_id: str) -> ClientRecord:
+        """The record of ``client_id``, seen now; a new one if there is room.
+
+        Raises:
+          ClientLimitError: A new id, and no record may be forgotten for it.
+        """
         record = self._clients.get(client_id)
         if record is None:
+            self._check_room(client_id)
             record = self._clients[client_id] = ClientRecord(client_id)
         record.last_seen = self._clock()
         if record.expired:
             record.expired = False
-            print(f"parameter server: {client_id} is back after it expired", flush=True)
+            log.info("parameter server: %s is back after it expired", client_id)
         return record
+
+    def _check_room(self, client_id: str) -> None:
+        """Makes room for a record of ``client_id`` if it is new and the table is full.
+
+        Raises:
+          ClientLimitError: No record may be forgotten (none expired, none
+            read-only and left).
+        """
+        if (
+            self.max_clients is None
+            or client_id in self._clients
+            or len(self._clients) < self.max_clients
+        ):
+            return
+        if self._no_room_until is None or self._clock() >= self._no_room_until:
+            self._expire_silent_locked()  # Silent ones may not have been marked yet.
+            victim = _forgettable(self._clients.values())
+            if victim is not None:
+                del self._clients[victim.client_id]
+                self._forget(victim.client_id)  # Done when it expired or left; harmless.
+                log.debug("forgot client %s to make room for %s", victim.client_id, client_id)
+                return
+            self._no_room_until = self._next_expiry()
+        self._clients_refused += 1
+        message = (
+            f"the server keeps records of {len(self._clients)} clients "
+            f"(ps.max_clients={self.max_clients}) and none has expired or left without "
+            "training: new client ids are refused until one does (raise ps.max_clients, or "
+            "lower ps.heartbeat_timeout_secs so that silent clients are forgotten sooner)"
+        )
+        if _is_power_of_ten(self._clients_refused):  # Logged, but not once per call of a flood.
+            log.warning(
+                "refused client %r (%d refused so far): %s",
+                client_id,
+                self._clients_refused,
+                message,
+            )
+        raise ClientLimitError(message)
+
+    def _next_expiry(self) -> float:
+        """The earliest time an active record may expire (inf: none will)."""
+        if self.heartbeat_timeout_secs is None:
+            return math.inf
+        seen = [r.last_seen for r in self._clients.values() if r.active and not r.expired]
+        return min(seen, default=math.inf) + self.heartbeat_timeout_secs
 
     def _require_initialized(self) -> None:
         if self._layout is None:
@@ -812,6 +998,40 @@ def _parameter_layout(specs: Sequence[TensorSpec], max_bytes: int) -> FlatLayout
             f"(tensor {layout.specs[0].name!r}); half precision is for transport only"
         )
     return layout
+
+
+def _forgettable(records: Iterable[ClientRecord]) -> ClientRecord | None:
+    """The record a full table forgets first, or None when none may go.
+
+    An expired record that never trained, then one that never trained and
+    has left (neither holds a push sequence), then any expired one; the
+    oldest seen first within each group. A worker that left is kept: its
+    sequence recognises a retried push, and evaluators wait for it to leave.
+    """
+    best, best_key = None, None
+    for r in records:
+        if r.expired and not r.trained:
+            group = 0
+        elif not r.active and not r.trained:
+            group = 1
+        elif r.expired:
+            group = 2
+        else:
+            continue
+        key = (group, r.last_seen)
+        if best_key is None or key < best_key:
+            best, best_key = r, key
+    return best
+
+
+def _is_power_of_ten(n: int) -> bool:
+    while n >= 10 and n % 10 == 0:
+        n //= 10
+    return n == 1
+
+
+def _copy_stats(stats: StalenessStats) -> StalenessStats:
+    return dataclasses.replace(stats, histogram=stats.histogram.copy())
 
 
 def _stats_to_json(stats: StalenessStats) -> dict:
