@@ -30,9 +30,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from gasgd_tf import layout
 from gasgd_tf.tensors import FlatLayout, TensorSpec
 
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = layout.CHECKPOINT_DIR
 _META_KEY = "__meta__"
 _SLOT_PREFIX = "__slot__."
 _NAME = re.compile(r"params-(\d+)(?:-shard-(\d+)-of-(\d+))?(?:\.([A-Za-z0-9_-]+))?\.npz$")
@@ -458,7 +459,7 @@ def latest_run_id(directory: str, num_shards: int) -> tuple[str, str] | None:
     Only files written with a run id count (every launcher run has one), of
     the layout ``num_shards`` gives; for a sharded server, shard 0's files.
     """
-    shard = (0, num_shards) if num_shards > 1 else None
+    shard = layout.shard_of(0, num_shards)
     for path in _newest_first(shard_files(directory, shard)):
         run_id = _meta_run_id(path)
         if run_id:

@@ -210,7 +210,7 @@ def run(config: ml_collections.ConfigDict, address: str, workdir: str) -> EvalRe
     result = None
     last_eval = float("-inf")
     while True:
-        status = client.status()
+        status = client.status(layout.workers(config.num_workers))  # Listed whatever the cap.
         finished = _workers_finished(status, config.num_workers)
         due = time.monotonic() - last_eval >= config.eval.every_secs
         if (result is None or status.version != result.version) and (due or finished):

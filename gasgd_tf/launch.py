@@ -39,11 +39,8 @@ import uuid
 from collections.abc import Sequence
 from typing import TextIO
 
-from gasgd_tf import addresses, checkpoints, progress
+from gasgd_tf import addresses, checkpoints, layout, progress
 
-# Outputs of a previous run in the same workdir, cleared before a new one.
-# Checkpoints are kept: they may be hours of work, and a warm start takes the newest.
-RUN_OUTPUTS = ("tb", "logs", "progress", "summary.json", "ports", "final_model.keras")
 # Config fields (prefixes) that say how a run is operated, not what it trains:
 # resuming with other values is fine (more steps trains longer).
 OPERATIONAL_FIELDS = (
@@ -65,8 +62,6 @@ OPERATIONAL_FIELDS = (
     "eval.",
     "launcher.",
 )
-# Kept when a run resumes: its TensorBoard curves and logs go on where they were.
-RESUMED_OUTPUTS = ("tb", "logs")
 PS_STOP_GRACE_SECS = 120.0  # SIGTERM to SIGKILL; the server saves its checkpoint meanwhile.
 _PR_SET_PDEATHSIG = 1
 # Set by the launcher in each child's environment: the launcher's pid.
@@ -199,7 +194,7 @@ def choose_run(config, workdir: str) -> str | None:
     """
     from gasgd_tf.server import checkpointing  # numpy only
 
-    directory = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
+    directory = layout.checkpoint_dir(workdir)
     if config.run_id:
         files = checkpoints.restore_candidates(directory, _shard0(config), config.run_id)
         found = (config.run_id, files[0]) if files else None
@@ -252,14 +247,14 @@ def _changed_fields(config, workdir: str) -> list[str]:
     """The config fields that differ from the workdir's config.json (how a run starts aside)."""
     from gasgd_tf import config_base
 
-    previous = progress.read_json(os.path.join(workdir, "config.json"))
+    previous = progress.read_json(layout.config_path(workdir))
     if previous is None:
         return []
     return config_base.differences(previous, config.to_dict(), ignore=OPERATIONAL_FIELDS)
 
 
 def _shard0(config) -> tuple[int, int] | None:
-    return (0, config.ps.num_shards) if config.ps.num_shards > 1 else None
+    return layout.shard_of(0, config.ps.num_shards)
 
 
 def prepare_workdir(workdir: str, resuming: bool = False) -> None:
@@ -269,8 +264,8 @@ def prepare_workdir(workdir: str, resuming: bool = False) -> None:
     """
     os.makedirs(workdir, exist_ok=True)
     removed = []
-    for name in RUN_OUTPUTS:
-        if resuming and name in RESUMED_OUTPUTS:
+    for name in layout.RUN_OUTPUTS:
+        if resuming and name in layout.RESUMED_OUTPUTS:
             continue
         path = os.path.join(workdir, name)
         if os.path.isdir(path):
@@ -300,7 +295,7 @@ class LocalLauncher:
         self.workdir = workdir
         self.out = out
         self.resumed_from = resumed_from
-        self.config_json = os.path.join(workdir, "config.json")
+        self.config_json = layout.config_path(workdir)
         self.children: list[Child] = []
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -318,7 +313,7 @@ class LocalLauncher:
         child = Child(
             role,
             child_argv(role.split("_")[0], self.config_json, self.workdir, **flags),
-            os.path.join(self.workdir, "logs", f"{role}.log"),
+            layout.log_path(self.workdir, role),
         )
         child.start(self.env, why="the run resumes" if self.resumed_from else "")
         self.children.append(child)
@@ -328,7 +323,7 @@ class LocalLauncher:
         """Fails the run for a worker or evaluator that failed (restarting workers it may)."""
         for c in self.children:
             code = c.poll()
-            if code is None or code == 0 or c.role.startswith("ps_"):  # Servers: run().
+            if code is None or code == 0 or layout.is_shard(c.role):  # Servers: run().
                 continue
             if self._may_restart(c, code):
                 continue
@@ -342,7 +337,7 @@ class LocalLauncher:
         steps after its last applied push (none, if it was killed after its
         last one); the others never stop.
         """
-        if not child.role.startswith("worker_") or code >= 0:
+        if not layout.is_worker(child.role) or code >= 0:
             return False  # Exit codes are reported errors: a restart would repeat them.
         done = self.restarts.get(child.role, 0)
         limit = self.config.launcher.max_worker_restarts
@@ -377,8 +372,8 @@ class LocalLauncher:
         if done >= limit:
             raise ChildFailed(child, code, f"{how} (restarted {done} times already)")
         num_shards = self.config.ps.num_shards
-        shard_of = (shard, num_shards) if num_shards > 1 else None
-        directory = os.path.join(self.workdir, checkpoints.CHECKPOINT_DIR)
+        shard_of = layout.shard_of(shard, num_shards)
+        directory = layout.checkpoint_dir(self.workdir)
         found = checkpoints.restore_candidates(directory, shard_of, self.config.run_id)
         if not found:
             # It had no parameters yet, or lost them all: an empty server
@@ -396,7 +391,7 @@ class LocalLauncher:
         )
         self.server_restarts[child.role] = done + 1
         port = self._server_ports[child.role]
-        port_file = os.path.join(self.workdir, "ports", f"{child.role}.port")
+        port_file = layout.port_path(self.workdir, child.role)
         if os.path.exists(port_file):
             os.remove(port_file)
         self._say(
@@ -422,7 +417,7 @@ class LocalLauncher:
 
     def _stop_everything(self) -> None:
         """Workers and the evaluator first, then the servers, given time to save a checkpoint."""
-        stop_all([c for c in self.children if not c.role.startswith("ps_")])
+        stop_all([c for c in self.children if not layout.is_shard(c.role)])
         stop_all(self.children, grace_secs=PS_STOP_GRACE_SECS)
 
     def _wait_for(self, child: Child, done, what: str, timeout_secs: float) -> None:
@@ -454,12 +449,12 @@ class LocalLauncher:
         """Starts every shard; returns them and the workers' --ps_address (comma-separated)."""
         shards = []
         for k in range(self.config.ps.num_shards):
-            port_file = os.path.join(self.workdir, "ports", f"ps_{k}.port")
+            port_file = layout.port_path(self.workdir, layout.shard(k))
             os.makedirs(os.path.dirname(port_file), exist_ok=True)
             shards.append(
                 (
                     self._child(
-                        f"ps_{k}", task_index=k, ps_address="127.0.0.1:0", port_file=port_file
+                        layout.shard(k), task_index=k, ps_address="127.0.0.1:0", port_file=port_file
                     ),
                     port_file,
                 )
@@ -505,9 +500,9 @@ class LocalLauncher:
             for i in range(cfg.num_workers):
                 # All on this machine: worker i takes GPU i (an error past the last GPU).
                 self.env["LOCAL_RANK"] = str(i)
-                workers.append(self._child(f"worker_{i}", task_index=i, ps_address=address))
+                workers.append(self._child(layout.worker(i), task_index=i, ps_address=address))
             self.env.pop("LOCAL_RANK")
-            evaluator = self._child("eval", ps_address=address)
+            evaluator = self._child(layout.EVAL, ps_address=address)
             # Only now, with every child started: see the module docstring on fork.
             from gasgd_tf.client import make_client  # grpc only; no TensorFlow.
             from gasgd_tf.security import client_credentials
@@ -553,7 +548,7 @@ class LocalLauncher:
             f"loss {summary['test_loss']:.4f} at version {summary['server_version']}; "
             f"{self._work_done(summary)}; staleness mean "
             f"{summary['staleness_mean']:.2f}, max {summary['staleness_max']}\n"
-            f"summary: {os.path.join(self.workdir, 'summary.json')}\n"
+            f"summary: {layout.summary_path(self.workdir)}\n"
             f"TensorBoard: {_tensorboard_command()} --logdir {os.path.join(self.workdir, 'tb')}"
         )
         return 0
@@ -570,10 +565,10 @@ class LocalLauncher:
 
     def _read_progress(self) -> tuple[list[dict], dict | None]:
         workers = [
-            progress.read_json(progress.progress_path(self.workdir, f"worker_{i}")) or {}
+            progress.read_json(layout.progress_path(self.workdir, layout.worker(i))) or {}
             for i in range(self.config.num_workers)
         ]
-        return workers, progress.read_json(progress.progress_path(self.workdir, "eval"))
+        return workers, progress.read_json(layout.progress_path(self.workdir, layout.EVAL))
 
     def progress_line(self) -> str:
         workers, ev = self._read_progress()
@@ -617,7 +612,7 @@ class LocalLauncher:
 
         ps = servers[0]
         try:
-            status = self._status_client.status()
+            status = self._status_client.status(layout.workers(self.config.num_workers))
         except (ServerUnavailableError, RequestRejectedError) as e:
             raise ChildFailed(ps, ps.poll(), f"did not answer the final Status call: {e}") from None
         workers, ev = self._read_progress()
@@ -668,5 +663,5 @@ class LocalLauncher:
             summary["checkpoint"] = self._checkpoint_of(status)
             if summary["checkpoint"] is None:
                 self._say(f"warning: the server wrote no checkpoint; see {ps.log_path}")
-        progress.write_json(os.path.join(self.workdir, "summary.json"), summary)
+        progress.write_json(layout.summary_path(self.workdir), summary)
         return summary

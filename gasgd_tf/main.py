@@ -31,7 +31,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from gasgd_tf import addresses, config_base
+from gasgd_tf import addresses, config_base, layout
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -405,7 +405,7 @@ def _run_local(config, workdir: str) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     launch.prepare_workdir(workdir, resuming=resumed is not None)
-    write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    write_json(layout.config_path(workdir), config.to_dict())
     return launch.LocalLauncher(config, workdir, resumed_from=resumed).run()
 
 

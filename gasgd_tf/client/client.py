@@ -408,11 +408,16 @@ class ParameterClient:
             "Leave", lambda t: self._stub.Leave(request, timeout=t, metadata=self._metadata)
         ).version
 
-    def status(self) -> pb.StatusResponse:
-        """The server's StatusResponse (version, updates, clients, staleness)."""
+    def status(self, client_ids: Sequence[str] = ()) -> pb.StatusResponse:
+        """The server's StatusResponse (version, updates, clients, staleness).
+
+        Args:
+          client_ids: Clients to list first: they are listed whatever the
+            server's cap on the clients one reply lists.
+        """
+        request = pb.StatusRequest(client_ids=list(client_ids))
         return self._call(
-            "Status",
-            lambda t: self._stub.Status(pb.StatusRequest(), timeout=t, metadata=self._metadata),
+            "Status", lambda t: self._stub.Status(request, timeout=t, metadata=self._metadata)
         )
 
     def heartbeat(self) -> int:

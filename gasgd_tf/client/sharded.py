@@ -238,20 +238,22 @@ class ShardedClient:
         """Leaves every shard; returns the smallest shard version."""
         return min(self._each(lambda k, c: c.leave()))
 
-    def status_all(self) -> list[pb.StatusResponse]:
+    def status_all(self, client_ids: Sequence[str] = ()) -> list[pb.StatusResponse]:
         """Every shard's StatusResponse, in shard order."""
-        return self._each(lambda k, c: c.status())
+        return self._each(lambda k, c: c.status(client_ids))
 
-    def status(self) -> pb.StatusResponse:
+    def status(self, client_ids: Sequence[str] = ()) -> pb.StatusResponse:
         """One StatusResponse for the sharded server.
 
         version and updates_applied: the smallest over the shards (what every
         shard has applied); rejections and duplicates: summed; parameters:
         summed (pieces partition the model); staleness: shard 0's (every
         push reaches every shard); a client is active while it is active on
-        every shard, and its last step is the smallest reported.
+        every shard, and its last step is the smallest reported. Counts of
+        refused and malformed calls are summed; of client records, shard 0's
+        (every client calls every shard).
         """
-        shards = self.status_all()
+        shards = self.status_all(client_ids)
         first = shards[0]
         merged = pb.StatusResponse()
         merged.CopyFrom(first)
@@ -260,6 +262,8 @@ class ShardedClient:
         merged.updates_applied = min(s.updates_applied for s in shards)
         merged.pushes_rejected = sum(s.pushes_rejected for s in shards)
         merged.duplicate_pushes = sum(s.duplicate_pushes for s in shards)
+        merged.clients_refused = sum(s.clients_refused for s in shards)
+        merged.malformed_requests = sum(s.malformed_requests for s in shards)
         merged.num_parameters = sum(s.num_parameters for s in shards)
         merged.server_id = ",".join(s.server_id for s in shards)
         merged.uptime_secs = min(s.uptime_secs for s in shards)

@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gasgd_tf import checkpoints, wire
+from gasgd_tf import layout, wire
 from gasgd_tf.security import Credentials, TokenInterceptor, server_credentials
 from gasgd_tf.server import checkpointing, server_config
 from gasgd_tf.server.servicer import ParameterServicer, add_to_server
@@ -240,8 +240,8 @@ def run(
         raise ValueError(f"shard index {shard_index} is not in [0, ps.num_shards={num_shards})")
     log_to_console()
     store = build_store(config.ps)
-    shard = (shard_index, num_shards) if num_shards > 1 else None
-    directory = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
+    shard = layout.shard_of(shard_index, num_shards)
+    directory = layout.checkpoint_dir(workdir)
     # Before serving: a client must never see the empty store of a restarted server.
     checkpointing.restore_at_start(store, directory, shard, config.run_id, config.restore)
     checkpointer = mark = None
@@ -267,7 +267,7 @@ def run(
         max_concurrent_fetches=config.ps.max_concurrent_fetches,
         credentials=credentials,
     ).start()
-    writer = MetricWriter(os.path.join(workdir, "tb", f"ps_{shard_index}"))
+    writer = MetricWriter(layout.tensorboard_dir(workdir, layout.shard(shard_index)))
     summaries = SummaryLoop(store, writer, config.ps.summary_every_secs).start()
     if port_file:
         _write_atomically(port_file, str(server.port))
