@@ -97,7 +97,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     # The server-side optimizer that applies pushed gradients, with the
     # keras.optimizers hyperparameters of the same names (each optimizer
-    # reads those it has: gasgd_tf/server/server.py, OPTIMIZER_HPARAMS).
+    # reads those it has: gasgd_tf/server/server_config.py, OPTIMIZER_HPARAMS).
     c.ps = ml_collections.ConfigDict()
     c.ps.optimizer = "sgd"  # sgd, adagrad, adadelta, rmsprop, adam.
     c.ps.learning_rate = 0.05

@@ -27,9 +27,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from gasgd_tf import config_base
 from gasgd_tf.tensors import FlatLayout, TensorSpec
 
-DEFAULT_SPLIT_BYTES = 4 << 20
+# Every client of a sharded server must use the same value (ps.shard_split_bytes).
+DEFAULT_SPLIT_BYTES = config_base.defaults().ps.shard_split_bytes
 _PIECE_SEPARATOR = "@"
 
 

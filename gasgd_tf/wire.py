@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from gasgd_tf import config_base
 from gasgd_tf.proto import parameter_service_pb2 as pb
 from gasgd_tf.tensors import (
     PARAMETER_DTYPE,
@@ -41,7 +42,8 @@ from gasgd_tf.tensors import (
 )
 
 SERVICE_NAME = "gasgd_tf.v1.ParameterService"
-DEFAULT_CHUNK_BYTES = 1 << 20  # 1 MiB: measured fastest on loopback (BUILD_NOTES.md).
+# 1 MiB (client.chunk_bytes): measured fastest on loopback (BUILD_NOTES.md).
+DEFAULT_CHUNK_BYTES = config_base.defaults().client.chunk_bytes
 # The largest chunk a peer may send: under gRPC's default 4 MiB message limit,
 # which counts framing, so that any gRPC client with default settings can talk.
 MAX_CHUNK_BYTES = (4 << 20) - (64 << 10)

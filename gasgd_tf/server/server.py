@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gasgd_tf import layout, wire
+from gasgd_tf import config_base, layout, wire
 from gasgd_tf.security import Credentials, TokenInterceptor, server_credentials
 from gasgd_tf.server import checkpointing, server_config
 from gasgd_tf.server.servicer import ParameterServicer, add_to_server
@@ -22,6 +22,7 @@ from gasgd_tf.server.store import STALENESS_BUCKETS, ParameterStore
 from gasgd_tf.summaries import MetricWriter
 
 log = logging.getLogger(__name__)
+_PS = config_base.defaults().ps  # Thread and slot counts of `ps.*`.
 
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", wire.GRPC_MESSAGE_LIMIT),
@@ -61,10 +62,10 @@ class ParameterServer:
         self,
         store: ParameterStore,
         address: str = "127.0.0.1:0",
-        max_workers: int = 32,
+        max_workers: int = _PS.rpc_threads,
         fetch_chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES,
-        max_concurrent_pushes: int = 2,
-        max_concurrent_fetches: int = 4,
+        max_concurrent_pushes: int = _PS.max_concurrent_pushes,
+        max_concurrent_fetches: int = _PS.max_concurrent_fetches,
         credentials: Credentials | None = None,
     ):
         self.store = store

@@ -6,19 +6,24 @@ to check their hyperparameters; numpy only.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
-from gasgd_tf.server.optimizers import ServerOptimizer, make_optimizer
+from gasgd_tf.server.optimizers import OPTIMIZERS, ServerOptimizer, make_optimizer
 from gasgd_tf.server.schedules import make_schedule
 from gasgd_tf.server.staleness import StalenessConfig
 
-# The config.ps fields each optimizer reads (named as in keras.optimizers).
+
+def _hyperparameters(optimizer: type[ServerOptimizer]) -> tuple[str, ...]:
+    """The keyword arguments of an optimizer besides the learning rate: the
+    ``config.ps`` fields it reads (named as in keras.optimizers)."""
+    names = inspect.signature(optimizer.__init__).parameters
+    return tuple(n for n in names if n not in ("self", "learning_rate"))
+
+
+# Derived from the one registry of optimizers (gasgd_tf.server.optimizers.OPTIMIZERS).
 OPTIMIZER_HPARAMS: dict[str, tuple[str, ...]] = {
-    "sgd": ("momentum", "nesterov", "weight_decay"),
-    "adagrad": ("initial_accumulator_value", "epsilon", "weight_decay"),
-    "adadelta": ("rho", "epsilon", "weight_decay"),
-    "rmsprop": ("rho", "momentum", "epsilon", "centered", "weight_decay"),
-    "adam": ("beta_1", "beta_2", "epsilon", "amsgrad", "weight_decay"),
+    name: _hyperparameters(cls) for name, cls in OPTIMIZERS.items()
 }
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 
-from gasgd_tf import wire
+from gasgd_tf import config_base, wire
 from gasgd_tf.proto import parameter_service_pb2 as pb
 from gasgd_tf.proto import parameter_service_pb2_grpc as pb_grpc
 from gasgd_tf.server.admission import Gate, take_slot
@@ -36,6 +36,7 @@ from gasgd_tf.tensors import (
 )
 
 log = logging.getLogger(__name__)
+_PS = config_base.defaults().ps  # Slot counts of `ps.*`.
 
 # The most clients one Status reply lists (StatusRequest.max_clients_listed
 # may ask for fewer). A ClientStatus is at most about 1.3 KB (a 128-character
@@ -160,8 +161,8 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
         store: ParameterStore,
         fetch_chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES,
         max_chunk_bytes: int = wire.MAX_CHUNK_BYTES,
-        max_concurrent_pushes: int = 2,
-        max_concurrent_fetches: int = 4,
+        max_concurrent_pushes: int = _PS.max_concurrent_pushes,
+        max_concurrent_fetches: int = _PS.max_concurrent_fetches,
     ):
         self._store = store
         self._push_slots = Gate(max_concurrent_pushes)

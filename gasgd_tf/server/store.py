@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from gasgd_tf import config_base
 from gasgd_tf.server import staleness as staleness_lib
 from gasgd_tf.server.optimizers import ServerOptimizer
 from gasgd_tf.server.staleness import StalenessConfig
@@ -31,15 +32,11 @@ from gasgd_tf.tensors import (
 
 # Staleness histogram buckets: 0, 1, ..., STALENESS_BUCKETS - 2, and ">= last".
 STALENESS_BUCKETS = 64
-# Largest parameter set a store accepts by default: 16 GiB, 4 billion floats.
-DEFAULT_MAX_PARAMETER_BYTES = 16 << 30
+# Largest parameter set a store accepts by default (ps.max_parameter_bytes).
+DEFAULT_MAX_PARAMETER_BYTES = config_base.defaults().ps.max_parameter_bytes
 MAX_CLIENT_ID_LENGTH = 128
-# Client records a store keeps by default (ps.max_clients). A run has its
-# workers (one per GPU), an evaluator and a few tools, far fewer; each record
-# costs about 1.3 KB (measured: 20,000 records, +26 MB) and its ClientStatus
-# at most about 1.3 KB on the wire, so 1024 records stay near 1.3 MB in
-# memory and in a Status reply that lists them all, under gRPC's 4 MiB.
-DEFAULT_MAX_CLIENTS = 1024
+# Client records a store keeps by default (ps.max_clients: why 1024 is there).
+DEFAULT_MAX_CLIENTS = config_base.defaults().ps.max_clients
 # A bounded-staleness wait longer than this is logged, naming who it waits for.
 SLOW_WAIT_SECS = 1.0
 # A bounded-staleness wait ends this long before the caller's deadline.
