@@ -39,9 +39,18 @@ def test_default_config_finalizes():
         config.num_worker = 3
 
 
-def test_finalize_returns_the_same_config():
+def test_finalize_resolves_and_locks_the_callers_config_in_place():
+    # Callers keep using the object they passed (main, the sweep, the tests):
+    # it must be the resolved one, and as locked as the returned one.
     config = config_base.get_base_config()
-    assert config_base.finalize(config) is config
+    config.n_sync = 6
+    assert (config.n_push, config.n_fetch) == (None, None)
+    config_base.finalize(config)
+    assert (config.n_push, config.n_fetch) == (6, 6)
+    with pytest.raises(AttributeError):
+        config.n_pushh = 2  # A typo can no longer add a field.
+    config.n_push = 3  # Existing fields may still be set (overrides after finalize).
+    assert config.n_push == 3
 
 
 def test_n_sync_sets_unset_n_push_and_n_fetch():
@@ -239,4 +248,10 @@ def test_an_experiment_config_also_runs_as_one_run(digits_data_dir, tmp_path):
 
 
 def test_a_short_client_deadline_is_fine_without_bounded_staleness():
-    config_base.finalize(_base(client__timeout_secs=5.0))  # straggler_secs only matters there.
+    # straggler_secs (30 s by default) only matters to a bounded-staleness wait.
+    config = config_base.finalize(_base(client__timeout_secs=5.0))
+    assert (config.client.timeout_secs, config.ps.staleness) == (5.0, "none")
+    assert config.ps.straggler_secs > config.client.timeout_secs
+    # The same deadline with the bounded policy is refused, naming both fields.
+    with pytest.raises(ValueError, match=r"ps.straggler_secs .* must be below client.timeout_secs"):
+        config_base.finalize(_base(client__timeout_secs=5.0, ps__staleness="bounded"))

@@ -1,5 +1,6 @@
 """Tests for the experiment sweeps: grids, resuming, curves from events, tables and figures."""
 
+import io
 import json
 import os
 import signal
@@ -125,6 +126,48 @@ def test_a_cell_counts_as_done_only_with_a_summary_and_the_same_config(tmp_path)
     changed["num_steps"] += 1  # The experiment changed since: run it again.
     (folder / "config.json").write_text(json.dumps(changed))
     assert not sweep.is_done(cell, str(tmp_path))
+
+
+def test_an_interrupted_cell_resumes_and_a_changed_cell_starts_afresh(tmp_path, monkeypatch):
+    # README: "An experiment sweep resumes an interrupted cell the same way,
+    # and starts a cell whose config changed afresh." The cells' launchers
+    # are a stand-in executable that records its command line.
+    base, grid, _ = sweep.split_experiment(
+        experiment(**{"sweep.clients": (1, 2, 4), "sweep.n_sync": (1,), "sweep.seeds": (0,)})
+    )
+    interrupted, changed, finished = sweep.grid_cells(base, grid, None)
+    for cell in (interrupted, changed, finished):
+        (tmp_path / cell.name / "checkpoints").mkdir(parents=True)
+        (tmp_path / cell.name / "checkpoints" / "params-5.abc.npz").write_text("x")
+        (tmp_path / cell.name / "config.json").write_text(cell.config_json)
+    other = json.loads(changed.config_json)
+    other["ps"]["learning_rate"] *= 2  # The grid changed since that cell ran.
+    (tmp_path / changed.name / "config.json").write_text(json.dumps(other))
+    (tmp_path / finished.name / "summary.json").write_text("{}")
+
+    calls = tmp_path / "calls"
+    fake = tmp_path / "fake_python"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    out = io.StringIO()
+    ran = sweep.run_cells([interrupted, changed, finished], str(tmp_path), out=out)
+
+    assert ran == [interrupted.name, changed.name]
+    assert f"{finished.name}: done before, skipped" in out.getvalue()
+    lines = {
+        line.split("--workdir=")[1].split()[0]: line for line in calls.read_text().splitlines()
+    }
+    assert set(lines) == {str(tmp_path / interrupted.name), str(tmp_path / changed.name)}
+    # The interrupted cell: its launcher resumes its checkpoints (no --norestore)...
+    assert "--norestore" not in lines[str(tmp_path / interrupted.name)].split()
+    assert "-m gasgd_tf.main --config_json=" in lines[str(tmp_path / interrupted.name)]
+    # ...the changed one starts a new run beside its old checkpoints.
+    assert "--norestore" in lines[str(tmp_path / changed.name)].split()
+    # Each launcher is given the cell's current config.
+    for cell in (interrupted, changed):
+        request = lines[str(tmp_path / cell.name)].split("--config_json=")[1].split()[0]
+        assert json.loads(open(request).read()) == json.loads(cell.config_json)
 
 
 def test_experiment_names_map_to_config_files_with_docstrings():

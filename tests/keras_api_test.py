@@ -279,7 +279,7 @@ def test_local_server_learns_and_is_reachable_by_other_workers():
         ({"n_push": 2.5}, "n_push must be a positive integer"),
         ({"n_fetch": -1}, "n_fetch must be a positive integer"),
         ({"n_fetch": True}, "n_fetch must be a positive integer"),
-        ({"server": "somehost"}, "has no port"),
+        ({"server": "somehost"}, "server=somehost: no port"),
         ({"server": "h:1", "server_learning_rate": 0.1}, "configure a local server"),
         ({"push_dtype": "int8"}, "push_dtype must be one of"),
         ({"server_optimizer": "lbfgs"}, "unknown server optimizer"),
@@ -370,3 +370,113 @@ def test_a_failed_fit_is_cleaned_up_by_the_context_manager(serve):
     assert "apply" not in vars(model.optimizer)  # Unhooked although on_train_end never ran.
     (record,) = [c for c in store.status().clients if c.client_id == sync.client_id]
     assert not record.active  # It left the server.
+
+
+# Two logical CPUs must be configured before TensorFlow sets up its devices,
+# which this (pytest's) process did long ago: a fresh process does it.
+MIRRORED_FIT = """
+import sys
+import tensorflow as tf
+(cpu,) = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np
+import gasgd_tf
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+print("replicas", strategy.num_replicas_in_sync, flush=True)
+with strategy.scope():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, name="out")], name="m")
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+x = np.zeros((32, 4), np.float32)
+sync = gasgd_tf.AsyncSGD(sys.argv[1], client_id="mirrored", verbose=False)
+try:
+    model.fit(x, x[:, :1], batch_size=8, callbacks=[sync], verbose=0)
+except ValueError as e:
+    print("refused:", e, flush=True)
+else:
+    print("trained", sync.stats, flush=True)
+print("unhooked", "apply" not in vars(model.optimizer), flush=True)
+"""
+
+
+def test_a_multi_replica_distribution_strategy_is_refused(serve):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    store = ParameterStore(SGD(learning_rate=0.1))
+    server = serve(store)
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED_FIT, server.address],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == "replicas 2"  # Really a multi-replica strategy.
+    assert lines[1].startswith("refused: AsyncSGD does not support distribution strategies")
+    assert lines[2] == "unhooked True"
+    # Refused before it joined: the server never saw it, nothing was pushed.
+    assert not store.initialized and store.version == 0
+    assert store.status().clients == ()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float16"])
+def test_non_float32_trainable_variables_are_refused(serve, dtype):
+    store = ParameterStore(SGD(learning_rate=0.1))
+    server = serve(store)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(1, name="out", dtype=dtype)], name="wide"
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    sync = gasgd_tf.AsyncSGD(server.address, verbose=False)
+    with pytest.raises(
+        ValueError, match=rf"'wide/out/kernel' is {dtype}: .*float32 variables only"
+    ):
+        model.fit(regression_data(2), callbacks=[sync], verbose=0)
+    assert "apply" not in vars(model.optimizer)  # Nothing left hooked.
+    assert not store.initialized and store.status().clients == ()  # Never joined.
+
+
+def test_a_local_server_with_adam_applies_the_pushed_gradients_with_adam(monkeypatch):
+    # server_optimizer: the in-process server's own optimizer, not SGD.
+    initialized = []
+    initialize = ParameterClient.initialize
+
+    def recording_initialize(client, specs, flat):
+        initialized.append(np.array(flat, np.float32, copy=True))
+        return initialize(client, specs, flat)
+
+    monkeypatch.setattr(ParameterClient, "initialize", recording_initialize)
+    recorder = Recorder(monkeypatch)
+    model = dense_net("adam_net", seed=5)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    sync = gasgd_tf.AsyncSGD(
+        None,
+        n_push=1,
+        n_fetch=1000,  # The server's parameters then follow from the pushes alone.
+        server_optimizer="adam",
+        server_learning_rate=0.01,
+        keep_server=True,
+        verbose=False,
+    )
+    try:
+        model.fit(regression_data(6), epochs=1, callbacks=[sync], verbose=0)
+        with ParameterClient(sync.address, "probe", timeout_secs=10) as probe:
+            version, _, served = probe.fetch(read_only=True)
+    finally:
+        sync.stop_server()
+    (init,) = initialized
+    assert version == len(recorder.pushes) == 6
+    # What keras.optimizers.Adam does with the same gradients, in the same order.
+    expected = keras.Variable(init)
+    adam = keras.optimizers.Adam(learning_rate=0.01)
+    for grad, _, _ in recorder.pushes:
+        adam.apply_gradients([(tf.constant(grad), expected)])
+    np.testing.assert_allclose(served, expected.numpy(), rtol=1e-5, atol=1e-6)
+    # Not what SGD would have made of them.
+    sgd = init - 0.01 * recorder.gradient_sum
+    assert np.abs(served - sgd).max() > 1e-3

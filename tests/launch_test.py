@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import types
 
@@ -110,9 +111,11 @@ def test_stop_all_terminates_live_children(tmp_path, children):
     not_started = Child("never", ["true"], str(tmp_path / "never.log"))
 
     start = time.monotonic()
-    stop_all([a, b, done, not_started], grace_secs=5.0)
-    assert time.monotonic() - start < 4.0  # SIGTERM suffices: no waiting out the grace.
+    stop_all([a, b, done, not_started], grace_secs=120.0)
+    # SIGTERM suffices: both died of it (not of a SIGKILL after the grace), and
+    # stop_all returned as soon as they had, far inside the 120 s grace.
     assert a.poll() == -signal.SIGTERM and b.poll() == -signal.SIGTERM
+    assert time.monotonic() - start < 60.0
     assert done.poll() == 0
 
 
@@ -124,9 +127,9 @@ def test_stop_all_kills_a_child_that_ignores_sigterm(tmp_path, children):
     start = time.monotonic()
     stop_all([stubborn, polite], grace_secs=0.5)
     elapsed = time.monotonic() - start
-    assert stubborn.poll() == -signal.SIGKILL
+    assert stubborn.poll() == -signal.SIGKILL  # Killed, after SIGTERM did nothing...
     assert polite.poll() == -signal.SIGTERM
-    assert 0.4 <= elapsed < 5.0  # Waited the grace period, then killed.
+    assert elapsed >= 0.5  # ...only once the grace period was over (a monotonic lower bound).
 
 
 # Child side of the parent-death signal: what ``gasgd_tf.main`` runs first.
@@ -405,7 +408,7 @@ class _FakeClient:
         self.address = address
         self.events.append(("open", address))
 
-    def status(self):
+    def status(self, client_ids=()):
         self.events.append(("status", self.address))
         staleness = types.SimpleNamespace(mean=0.5, max=2)
         clients = [
@@ -661,13 +664,13 @@ def _dying_ps_script(port: int, deaths: int, marker: pathlib.Path):
     def script(flags):
         return textwrap.dedent(f"""
             import os, pathlib, signal, time
-            p = {flags['port_file']!r}
+            p = {flags["port_file"]!r}
             open(p + '.tmp', 'w').write('{port}'); os.replace(p + '.tmp', p)
             m = pathlib.Path({str(marker)!r})
             n = int(m.read_text()) if m.exists() else 0
             m.write_text(str(n + 1))
             with open(m.with_suffix('.address'), 'a') as f:
-                f.write({flags['ps_address']!r} + '\\n')
+                f.write({flags["ps_address"]!r} + '\\n')
             if n < {deaths}:
                 time.sleep(0.3); os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(60)
@@ -682,9 +685,9 @@ def test_a_dead_server_is_started_again_on_its_port(
     marker = tmp_path / "ps_runs"
     scripts = _success_scripts(tmp_path, 4321)
     scripts["ps"] = _dying_ps_script(4321, deaths=1, marker=marker)
-    scripts["worker"] = lambda flags: "import time; time.sleep(1.5)\n" + _success_scripts(
-        tmp_path, 4321
-    )["worker"](flags)
+    scripts["worker"] = lambda flags: (
+        "import time; time.sleep(1.5)\n" + _success_scripts(tmp_path, 4321)["worker"](flags)
+    )
     fake, calls = _fake_child_argv(scripts)
     monkeypatch.setattr(launch, "child_argv", fake)
     _save(tmp_path, None, version=3)  # What the server saved before it died.
@@ -732,3 +735,134 @@ def test_a_server_that_cannot_be_restarted_fails_the_run(
         assert "error: ps_0 was killed by signal 9 (restarted 1 times already)" in text, text
     else:
         assert "error: ps_0 was killed by signal 9 (no restart: ps.save_checkpoint is off)" in text
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"num_steps": 5000},  # More steps: the run trains longer.
+        {"worker.log_every_steps": 7},
+        {"client.timeout_secs": 90.0, "client.retry_secs": 45.0},
+        {"ps.checkpoint_every_secs": 5.0, "ps.keep_checkpoints": 5},
+        {"eval.every_secs": 3.0, "launcher.log_every_secs": 2.0},
+    ],
+    ids=["num_steps", "logging", "timeouts", "checkpoint-intervals", "eval-and-launcher"],
+)
+def test_a_run_resumes_with_changed_operational_settings_without_restore(tmp_path, change):
+    # README: "Operational settings may change on the way (more num_steps
+    # trains longer; logging, timeouts, checkpoint intervals)": no --restore.
+    previous = _config()
+    previous.run_id = "run_a"
+    (tmp_path / "config.json").write_text(json.dumps(previous.to_dict()))
+    checkpoint = _save(tmp_path, "run_a", version=40)
+    config = _config()
+    config.update_from_flattened_dict(change)
+    assert config.restore is None  # Neither --restore nor --norestore.
+    assert launch.choose_run(config, str(tmp_path)) == checkpoint
+    assert (config.run_id, config.restore) == ("run_a", True)
+    for field, value in change.items():  # Resumed with the new settings, not the old ones.
+        node = config
+        for name in field.split("."):
+            node = node[name]
+        assert node == value
+
+
+# A TensorFlow-free worker against the real server: pushes 3 gradients, says so,
+# waits for the test's go (given after it killed the server), pushes 3 more.
+RESTART_WORKER = textwrap.dedent("""
+    import os, pathlib, sys, time
+    import numpy as np
+    from gasgd_tf.client import ParameterClient
+    from gasgd_tf.progress import write_json
+    from gasgd_tf.tensors import TensorSpec
+    address, pushed, go, progress_file = sys.argv[1:5]
+    specs = (TensorSpec("w", (4,)),)
+    versions = []
+    with ParameterClient(address, "worker_0", timeout_secs=5, retry_secs=60) as client:
+        client.register(specs)
+        client.initialize(specs, np.zeros(4, np.float32))
+        for step in range(1, 7):
+            if step == 4:
+                pathlib.Path(pushed).write_text("3")
+                deadline = time.monotonic() + 120
+                while not os.path.exists(go):
+                    assert time.monotonic() < deadline, "no go from the test"
+                    time.sleep(0.02)
+            version = client.fetch()[0]
+            versions.append(client.push(np.ones(4, np.float32), version, step).version)
+        client.leave()
+    write_json(progress_file, {"step": 6, "steps": 6, "loss": 0.5, "images_per_sec": 1.0,
+                               "done": True, "versions": versions})
+""")
+
+
+def test_a_real_server_killed_mid_run_is_restarted_from_its_checkpoint(
+    tmp_path, monkeypatch, restore_sigterm
+):
+    # The real parameter server process (no TensorFlow in it), a fake worker
+    # and evaluator: the launcher restarts the SIGKILLed server on its port
+    # from its checkpoint, and the worker goes on from the restored version.
+    from gasgd_tf import checkpoints
+
+    config = _config(num_workers=1)
+    config.ps.checkpoint_every_updates = 1
+    config.launcher.log_every_secs = 0.2
+    launch.choose_run(config, str(tmp_path))
+    (tmp_path / "config.json").write_text(config_base.to_json(config))
+    pushed, go = tmp_path / "pushed", tmp_path / "go"
+    real_child_argv = launch.child_argv
+
+    def child_argv(role, config_json, workdir, **flags):
+        if role == "ps":
+            return real_child_argv(role, config_json, workdir, **flags)
+        if role == "worker":
+            progress_file = os.path.join(workdir, "progress", "worker_0.json")
+            args = [flags["ps_address"], str(pushed), str(go), progress_file]
+            return [sys.executable, "-c", RESTART_WORKER, *args]
+        if role == "eval":
+            path = os.path.join(workdir, "progress", "eval.json")
+            result = {"accuracy": 0.5, "loss": 1.0, "version": 6, "examples": 1}
+            code = f"from gasgd_tf.progress import write_json; write_json({path!r}, {result!r})"
+            return [sys.executable, "-c", code]
+        return [sys.executable, "-c", "pass"]  # prepare
+
+    monkeypatch.setattr(launch, "child_argv", child_argv)
+    out = io.StringIO()
+    launcher = LocalLauncher(config, str(tmp_path), out=out)
+    killed = []
+
+    def kill_the_server_mid_run():
+        directory = str(tmp_path / "checkpoints")
+
+        def saved_version():
+            found = checkpoints.restore_candidates(directory, None, config.run_id)
+            return checkpoints.file_version(found[0]) if found else None
+
+        # Mid-run: 3 pushes applied and checkpointed; the worker waits for the go.
+        if _wait_for(lambda: pushed.exists() and saved_version() == 3, 120):
+            (ps,) = [c for c in launcher.children if c.role == "ps_0"]
+            killed.append(ps.process.pid)
+            os.kill(ps.process.pid, signal.SIGKILL)
+        go.write_text("go")  # Also on failure, so that the worker never hangs.
+
+    killer = threading.Thread(target=kill_the_server_mid_run, daemon=True)
+    killer.start()
+    code = launcher.run()
+    killer.join(timeout=60)
+    text = out.getvalue()
+    assert code == 0 and killed, text
+    (port,) = re.findall(r"parameter server on 127\.0\.0\.1:(\d+)", text)
+    # On the very port the worker knows, from the checkpoint taken at the kill.
+    assert (
+        f"ps_0 was killed by signal 9 at version 3; starting it again on port {port} (1 of at "
+        "most 2), from its checkpoint at version 3; 0 update(s) after it are lost" in text
+    ), text
+    # The worker's pushes went on from the restored version: none lost, none twice.
+    worker = json.loads((tmp_path / "progress" / "worker_0.json").read_text())
+    assert worker["versions"] == [1, 2, 3, 4, 5, 6]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["server_restarts"] == {"ps_0": 1} and summary["updates_lost"] == 0
+    assert summary["server_version"] == 6
+    log = (tmp_path / "logs" / "ps_0.log").read_text()
+    assert "parameter server: restored version 3 from" in log
+    assert not any(_alive(pid) for pid in _launcher_pids(launcher))

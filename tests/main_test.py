@@ -150,7 +150,6 @@ def test_worker_exits_with_clear_error_when_server_dies(digits_data_dir, tmp_pat
     assert elapsed < retry + timeout + 5, f"took {elapsed:.1f}s to notice"
 
 
-@pytest.mark.slow
 def test_bad_override_fails_before_starting_anything(tmp_path):
     result = subprocess.run(
         main_command("--config=configs/default.py", f"--workdir={tmp_path}", "--config.n_push=0"),
@@ -437,4 +436,33 @@ def test_an_interrupted_run_resumes_where_it_stopped(digits_data_dir, tmp_path):
     fresh = _default_run(digits_data_dir, workdir, "--config.num_steps=50", "--norestore")
     assert fresh["server_version"] == 100 and "resumed_from" not in fresh
     assert checkpoints.load_meta(second["checkpoint"]).version == 800  # Kept.
+    assert not leftover_processes(workdir)
+
+
+@pytest.mark.slow
+def test_a_finished_run_resumed_with_more_steps_trains_only_the_new_ones(digits_data_dir, tmp_path):
+    # README: operational settings may change when resuming; more num_steps
+    # trains longer, without --restore, continuing the same run.
+    workdir = str(tmp_path / "run")
+    flags = ("--config.num_workers=1", "--config.eval.every_secs=1")
+    first = _default_run(digits_data_dir, workdir, *flags, "--config.num_steps=30")
+    assert first["server_version"] == 30 and "resumed_from" not in first
+    first_checkpoint = checkpoints.load_meta(first["checkpoint"])
+
+    more = _default_run(
+        digits_data_dir,
+        workdir,
+        *flags,
+        "--config.num_steps=60",
+        "--config.worker.log_every_steps=5",
+    )
+    assert more["resumed_from"] == first["checkpoint"]  # The same run, continued...
+    assert more["server_version"] == more["updates_applied"] == 60  # ...to exactly 60 steps,
+    assert more["steps_per_worker"] == [30]  # the 30 new ones trained by this launch.
+    run_id = checkpoints.load_meta(more["checkpoint"]).meta["run_id"]
+    assert run_id == first_checkpoint.meta["run_id"]  # No new run beside the old one.
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["num_steps"] == 60  # The new setting is the run's now.
+    with open(os.path.join(workdir, "logs", "worker_0.log")) as f:
+        assert re.search(r"joined at version 30; resuming after step 30", f.read())
     assert not leftover_processes(workdir)

@@ -113,22 +113,80 @@ def bounded_store(bound=0, straggler_secs=10.0):
     return store
 
 
+class FrozenClock:
+    """A store clock that moves only when told: no straggler is ever given up on by itself."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def frozen_bounded_store(bound=0, straggler_secs=10.0):
+    """A bounded store whose clock stands still: a waiting fetch ends only by admission."""
+    clock = FrozenClock()
+    store = ParameterStore(
+        SGD(learning_rate=1.0),
+        clock=clock,
+        staleness=StalenessConfig("bounded", bound=bound, straggler_secs=straggler_secs),
+    )
+    store.initialize("worker_0", SPECS, np.zeros(SIZE, np.float32))
+    return store, clock
+
+
+def fetch_in_thread(store, client_id, **kwargs):
+    """Starts ``store.snapshot(client_id)`` on a thread; returns (thread, results list)."""
+    results = []
+    thread = threading.Thread(
+        target=lambda: results.append(store.snapshot(client_id, **kwargs)), daemon=True
+    )
+    thread.start()
+    return thread, results
+
+
+def said(capsys, caplog) -> str:
+    """What the store told the operator: its printed lines and its log records."""
+    return capsys.readouterr().out + caplog.text
+
+
+def wait_until(predicate, timeout=30.0):
+    """Polls ``predicate``; the deadline only guards against a hang."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
 def test_read_only_fetches_never_wait():
-    store = bounded_store(bound=0)
+    # The clock stands still, so a fetch that waited would wait forever: only
+    # a fetch that never waits returns while worker_0's round is still open.
+    store, _ = frozen_bounded_store(bound=0)
     store.snapshot("worker_0")  # worker_0 computes; with s = 0 nobody else may start.
-    start = time.monotonic()
-    store.snapshot("eval", read_only=True)
-    assert time.monotonic() - start < 0.2
-    assert "eval" not in store._admission.outstanding
+    thread, results = fetch_in_thread(store, "eval", read_only=True)
+    thread.join(timeout=30)
+    assert not thread.is_alive() and results[0].version == 0
+    assert list(store._admission.outstanding) == ["worker_0"]  # Its round is still open.
+    assert "eval" not in store._admission.queue
 
 
-def test_a_wait_ends_before_the_callers_deadline(capsys):
-    store = bounded_store(bound=0)
+def test_a_wait_ends_before_the_callers_deadline(capsys, caplog, monkeypatch):
+    from gasgd_tf.server import store as store_lib
+
+    # A 30 s margin: a loaded machine cannot make the wait overrun the deadline
+    # by accident, only a wait that ignores it can.
+    monkeypatch.setattr(store_lib, "DEADLINE_MARGIN_SECS", 30.0)
+    # Frozen clock: nothing but the deadline can end this wait (worker_0 never pushes).
+    store, _ = frozen_bounded_store(bound=0)
     store.snapshot("worker_0")
+    time_left = 31.0  # The wait may last 1 s, then must give up.
     start = time.monotonic()
-    store.snapshot("worker_1", time_left=2.5)  # Deadline margin 2 s: admitted after ~0.5 s.
-    assert 0.4 <= time.monotonic() - start < 2.0
-    assert "admitted worker_1 past the bound" in capsys.readouterr().out
+    store.snapshot("worker_1", time_left=time_left)
+    elapsed = time.monotonic() - start
+    # It waited its full second (not less: the bound held until then) and
+    # ended before the caller's deadline.
+    assert 1.0 <= elapsed < time_left
+    assert "admitted worker_1 past the bound" in said(capsys, caplog)
 
 
 def test_a_cancelled_wait_leaves_no_trace():
@@ -142,12 +200,16 @@ def test_a_cancelled_wait_leaves_no_trace():
 
 
 def test_a_leave_ends_the_round_of_the_leaver():
-    store = bounded_store(bound=0)
+    store, _ = frozen_bounded_store(bound=0)  # Frozen clock: no straggler timeout either.
     store.snapshot("worker_0")
+    thread, results = fetch_in_thread(store, "worker_1")
+    wait_until(lambda: "worker_1" in store._admission.queue)
+    thread.join(timeout=0.6)  # A wait cycle or so: it must still be waiting for worker_0.
+    assert thread.is_alive() and not results
     store.leave("worker_0")  # Its last round: pushed, then left without pushing again.
-    start = time.monotonic()
-    store.snapshot("worker_1")
-    assert time.monotonic() - start < 0.2
+    thread.join(timeout=30)
+    assert not thread.is_alive() and results[0].version == 0
+    assert list(store._admission.outstanding) == ["worker_1"]
 
 
 def test_the_schedule_sets_each_steps_rate_by_version():
@@ -159,22 +221,32 @@ def test_the_schedule_sets_each_steps_rate_by_version():
     np.testing.assert_allclose(store.snapshot().flat, -1.25)
 
 
-def test_a_waiting_fetch_gives_up_on_a_silent_worker(capsys):
-    store = ParameterStore(
-        SGD(learning_rate=1.0), staleness=StalenessConfig("bounded", bound=0, straggler_secs=0.3)
-    )
-    store.initialize("worker_0", SPECS, np.zeros(SIZE, np.float32))
+def test_a_waiting_fetch_gives_up_on_a_silent_worker(capsys, caplog):
+    store, clock = frozen_bounded_store(bound=0, straggler_secs=30.0)
     store.snapshot("worker_0")  # worker_0 starts a round and never pushes.
-    start = time.monotonic()
-    store.snapshot("worker_1")
-    assert 0.3 <= time.monotonic() - start < 5
-    assert "no longer waiting for worker_0" in capsys.readouterr().out
+    thread, results = fetch_in_thread(store, "worker_1")
+    wait_until(lambda: "worker_1" in store._admission.queue)
+    clock.now += 29.0  # Not yet its time: worker_1 keeps waiting.
+    thread.join(timeout=0.6)
+    assert thread.is_alive() and not results
+    clock.now += 2.0  # 31 s after worker_0's fetch: given up on.
+    thread.join(timeout=30)
+    assert not thread.is_alive() and results[0].version == 0
+    assert "no longer waiting for worker_0" in said(capsys, caplog)
     store.snapshot("eval", read_only=True)  # Read-only fetches never wait.
 
 
-def run_workers(address, delays, steps):
-    """Workers that fetch, "compute" for their delay, and push, like worker.train with n_sync=1."""
+def run_workers(address, delays, steps, store, patience):
+    """Workers that fetch, "compute" for their delay, and push, like worker.train with n_sync=1.
+
+    The last worker is the straggler: its first step computes until the
+    others have pushed 3 times since its fetch, or ``patience`` seconds have
+    passed, whichever comes first. Without a bound that makes its first push
+    at least 3 versions stale, whatever the machine's load; a bound of 2
+    must keep the others from getting that far ahead.
+    """
     results = {}
+    straggler = f"worker_{len(delays) - 1}"
 
     def work(name, delay):
         with ParameterClient(address, name, timeout_secs=30, retry_secs=5) as client:
@@ -182,6 +254,10 @@ def run_workers(address, delays, steps):
             staleness = []
             for step in range(1, steps + 1):
                 version, _, _ = client.fetch()
+                if name == straggler and step == 1:
+                    deadline = time.monotonic() + patience
+                    while store.version < version + 3 and time.monotonic() < deadline:
+                        time.sleep(0.005)
                 time.sleep(delay)
                 ack = client.push(np.full(SIZE, 1e-3, np.float32), version, client_step=step)
                 staleness.append(ack.staleness)
@@ -201,7 +277,8 @@ def test_bounded_keeps_every_push_within_the_bound_and_does_not_starve_the_slow(
     store.initialize("worker_0", SPECS, np.zeros(SIZE, np.float32))
     server = serve(store)
     # Four workers; worker_3 is ten times slower than the others.
-    results = run_workers(server.address, [0.002, 0.002, 0.002, 0.02], steps=40)
+    # The straggler tries for 1 s to fall 3 versions behind; the bound must not let it.
+    results = run_workers(server.address, [0.002, 0.002, 0.002, 0.02], 40, store, patience=1.0)
     assert sorted(results) == [f"worker_{i}" for i in range(4)]
     assert all(len(s) == 40 for s in results.values())  # Everyone finished, the slow one too.
     assert max(max(s) for s in results.values()) <= 2
@@ -214,7 +291,10 @@ def test_without_a_bound_the_same_workers_get_staler_pushes(serve):
     store = ParameterStore(SGD(learning_rate=0.1))
     store.initialize("worker_0", SPECS, np.zeros(SIZE, np.float32))
     server = serve(store)
-    results = run_workers(server.address, [0.002, 0.002, 0.002, 0.02], steps=40)
+    # The same straggler, given all the time it needs: without the bound the
+    # others run 3 versions ahead of it (this is what the test above rules out).
+    results = run_workers(server.address, [0.002, 0.002, 0.002, 0.02], 40, store, patience=60.0)
+    assert all(len(s) == 40 for s in results.values())
     assert max(results["worker_3"]) > 2
 
 

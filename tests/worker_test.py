@@ -165,10 +165,18 @@ def test_nan_gradient_is_refused_and_named(serve, digits_data_dir, tmp_path):
     assert np.isfinite(store.snapshot().flat).all()
 
 
-def test_metric_writer_import_keeps_worker_usable(tmp_path):
-    # The worker writes through the same TF-free writer as the server.
+def test_the_workers_metric_writer_writes_curves_tensorboard_reads_back(tmp_path):
+    # The worker writes through the same TF-free writer as the server (with
+    # TensorFlow imported in the same process): TensorBoard must read its curves.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     with MetricWriter(tmp_path) as writer:
-        writer.scalar("train/loss", 1.0, 1)
+        writer.scalar("train/loss", 1.5, 1)
+        writer.scalars({"train/loss": 0.25, "train/accuracy": 0.75}, 2)
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 1.5), (2, 0.25)]
+    assert [(e.step, e.value) for e in events.Scalars("train/accuracy")] == [(2, 0.75)]
 
 
 def test_evaluator_waits_for_exactly_its_workers():
