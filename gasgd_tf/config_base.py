@@ -22,7 +22,8 @@ from gasgd_tf.data.registry import DATASETS
 from gasgd_tf.models.registry import MODELS
 from gasgd_tf.tensors import WIRE_DTYPES
 
-WORKER_OPTIMIZERS = ("sgd",)
+WORKER_OPTIMIZERS = ("sgd", "adamw")
+PUSH_KINDS = ("gradient", "delta")  # wire.PUSH_KINDS, by name.
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MAX_SHARDS = 64
 
@@ -76,11 +77,20 @@ def get_base_config() -> ml_collections.ConfigDict:
     # parameters initialise the server (warm start); None: cold start.
     c.warm_start = config_dict.placeholder(str)
 
-    # The local optimizer each worker applies every step between syncs.
+    # The local optimizer each worker applies every step between syncs: sgd
+    # (with momentum), or adamw (keras.optimizers.AdamW with weight_decay;
+    # DiLoCo's inner optimizer).
     c.worker = ml_collections.ConfigDict()
     c.worker.optimizer = "sgd"
     c.worker.learning_rate = 0.05
-    c.worker.momentum = 0.0
+    c.worker.momentum = 0.0  # sgd.
+    c.worker.weight_decay = 0.004  # adamw (Keras' default).
+    # What a push carries: "gradient", the sum of the raw gradients since the
+    # last push (Downpour SGD), or "delta", the parameter delta
+    # theta_fetched - theta_local after n_push local steps of the worker's
+    # optimizer, which the server's optimizer applies as a gradient (the
+    # outer step of DiLoCo). The server applies one kind and refuses the other.
+    c.worker.push = "gradient"
     c.worker.cpu_threads = 0  # TF intra/inter-op threads on CPU; 0: TensorFlow's default.
     c.worker.log_every_steps = 50  # TensorBoard train/* and the progress file.
     c.worker.jit_compile = False  # XLA: 1.5-2.6x slower on these CPUs; try it on GPUs.
@@ -94,6 +104,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Push and fetch on a background thread while the next steps compute
     # (at most one in flight; fetched weights may be a step or two older).
     c.worker.overlap = False
+    # EMULATION of heterogeneous hardware: seconds of sleep added after every
+    # step, per worker (entry i for worker i; one entry: every worker), so a
+    # run can have slow workers on one machine. Every output that reports a
+    # delayed worker's speed says so. (): none.
+    c.worker.step_delay_secs = ()
 
     # The server-side optimizer that applies pushed gradients, with the
     # keras.optimizers hyperparameters of the same names (each optimizer
@@ -303,6 +318,7 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _check_staleness,
         _check_server,
         _check_transport_and_security,
+        _check_step_delays,
     ):
         check(config)
     config.lock()
@@ -329,6 +345,27 @@ def _check_kinds(config: ml_collections.ConfigDict) -> None:
             isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
             f"{field} must be a finite number >= 0 (0: off), got {value!r}",
         )
+
+
+def step_delay_secs(config: ml_collections.ConfigDict, task_index: int) -> float:
+    """Worker ``task_index``'s emulated extra seconds per step (``worker.step_delay_secs``)."""
+    delays = tuple(config.worker.step_delay_secs)
+    if not delays:
+        return 0.0
+    return float(delays[0] if len(delays) == 1 else delays[task_index])
+
+
+def _check_step_delays(config: ml_collections.ConfigDict) -> None:
+    delays = config.worker.step_delay_secs
+    _check(
+        isinstance(delays, (tuple, list)) and len(delays) in (0, 1, config.num_workers),
+        f"worker.step_delay_secs must be a tuple of 0, 1 or num_workers ({config.num_workers}) "
+        f"seconds, got {delays!r}",
+    )
+    _check(
+        all(isinstance(d, (int, float)) and math.isfinite(d) and d >= 0 for d in delays),
+        f"worker.step_delay_secs must be finite numbers >= 0, got {delays!r}",
+    )
 
 
 def _check_run(config: ml_collections.ConfigDict) -> None:
@@ -407,6 +444,14 @@ def _check_optimizers(config: ml_collections.ConfigDict) -> None:
         config.ps.optimizer in OPTIMIZERS,
         f"ps.optimizer {config.ps.optimizer!r} is not one of {sorted(OPTIMIZERS)}",
     )
+    _check(
+        config.worker.push in PUSH_KINDS,
+        f"worker.push {config.worker.push!r} is not one of {PUSH_KINDS}",
+    )
+    _check(
+        math.isfinite(config.worker.weight_decay) and config.worker.weight_decay >= 0,
+        f"worker.weight_decay must be a finite number >= 0, got {config.worker.weight_decay}",
+    )
     for section in ("worker", "ps"):
         momentum = config[section].momentum
         _check(0.0 <= momentum < 1.0, f"{section}.momentum must be in [0, 1), got {momentum}")
@@ -447,6 +492,11 @@ def _check_staleness(config: ml_collections.ConfigDict) -> None:
         f"worker.overlap cannot be used with ps.staleness={config.ps.staleness!r}: the policy "
         "takes a Fetch as the moment a worker starts computing from it, and with overlap "
         "the fetched weights are used a step later",
+    )
+    _check(
+        config.ps.staleness != "dc_asgd" or config.worker.push == "gradient",
+        "ps.staleness='dc_asgd' needs worker.push='gradient': its compensation is a "
+        "second-order correction of a gradient, not of a parameter delta",
     )
     _check(
         config.ps.staleness != "dc_asgd" or config.n_fetch >= config.n_push,

@@ -63,7 +63,13 @@ import tensorflow as tf
 from gasgd_tf import addresses, config_base
 from gasgd_tf.client import make_client
 from gasgd_tf.keras_sync import GradientSums, VariableSync
-from gasgd_tf.replica import ModelMismatchError, ReplicaSession, SessionStats, SyncSchedule
+from gasgd_tf.replica import (
+    DeltaTracker,
+    ModelMismatchError,
+    ReplicaSession,
+    SessionStats,
+    SyncSchedule,
+)
 from gasgd_tf.security import Credentials
 from gasgd_tf.server import ParameterServer, ParameterStore, make_optimizer
 from gasgd_tf.tensors import WIRE_DTYPES
@@ -150,6 +156,11 @@ class AsyncSGD(keras.callbacks.Callback):
       overlap: Push and fetch on a background thread while the next steps
         compute, as the command-line worker's ``worker.overlap`` (fetched
         weights arrive a step or two later).
+      push: ``"gradient"`` (the raw gradients' sum, captured at the
+        optimizer) or ``"delta"``: the parameter delta after ``n_push``
+        steps of the compiled optimizer (the inner one, as in DiLoCo),
+        which the server's optimizer applies as a gradient (the outer
+        step); the server must be set to the same kind.
       connect_timeout_secs: How long to wait for the server to accept
         connections at the start of ``fit``.
       timeout_secs: Deadline of each attempt of each call.
@@ -209,6 +220,7 @@ class AsyncSGD(keras.callbacks.Callback):
         credentials: Credentials | None = None,
         fetch_on_end: bool = False,
         overlap: bool = False,
+        push: str = "gradient",
         connect_timeout_secs: float = _DEFAULT.client.connect_timeout_secs,
         timeout_secs: float = _DEFAULT.client.timeout_secs,
         retry_secs: float = _DEFAULT.client.retry_secs,
@@ -242,6 +254,9 @@ class AsyncSGD(keras.callbacks.Callback):
         self.connect_timeout_secs = _positive_float("connect_timeout_secs", connect_timeout_secs)
         self.heartbeat_secs = _positive_float("heartbeat_secs", heartbeat_secs)
         self.overlap = bool(overlap)
+        if push not in config_base.PUSH_KINDS:
+            raise ValueError(f"push must be one of {config_base.PUSH_KINDS}, got {push!r}")
+        self.push = push
         self._client_args = _client_arguments(
             timeout_secs, retry_secs, push_dtype, fetch_dtype, shard_split_bytes, credentials
         )
@@ -285,7 +300,8 @@ class AsyncSGD(keras.callbacks.Callback):
         if not self.local:
             raise RuntimeError(f"this AsyncSGD joins the server at {self._address}: none to start")
         if self.server is None:
-            store = ParameterStore(make_optimizer(self._server_optimizer, **self._server_hparams))
+            optimizer = make_optimizer(self._server_optimizer, **self._server_hparams)
+            store = ParameterStore(optimizer, push_kind=self.push)
             self.server = ParameterServer(store, self._listen).start()
             self._address = self.server.address
             # Stopped at interpreter exit if nobody stops it before.
@@ -410,14 +426,21 @@ class AsyncSGD(keras.callbacks.Callback):
 
     def _open_session(self, variables: list) -> ReplicaSession:
         """Connects, joins (register, offer the weights, fetch) and starts heartbeats."""
-        self._sums = GradientSums(variables)
+        weights = VariableSync(variables)
+        if self.push == "delta":  # The model's own optimizer is the inner one.
+            weights = DeltaTracker(weights)
+            take_update = weights.take
+        else:
+            self._sums = GradientSums(variables)
+            take_update = self._sums.take
         client = make_client(self._address, self.client_id, **self._client_args)
         session = ReplicaSession(
             client,
-            VariableSync(variables),
+            weights,
             SyncSchedule(self.n_push, self.n_fetch),
-            self._sums.take,
+            take_update,
             overlap=self.overlap,
+            push_kind=self.push,
             model_name=f"model {self.model.name!r}",
         )
         self._session, self._stats = session, session.stats
@@ -482,7 +505,8 @@ class AsyncSGD(keras.callbacks.Callback):
             self.start_server()
         try:
             self._open_session(variables)
-            self._install_hook(variables)
+            if self.push == "gradient":
+                self._install_hook(variables)
         except BaseException:
             self._teardown()
             raise
@@ -523,7 +547,7 @@ class AsyncSGD(keras.callbacks.Callback):
         step = self._epoch_base + batch + 1
         if step <= self.steps:
             return
-        if not self._hook_traced and not self.model.run_eagerly:
+        if self.push == "gradient" and not self._hook_traced and not self.model.run_eagerly:
             self._teardown()
             raise RuntimeError(
                 f"the train step of model {self.model.name!r} never called its optimizer's "

@@ -61,24 +61,25 @@ def tensorboard(writer: MetricWriter) -> Action:
     return write
 
 
-def progress_file(path: str) -> Action:
-    """Rewrites the progress file the launcher reads (``done`` stays False)."""
+def progress_file(path: str, extra: dict | None = None) -> Action:
+    """Rewrites the progress file the launcher reads (``done`` stays False), with ``extra``."""
 
     def write(report: Report) -> None:
         fields = ("step", "num_steps", "loss", "accuracy", "images_per_sec", "server_version")
-        progress.write_json(path, {**{f: getattr(report, f) for f in fields}, "done": False})
+        values = {f: getattr(report, f) for f in fields}
+        progress.write_json(path, {**values, **(extra or {}), "done": False})
 
     return write
 
 
-def console(name: str) -> Action:
-    """Prints one line per report."""
+def console(name: str, note: str = "") -> Action:
+    """Prints one line per report, ending with ``note`` (e.g. an emulated slowdown)."""
 
     def write(report: Report) -> None:
         print(
             f"{name}: step {report.step}/{report.num_steps}, loss {report.loss:.4f}, "
             f"accuracy {report.accuracy:.4f}, {report.images_per_sec:.0f} images/s, "
-            f"server version {report.server_version}",
+            f"server version {report.server_version}{note}",
             flush=True,
         )
 

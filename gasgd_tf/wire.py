@@ -55,6 +55,19 @@ GRPC_MESSAGE_LIMIT = 8 << 20
 # where both already import from, so that the two cannot drift apart.
 RETRY_AFTER_KEY = "retry-after-ms"
 
+# What a push carries (PushHeader.kind): the sum of raw gradients, or a
+# parameter delta after local steps of the client's own optimizer.
+PUSH_KINDS = {
+    name: pb.PushKind.Value(f"PUSH_KIND_{name.upper()}") for name in config_base.PUSH_KINDS
+}
+_PUSH_KIND_NAMES = {value: name for name, value in PUSH_KINDS.items()}
+
+
+def push_kind_name(value: int) -> str:
+    """The name of a PushHeader.kind (``"kind <n>"`` for a value this version lacks)."""
+    return _PUSH_KIND_NAMES.get(value, f"kind {value}")
+
+
 _DTYPE_TO_PROTO = {
     "float32": pb.DTYPE_FLOAT32,
     "float64": pb.DTYPE_FLOAT64,

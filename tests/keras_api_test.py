@@ -47,9 +47,9 @@ class Recorder:
         self.callback = callback
         push, fetch = ParameterClient.push, ParameterClient.fetch
 
-        def recording_push(client, grad, base_version, client_step=0):
+        def recording_push(client, grad, base_version, client_step=0, **kwargs):
             self.pushes.append((np.array(grad, copy=True), base_version, client_step))
-            return push(client, grad, base_version, client_step)
+            return push(client, grad, base_version, client_step, **kwargs)
 
         def recording_fetch(client, *args, **kwargs):
             self.fetch_steps.append(self.callback.steps if self.callback else None)
@@ -222,11 +222,11 @@ def test_a_push_lost_to_a_server_restart_refetches_and_goes_on(serve, monkeypatc
     recorded_push = ParameterClient.push
     calls = []
 
-    def push_refused_once(client, grad, base_version, client_step=0):
+    def push_refused_once(client, grad, base_version, client_step=0, **kwargs):
         calls.append((base_version, client_step))
         if len(calls) == 2:  # As a server restored from an older checkpoint answers.
             raise ServerRestartedError("restored to version 1", grpc.StatusCode.ABORTED)
-        return recorded_push(client, grad, base_version, client_step)
+        return recorded_push(client, grad, base_version, client_step, **kwargs)
 
     monkeypatch.setattr(ParameterClient, "push", push_refused_once)
     model.fit(regression_data(4), callbacks=[callback], verbose=0)

@@ -22,9 +22,9 @@ def record_calls(monkeypatch) -> list:
     calls = []
     push, fetch = ParameterClient.push, ParameterClient.fetch
 
-    def recording_push(client, grad, base_version, client_step=0):
+    def recording_push(client, grad, base_version, client_step=0, **kwargs):
         calls.append(("push", client_step, base_version))
-        return push(client, grad, base_version, client_step)
+        return push(client, grad, base_version, client_step, **kwargs)
 
     def recording_fetch(client, *args, **kwargs):
         result = fetch(client, *args, **kwargs)

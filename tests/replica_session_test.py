@@ -54,7 +54,7 @@ class FakeClient:
         self.log.append(("fetch", self.version))
         return self.version, self.specs, self.flat + self.version
 
-    def push(self, grad, base_version, client_step=0):
+    def push(self, grad, base_version, client_step=0, kind="gradient", samples=0):
         self.threads.add(threading.current_thread().name)
         self.attempts += 1
         self.log.append(("push", client_step, base_version))
@@ -174,9 +174,9 @@ def test_with_overlap_a_lost_push_loses_what_was_computed_from_the_same_weights(
     gate = threading.Event()
     original = client.push
 
-    def push_then_wait(grad, base_version, client_step=0):
+    def push_then_wait(grad, base_version, client_step=0, **kwargs):
         try:
-            return original(grad, base_version, client_step)
+            return original(grad, base_version, client_step, **kwargs)
         finally:
             if client_step == 2:
                 gate.wait(10)  # Still in flight when step 3 starts: found at the hand-over.

@@ -48,9 +48,9 @@ def test_server_parameters_move_by_the_pushed_gradients(serve, digits_data_dir, 
     pushed = []
     original_push = ParameterClient.push
 
-    def recording_push(self, grad, base_version, client_step=0):
+    def recording_push(self, grad, base_version, client_step=0, **kwargs):
         pushed.append(grad.copy())
-        return original_push(self, grad, base_version, client_step)
+        return original_push(self, grad, base_version, client_step, **kwargs)
 
     config = small_config(digits_data_dir, n_push=1, n_fetch=100, num_steps=5)
     with pytest.MonkeyPatch.context() as mp:
@@ -303,10 +303,10 @@ def test_overlap_pushes_in_the_background_with_their_true_base(
     threads = []
     original = ParameterClient.push
 
-    def slow_push(self, grad, base_version, client_step=0):
+    def slow_push(self, grad, base_version, client_step=0, **kwargs):
         threads.append(threading.current_thread().name)
         time.sleep(0.05)  # Slower than a step: the fetched weights arrive a step late.
-        return original(self, grad, base_version, client_step=client_step)
+        return original(self, grad, base_version, client_step=client_step, **kwargs)
 
     monkeypatch.setattr(ParameterClient, "push", slow_push)
     store = ParameterStore(SGD(learning_rate=0.05))

@@ -339,8 +339,16 @@ class ParameterClient:
         self._specs = specs
         return version, specs, flat
 
-    def push(self, grad: Buffer, base_version: int, client_step: int = 0) -> PushAck:
-        """Pushes a flat float32 gradient computed from ``base_version``.
+    def push(
+        self,
+        grad: Buffer,
+        base_version: int,
+        client_step: int = 0,
+        *,
+        kind: str = "gradient",
+        samples: int = 0,
+    ) -> PushAck:
+        """Pushes a flat float32 gradient (or parameter delta) computed from ``base_version``.
 
         Uses the signature from the last register/initialize/fetch. A retried
         attempt reuses the sequence number, so it is applied at most once.
@@ -351,6 +359,9 @@ class ParameterClient:
             or already in ``push_dtype``.
           base_version: The version of the parameters it was computed from.
           client_step: This client's step count, for the server's status.
+          kind: "gradient" (the sum of raw gradients) or "delta"
+            (theta_fetched - theta_local); the server applies one kind.
+          samples: The training examples behind it (0: unknown).
         """
         if not self._specs:
             raise RuntimeError("push before register, initialize or fetch: no signature known")
@@ -374,6 +385,8 @@ class ParameterClient:
             tensors=wire.specs_to_proto(with_dtype(self._specs, self.push_dtype)),
             client_step=client_step,
             base_server_id=self._fetched_from,
+            kind=wire.PUSH_KINDS[kind],
+            samples=samples,
         )
 
         attempts = 0

@@ -176,8 +176,19 @@ class ShardedClient:
                 )
         return tuple(v for v, _, _ in results), plan.specs, flat
 
-    def push(self, grad: np.ndarray, base_version: Version, client_step: int = 0) -> PushAck:
+    def push(
+        self,
+        grad: np.ndarray,
+        base_version: Version,
+        client_step: int = 0,
+        *,
+        kind: str = "gradient",
+        samples: int = 0,
+    ) -> PushAck:
         """Pushes the full gradient: each shard its part, computed from its own base version.
+
+        ``kind`` and ``samples`` as for ``ParameterClient.push`` (every shard
+        gets the same).
 
         Returns:
           version: the smallest shard version after the push; staleness: the
@@ -208,7 +219,7 @@ class ShardedClient:
             if client_step and client_step <= self._registered_steps[k]:
                 # Resumed after a restart: this shard applied this step before.
                 return PushAck(version=bases[k], staleness=0, duplicate=True)
-            return c.push(self._views(grad, k), bases[k], client_step)
+            return c.push(self._views(grad, k), bases[k], client_step, kind=kind, samples=samples)
 
         acks = self._each(push_one)
         return PushAck(

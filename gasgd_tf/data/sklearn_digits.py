@@ -11,21 +11,10 @@ module. The split is fixed: a stratified 80/20 train/test split with seed 0
 import numpy as np
 import tensorflow_datasets as tfds
 
+from gasgd_tf.data.bundled import image_features, stratified_split
+
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
-
-
-def _split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
-    """Stratified train/test indices, fixed by SPLIT_SEED."""
-    rng = np.random.default_rng(SPLIT_SEED)
-    test = []
-    for label in np.unique(labels):
-        idx = np.flatnonzero(labels == label)
-        rng.shuffle(idx)
-        test.extend(idx[: int(round(len(idx) * TEST_FRACTION))])
-    test = np.sort(np.asarray(test))
-    train = np.setdiff1d(np.arange(len(labels)), test)
-    return {"train": train, "test": test}
 
 
 class SklearnDigits(tfds.core.GeneratorBasedBuilder):
@@ -37,12 +26,7 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(8, 8, 1), dtype=np.uint8),
-                    "label": tfds.features.ClassLabel(num_classes=10),
-                }
-            ),
+            features=image_features((8, 8, 1), num_classes=10),
             supervised_keys=("image", "label"),
             homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset",
         )
@@ -57,5 +41,5 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
         digits = load_digits()
         # Pixel values are 0..16; spread them over 0..255 like other image data.
         images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-        for i in _split_indices(digits.target)[split]:
+        for i in stratified_split(digits.target, TEST_FRACTION, SPLIT_SEED)[split]:
             yield int(i), {"image": images[i], "label": int(digits.target[i])}

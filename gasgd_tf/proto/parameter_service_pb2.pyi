@@ -14,11 +14,18 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DTYPE_FLOAT64: _ClassVar[DType]
     DTYPE_FLOAT16: _ClassVar[DType]
     DTYPE_BFLOAT16: _ClassVar[DType]
+
+class PushKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PUSH_KIND_GRADIENT: _ClassVar[PushKind]
+    PUSH_KIND_DELTA: _ClassVar[PushKind]
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT64: DType
 DTYPE_FLOAT16: DType
 DTYPE_BFLOAT16: DType
+PUSH_KIND_GRADIENT: PushKind
+PUSH_KIND_DELTA: PushKind
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "shape", "dtype")
@@ -39,16 +46,18 @@ class Chunk(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("push_dtypes", "max_chunk_bytes", "optimizer", "fetch_dtypes")
+    __slots__ = ("push_dtypes", "max_chunk_bytes", "optimizer", "fetch_dtypes", "push_kinds")
     PUSH_DTYPES_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     FETCH_DTYPES_FIELD_NUMBER: _ClassVar[int]
+    PUSH_KINDS_FIELD_NUMBER: _ClassVar[int]
     push_dtypes: _containers.RepeatedScalarFieldContainer[DType]
     max_chunk_bytes: int
     optimizer: str
     fetch_dtypes: _containers.RepeatedScalarFieldContainer[DType]
-    def __init__(self, push_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., max_chunk_bytes: _Optional[int] = ..., optimizer: _Optional[str] = ..., fetch_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ...) -> None: ...
+    push_kinds: _containers.RepeatedScalarFieldContainer[PushKind]
+    def __init__(self, push_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., max_chunk_bytes: _Optional[int] = ..., optimizer: _Optional[str] = ..., fetch_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., push_kinds: _Optional[_Iterable[_Union[PushKind, str]]] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("client_id", "tensors")
@@ -131,20 +140,24 @@ class FetchResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[FetchHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
 
 class PushHeader(_message.Message):
-    __slots__ = ("client_id", "sequence", "base_version", "tensors", "client_step", "base_server_id")
+    __slots__ = ("client_id", "sequence", "base_version", "tensors", "client_step", "base_server_id", "kind", "samples")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_STEP_FIELD_NUMBER: _ClassVar[int]
     BASE_SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     sequence: int
     base_version: int
     tensors: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     client_step: int
     base_server_id: str
-    def __init__(self, client_id: _Optional[str] = ..., sequence: _Optional[int] = ..., base_version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., client_step: _Optional[int] = ..., base_server_id: _Optional[str] = ...) -> None: ...
+    kind: PushKind
+    samples: int
+    def __init__(self, client_id: _Optional[str] = ..., sequence: _Optional[int] = ..., base_version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., client_step: _Optional[int] = ..., base_server_id: _Optional[str] = ..., kind: _Optional[_Union[PushKind, str]] = ..., samples: _Optional[int] = ...) -> None: ...
 
 class PushRequest(_message.Message):
     __slots__ = ("header", "chunk")

@@ -7,6 +7,7 @@ command-line worker, the Keras callback and the evaluator are adapters over
 it.
 """
 
+from gasgd_tf.replica.payload import DeltaTracker, Update
 from gasgd_tf.replica.schedule import NOTHING, Due, SyncSchedule
 from gasgd_tf.replica.session import ModelMismatchError, ReplicaSession, SessionStats, Variables
 from gasgd_tf.replica.transport import BackgroundTransport, DirectTransport, Outcome
@@ -14,6 +15,7 @@ from gasgd_tf.replica.transport import BackgroundTransport, DirectTransport, Out
 __all__ = [
     "NOTHING",
     "BackgroundTransport",
+    "DeltaTracker",
     "DirectTransport",
     "Due",
     "ModelMismatchError",
@@ -21,5 +23,6 @@ __all__ = [
     "ReplicaSession",
     "SessionStats",
     "SyncSchedule",
+    "Update",
     "Variables",
 ]

@@ -52,6 +52,7 @@ from gasgd_tf.client import (
     Version,
     version_number,
 )
+from gasgd_tf.replica.payload import Update
 from gasgd_tf.replica.schedule import Due, SyncSchedule
 from gasgd_tf.replica.transport import Fetched, Outcome, make_transport
 from gasgd_tf.tensors import TensorSpec, ValidationError, check_same_specs
@@ -122,6 +123,9 @@ class ReplicaSession:
         read-only replica.
       overlap: Push and fetch on a background thread while the replica
         computes (``worker.overlap``).
+      push_kind: What ``take_update`` returns: "gradient" sums, or a
+        parameter "delta" (``payload.DeltaTracker``); named in every push.
+      batch_size: Examples per step, for each push's sample count (0: unknown).
       model_name: Names the model in a mismatch error.
       say: Where the session's lines for a person go (a lost push, say);
         default: a logging warning.
@@ -135,6 +139,8 @@ class ReplicaSession:
         take_update: Callable[[], np.ndarray] | None = None,
         *,
         overlap: bool = False,
+        push_kind: str = "gradient",
+        batch_size: int = 0,
         model_name: str = "the model",
         say: Callable[[str], None] | None = None,
     ):
@@ -143,6 +149,8 @@ class ReplicaSession:
         self.schedule = schedule
         self._take_update = take_update
         self.transport = make_transport(client, overlap)
+        self.push_kind = push_kind
+        self.batch_size = batch_size
         self.model_name = model_name
         self._say = say or log.warning
         self.stats = SessionStats()
@@ -284,8 +292,10 @@ class ReplicaSession:
                 self.stats.pushes_lost += 1
                 self._pushed_step = step
             return
-        update = self._take_update() if due.push else None
+        update = None
         if due.push:
+            samples = (step - self._pushed_step) * self.batch_size
+            update = Update(self._take_update(), self.push_kind, samples)
             self._pushed_step = step
             self._fresh = True
         self.transport.start(update, self._push_base, self.step_offset + step, due.fetch)

@@ -24,6 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from gasgd_tf.client import PushAck, ServerRestartedError, Version
+from gasgd_tf.replica.payload import Update
 from gasgd_tf.tensors import TensorSpec
 
 Fetched = tuple[Version, tuple[TensorSpec, ...], np.ndarray]
@@ -32,7 +33,15 @@ Fetched = tuple[Version, tuple[TensorSpec, ...], np.ndarray]
 class Client(Protocol):
     """What a transport needs of a ParameterClient or ShardedClient."""
 
-    def push(self, grad: np.ndarray, base_version: Version, client_step: int = 0) -> PushAck: ...
+    def push(
+        self,
+        grad: np.ndarray,
+        base_version: Version,
+        client_step: int = 0,
+        *,
+        kind: str = "gradient",
+        samples: int = 0,
+    ) -> PushAck: ...
 
     def fetch(self, read_only: bool = False) -> Fetched: ...
 
@@ -56,13 +65,19 @@ class Outcome:
 
 
 def run_sync(
-    client: Client, grad: np.ndarray | None, base: Version, client_step: int, fetch: bool
+    client: Client, update: Update | None, base: Version, client_step: int, fetch: bool
 ) -> Outcome:
-    """Pushes ``grad`` (if any), then fetches (if ``fetch`` and the push was not lost)."""
-    outcome = Outcome(pushed=grad is not None)
-    if grad is not None:
+    """Pushes ``update`` (if any), then fetches (if ``fetch`` and the push was not lost)."""
+    outcome = Outcome(pushed=update is not None)
+    if update is not None:
         try:
-            outcome.ack = client.push(grad, base, client_step=client_step)
+            outcome.ack = client.push(
+                update.values,
+                base,
+                client_step=client_step,
+                kind=update.kind,
+                samples=update.samples,
+            )
         except ServerRestartedError as e:
             outcome.lost = e
             return outcome
@@ -80,9 +95,9 @@ class DirectTransport:
         self._client = client
         self._done: Outcome | None = None
 
-    def start(self, grad: np.ndarray | None, base: Version, client_step: int, fetch: bool) -> None:
+    def start(self, update: Update | None, base: Version, client_step: int, fetch: bool) -> None:
         """Runs the sync now; its outcome is the next ``result``."""
-        self._done = run_sync(self._client, grad, base, client_step, fetch)
+        self._done = run_sync(self._client, update, base, client_step, fetch)
 
     def result(self, wait: bool = True) -> Outcome | None:
         """The outcome of the last sync, once; None when there is none to collect."""
@@ -110,7 +125,7 @@ class BackgroundTransport:
         self._done: Outcome | None = None
         self._error: BaseException | None = None
 
-    def start(self, grad: np.ndarray | None, base: Version, client_step: int, fetch: bool) -> None:
+    def start(self, update: Update | None, base: Version, client_step: int, fetch: bool) -> None:
         """Starts the sync on a thread; the previous one must have been collected.
 
         Raises:
@@ -122,7 +137,7 @@ class BackgroundTransport:
 
         def run():
             try:
-                self._done = run_sync(self._client, grad, base, client_step, fetch)
+                self._done = run_sync(self._client, update, base, client_step, fetch)
             except BaseException as e:  # Raised in the training thread by result().
                 self._error = e
 

@@ -179,8 +179,13 @@ class SummaryLoop:
         self.write()
 
 
-def build_store(ps_config) -> ParameterStore:
-    """The ``ps`` role's store: optimizer, schedule, staleness and limits from ``config.ps``."""
+def build_store(ps_config, push_kind: str = "gradient") -> ParameterStore:
+    """The ``ps`` role's store: optimizer, schedule, staleness and limits from ``config.ps``.
+
+    Args:
+      ps_config: ``config.ps``.
+      push_kind: What the workers push (``config.worker.push``).
+    """
     return ParameterStore(
         server_config.build_optimizer(ps_config),
         ps_config.max_parameter_bytes,
@@ -188,6 +193,7 @@ def build_store(ps_config) -> ParameterStore:
         schedule=server_config.build_schedule(ps_config),
         heartbeat_timeout_secs=ps_config.heartbeat_timeout_secs or None,
         max_clients=ps_config.max_clients,
+        push_kind=push_kind,
     )
 
 
@@ -240,7 +246,7 @@ def run(
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard index {shard_index} is not in [0, ps.num_shards={num_shards})")
     log_to_console()
-    store = build_store(config.ps)
+    store = build_store(config.ps, config.worker.push)
     shard = layout.shard_of(shard_index, num_shards)
     directory = layout.checkpoint_dir(workdir)
     # Before serving: a client must never see the empty store of a restarted server.

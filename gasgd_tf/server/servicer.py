@@ -22,6 +22,7 @@ from gasgd_tf.server.store import (
     DivergedError,
     NotInitializedError,
     ParameterStore,
+    PushKindError,
     StalenessStats,
     WaitAbandoned,
 )
@@ -237,6 +238,10 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{what}: {e}")
         except AheadOfServerError as e:
             context.abort(grpc.StatusCode.ABORTED, f"{what}: {e}")
+        except PushKindError as e:
+            if is_push:
+                self._store.note_rejected()
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{what}: {e}")
         except WaitAbandoned as e:
             context.abort(grpc.StatusCode.CANCELLED, f"{what}: {e}")
         except MemoryError:
@@ -277,6 +282,7 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
                     fetch_dtypes=[wire.dtype_to_proto(d) for d in WIRE_DTYPES],
                     max_chunk_bytes=self._max_chunk_bytes,
                     optimizer=self._store.optimizer.name,
+                    push_kinds=[wire.PUSH_KINDS[self._store.push_kind]],
                 ),
                 server_id=self._store.server_id,
             )
@@ -414,6 +420,7 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
             header.client_step,
             known_finite=known_finite,  # Checked chunk by chunk, in cache, as it arrived.
             base_server_id=header.base_server_id,
+            kind=wire.push_kind_name(header.kind),
         )
         return pb.PushResponse(
             version=result.version, staleness=result.staleness, duplicate=result.duplicate

@@ -37,6 +37,7 @@ DEFAULT_MAX_PARAMETER_BYTES = config_base.defaults().ps.max_parameter_bytes
 MAX_CLIENT_ID_LENGTH = 128
 # Client records a store keeps by default (ps.max_clients: why 1024 is there).
 DEFAULT_MAX_CLIENTS = config_base.defaults().ps.max_clients
+DEFAULT_PUSH_KIND = config_base.defaults().worker.push
 # A bounded-staleness wait longer than this is logged, naming who it waits for.
 SLOW_WAIT_SECS = 1.0
 # A bounded-staleness wait ends this long before the caller's deadline.
@@ -55,6 +56,10 @@ class WaitAbandoned(RuntimeError):
 
 class DivergedError(RuntimeError):
     """An update made the parameters non-finite; the store refuses further work."""
+
+
+class PushKindError(RuntimeError):
+    """A push of a kind (gradient or parameter delta) the store is not set to apply."""
 
 
 class AheadOfServerError(RuntimeError):
@@ -261,10 +266,13 @@ class ParameterStore:
         schedule: Callable[[int], float] | None = None,
         heartbeat_timeout_secs: float | None = None,
         max_clients: int | None = DEFAULT_MAX_CLIENTS,
+        push_kind: str = DEFAULT_PUSH_KIND,
     ):
         if max_clients is not None and max_clients < 1:
             raise ValueError(f"max_clients must be >= 1 or None, got {max_clients}")
         self.optimizer = optimizer
+        # One kind for every client: the optimizer's step means one thing.
+        self.push_kind = push_kind
         self.heartbeat_timeout_secs = heartbeat_timeout_secs
         self.max_clients = max_clients
         # Where the version is written after every update, when set: a
@@ -594,6 +602,7 @@ class ParameterStore:
         client_step: int = 0,
         known_finite: bool = False,
         base_server_id: str = "",
+        kind: str = DEFAULT_PUSH_KIND,
     ) -> PushResult:
         """Validates and applies one gradient as one update.
 
@@ -610,8 +619,12 @@ class ParameterStore:
           base_server_id: The server id of the fetch that gave
             ``base_version`` ("": unknown). From an earlier server start and
             above the version this start began at: refused, as ahead.
+          kind: What ``grad`` carries: "gradient" or "delta" (theta_fetched -
+            theta_local); the store's optimizer applies either as a gradient.
 
         Raises:
+          PushKindError: ``kind`` is not the store's ``push_kind``. Nothing
+            is changed.
           ValidationError: Bad ids, a base version from the future, a wrong
             size, or NaN/Inf values. Nothing is changed.
           NotInitializedError: Before initialization.
@@ -620,6 +633,11 @@ class ParameterStore:
           AheadOfServerError: ``base_version`` is not a version of this start.
           ClientLimitError: A new ``client_id`` and no room for its record.
         """
+        if kind != self.push_kind:
+            raise PushKindError(
+                f"this server applies {self.push_kind} pushes, not {kind} pushes: start every "
+                f"worker with the server's worker.push={self.push_kind!r}"
+            )
         self._check_push(client_id, sequence, grad, known_finite)
         with self._lock:
             self._require_healthy()
