@@ -624,6 +624,6 @@ def flatten(d: dict, prefix: str = "") -> dict:
     for key, value in d.items():
         if isinstance(value, dict):
             out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
+        else:  # A tuple as JSON reads it back, so a config equals its config.json.
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
     return out

@@ -255,3 +255,17 @@ def test_a_short_client_deadline_is_fine_without_bounded_staleness():
     # The same deadline with the bounded policy is refused, naming both fields.
     with pytest.raises(ValueError, match=r"ps.straggler_secs .* must be below client.timeout_secs"):
         config_base.finalize(_base(client__timeout_secs=5.0, ps__staleness="bounded"))
+
+
+def test_a_config_equals_its_config_json_read_back():
+    # The launcher compares a resumed run's config with its config.json: a
+    # tuple field (worker.step_delay_secs) comes back from JSON as a list.
+    import json
+
+    for delays in ((), (0.5,)):
+        config = config_base.get_base_config()
+        config.worker.step_delay_secs = delays
+        config = config_base.finalize(config)
+        written = json.loads(config_base.to_json(config))
+        assert config_base.differences(written, config.to_dict()) == []
+        assert config_base.differences(written, {**config.to_dict(), "seed": 9}) == ["seed"]
