@@ -18,7 +18,7 @@ import keras
 import ml_collections
 import tensorflow as tf
 
-from gasgd_tf import config_base, devices, layout, progress, worker
+from gasgd_tf import config_base, devices, layout, learning_check, progress, worker
 from gasgd_tf.data import pipeline
 from gasgd_tf.keras_sync import VariableSync
 from gasgd_tf.replica import ReplicaSession, SyncSchedule
@@ -167,6 +167,35 @@ class _EvalRun:
             SyncSchedule(1, 1),  # Unused: a read-only replica fetches when it evaluates.
             model_name=self.model.name,
         )
+        num_classes = pipeline.dataset_info(config.data).num_classes
+        self.learning = learning_check.RunSettings.from_config(config, num_classes)
+        self.start_loss: float | None = None
+        self.evaluations = 0
+        self.warning: learning_check.NotLearning | None = None
+        self.warning_fields: dict = {}  # The latest evaluation's, for the final progress file.
+
+    def check_learning(self, result: EvalResult) -> dict:
+        """Applies the not-learning rule to ``result``; says so once when it first fires.
+
+        Returns:
+          The progress file's warning fields ({} while the run learns).
+        """
+        seen = learning_check.Evaluation(
+            result.version, result.loss, result.accuracy, result.steps_per_client
+        )
+        if self.evaluations == 0:
+            self.start_loss = learning_check.start_loss(self.learning, seen)
+        self.evaluations += 1
+        warning = learning_check.check(self.learning, self.start_loss, seen)
+        if warning is not None and self.warning is None:
+            print(f"eval: WARNING: {warning.text}", file=sys.stderr, flush=True)
+        elif warning is None and self.warning is not None:
+            # The warning stands for the latest evaluation only: a recovered run loses it.
+            print(f"eval: the run learns after all: test loss {result.loss:.4f}", flush=True)
+        self.warning = warning
+        if warning is None:
+            return {}
+        return {"warning": warning.text, "warning_short": warning.finding}
 
     def evaluate_now(self, steps: float) -> EvalResult:
         """Fetches the server's parameters, evaluates them, and reports the result."""
@@ -177,15 +206,19 @@ class _EvalRun:
         if multi is not None:
             scalars["eval/accuracy_multi_crop"] = multi
         self.writer.scalars(scalars, version)
-        progress.write_json(self.progress_file, {**dataclasses.asdict(result), "final": False})
         more = f", multi-crop accuracy {multi:.4f}" if multi is not None else ""
         line = f"eval: version {version}: accuracy {accuracy:.4f}, loss {loss:.4f}{more}"
         print(line, flush=True)
+        self.warning_fields = self.check_learning(result)  # Logged below the numbers it reads.
+        progress.write_json(
+            self.progress_file,
+            {**dataclasses.asdict(result), **self.warning_fields, "final": False},
+        )
         return result
 
     def finish(self, result: EvalResult) -> None:
         """Saves the final model (if asked), writes the final progress file, closes."""
-        final = {**dataclasses.asdict(result), "final": True}
+        final = {**dataclasses.asdict(result), **self.warning_fields, "final": True}
         if self.config.eval.save_model:
             # The evaluator's replica holds the server's final parameters: a
             # Keras model that loads without gasgd_tf's server (keras.models.load_model).

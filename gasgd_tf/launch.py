@@ -548,7 +548,9 @@ class LocalLauncher:
             f"loss {summary['test_loss']:.4f} at version {summary['server_version']}; "
             f"{self._work_done(summary)}; staleness mean "
             f"{summary['staleness_mean']:.2f}, max {summary['staleness_max']}\n"
-            f"summary: {layout.summary_path(self.workdir)}\n"
+            # A run that ended at chance must not read like a success.
+            + (f"WARNING: {summary['warning']}\n" if summary.get("warning") else "")
+            + f"summary: {layout.summary_path(self.workdir)}\n"
             f"TensorBoard: {_tensorboard_command()} --logdir {os.path.join(self.workdir, 'tb')}"
         )
         return 0
@@ -587,6 +589,8 @@ class LocalLauncher:
             line += f" | loss {sum(losses) / len(losses):.4f} | {speed:.0f} images/s"
         if ev:
             line += f" | test accuracy {ev['accuracy']:.4f} (version {ev['version']})"
+            if ev.get("warning"):  # The evaluator's not-learning rule fired (learning_check).
+                line += f" | WARNING: {ev.get('warning_short') or ev['warning']}"
         return line
 
     def _checkpoint_of(self, status) -> str | None:
@@ -641,6 +645,8 @@ class LocalLauncher:
         }
         if ev.get("model"):
             summary["model"] = ev["model"]
+        if ev.get("warning"):
+            summary["warning"] = ev["warning"]
         if self.resumed_from:
             summary["resumed_from"] = self.resumed_from
         if self.restarts:

@@ -55,15 +55,16 @@ def _files(data_dir):
     }
 
 
-def test_registry_describes_sklearn_digits():
-    info = DATASETS["sklearn_digits"]
+@pytest.mark.parametrize("name, shape", [("sklearn_digits", (8, 8, 1)), ("mnist5k", (28, 28, 1))])
+def test_registry_describes_the_offline_datasets(name, shape):
+    info = DATASETS[name]
     assert (info.tfds_name, info.image_shape, info.num_classes, info.offline) == (
-        "sklearn_digits",
-        (8, 8, 1),
+        name,
+        shape,
         10,
         True,
     )
-    assert pipeline.dataset_info(ml_collections.ConfigDict(dict(name="sklearn_digits"))) is info
+    assert pipeline.dataset_info(ml_collections.ConfigDict(dict(name=name))) is info
 
 
 def test_prepare_builds_offline_into_data_dir(data_config):
@@ -370,14 +371,8 @@ def _load_splits(name, data_dir):
     return out
 
 
-def test_registry_describes_mnist5k():
+def test_mnist5k_is_built_from_its_module_and_cached():
     info = DATASETS["mnist5k"]
-    assert (info.tfds_name, info.image_shape, info.num_classes, info.offline) == (
-        "mnist5k",
-        (28, 28, 1),
-        10,
-        True,
-    )
     assert (info.builder_module, info.test_split, info.cache) == (
         "gasgd_tf.data.mnist5k",
         "test",

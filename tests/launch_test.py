@@ -491,6 +491,7 @@ def test_run_succeeds_and_writes_summary(tmp_path, monkeypatch, restore_sigterm,
         "worker_1": {"mean": 0.5, "max": 2},
     }
     assert summary["images_per_sec"] == 200.0
+    assert "warning" not in summary  # A run that learns carries none.
     assert (summary["server_version"], summary["updates_applied"], summary["pushes_rejected"]) == (
         7,
         9,
@@ -498,6 +499,29 @@ def test_run_succeeds_and_writes_summary(tmp_path, monkeypatch, restore_sigterm,
     )
     assert all(c.poll() is not None for c in launcher.children)  # The sleeping ps was stopped.
     assert all(e[1] == "127.0.0.1:4321" for e in fake_client.events)
+
+
+def test_the_evaluators_not_learning_warning_reaches_progress_lines_and_summary(
+    tmp_path, monkeypatch, restore_sigterm, fake_client
+):
+    scripts = _success_scripts(tmp_path, 4321)
+    warned = {"accuracy": 0.1, "loss": 2.3026, "version": 7, "examples": 359}
+    warned["warning"] = "the run is not learning: test loss 2.3026. Likely cause: x."
+    warned["warning_short"] = "the run is not learning: test loss 2.3026"
+    path = os.path.join(str(tmp_path), "progress", "eval.json")
+    scripts["eval"] = lambda flags: (
+        f"from gasgd_tf.progress import write_json; write_json({path!r}, {warned!r}); "
+        "import time; time.sleep(0.5)"  # Written at once: progress lines see it.
+    )
+    fake, _ = _fake_child_argv(scripts)
+    monkeypatch.setattr(launch, "child_argv", fake)
+    out = io.StringIO()
+    assert LocalLauncher(_config(num_workers=2), str(tmp_path), out=out).run() == 0
+    text = out.getvalue()
+    assert "| WARNING: the run is not learning: test loss 2.3026\n" in text, text
+    assert f"\nWARNING: {warned['warning']}\nsummary: " in text, text
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["warning"] == warned["warning"]
 
 
 def test_no_grpc_client_is_open_while_children_start(
