@@ -471,6 +471,7 @@ class AsyncSGD(keras.callbacks.Callback):
         until this is called. ``with AsyncSGD(...) as sync:`` calls it.
         """
         if self._session is not None:  # fit failed before on_train_end: leave, briefly.
+            self._session.transport.close()  # No push in flight lands after the Leave.
             client = self._session.client
             for c in getattr(client, "clients", [client]):
                 c.retry_secs, c.timeout_secs = min(c.retry_secs, 1.0), min(c.timeout_secs, 5.0)

@@ -431,14 +431,21 @@ class _WorkerRun:
                 )
         return step
 
-    def finish(self, last_step: int, wall_secs: float) -> WorkerResult:
-        """Lands the last push, leaves, writes the final progress file and line."""
+    def finish(self, last_step: int, start: float) -> WorkerResult:
+        """Lands the last push, leaves, writes the final progress file and line.
+
+        Args:
+          last_step: The last step the loop ran.
+          start: ``time.perf_counter()`` when the loop started: the run's
+            time includes landing the last push and leaving.
+        """
         config, session = self.config, self.session
         final_version = 0
         if session is not None:
             session.finish()  # The last push lands before Leave.
             final_version = session.leave()
             session.close()
+        wall_secs = time.perf_counter() - start
         stats = session.stats if session is not None else None
         report = self.reporter.last
         steps = config.num_steps - self.start_step
@@ -492,4 +499,4 @@ def train(
     run.join()
     start = time.perf_counter()
     last_step = run.loop()
-    return run.finish(last_step, time.perf_counter() - start)
+    return run.finish(last_step, start)

@@ -1,5 +1,7 @@
 """Low-communication training: parameter-delta pushes (DiLoCo), emulated slow workers."""
 
+import threading
+
 import grpc
 import keras
 import numpy as np
@@ -43,6 +45,60 @@ def test_the_pushed_deltas_add_up_to_the_replicas_whole_movement():
     tracker.assign(np.array([9.0, 9.0, 9.0], np.float32))  # A fetch moves the anchor.
     weights.flat += 1.0
     np.testing.assert_array_equal(tracker.take(), [-1.0, -1.0, -1.0])
+
+
+def test_a_fetch_between_pushes_keeps_the_local_steps_it_overwrote():
+    # n_fetch < n_push, or a background fetch that lands a step after its
+    # push: the steps computed since the anchor are still pushed.
+    weights = Weights()
+    tracker = DeltaTracker(weights)
+    tracker.assign(np.zeros(3, np.float32))
+    weights.flat -= 1.0  # Local steps 1-2.
+    tracker.assign(np.full(3, 5.0, np.float32))  # A fetch overwrites them.
+    weights.flat -= 2.0  # Local steps 3-4 from the fetched weights.
+    np.testing.assert_array_equal(tracker.take(), [3.0, 3.0, 3.0])  # 1 + 2: all four steps.
+    tracker.assign(np.full(3, 7.0, np.float32))  # Right after a push: nothing pending.
+    np.testing.assert_array_equal(tracker.take(), [0.0, 0.0, 0.0])
+
+
+def test_delta_pushes_with_overlap_carry_every_step(serve):
+    # The background sync brings the fetched weights a step after their push;
+    # the deltas must still add up to every step's movement (once they were
+    # all zeros: the fetch reset the anchor before the take).
+    from gasgd_tf.replica import ReplicaSession, SyncSchedule
+
+    store = ParameterStore(SGD(learning_rate=1.0), push_kind="delta")
+    server = serve(store)
+    pushed = []
+    original = ParameterClient.push
+
+    def slow_push(client, grad, base_version, client_step=0, **kwargs):
+        pushed.append(np.array(grad))
+        threading.Event().wait(0.05)  # Slower than a step: the fetch lands late.
+        return original(client, grad, base_version, client_step, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ParameterClient, "push", slow_push)
+        weights = Weights()
+        tracker = DeltaTracker(weights)
+        session = ReplicaSession(
+            ParameterClient(server.address, "w0"),
+            tracker,
+            SyncSchedule(1, 1, 6),
+            tracker.take,
+            overlap=True,
+            push_kind="delta",
+        )
+        session.join(10)
+        for step in range(1, 7):
+            session.before_step()
+            weights.flat -= 1.0  # Each step moves every weight by -1.
+            session.after_step(step)
+        session.finish()
+        session.close()
+    assert len(pushed) == 6 and session.stats.pushes == 6
+    np.testing.assert_allclose(np.sum(pushed, axis=0), [6.0, 6.0, 6.0])  # Six steps of 1.
+    np.testing.assert_allclose(store.snapshot().flat, [-6.0, -6.0, -6.0])
 
 
 def regression(batches=7, seed=0):

@@ -321,6 +321,7 @@ class ReplicaSession:
             return True
         if self._take_update is not None and not self._fresh:
             self._take_update()  # Accumulated since, from the same lost weights: dropped.
+            self._pushed_step = self._step  # The next push's samples start after them.
         self._assign(self.client.fetch())
         self._fresh = True
         self._say(
