@@ -45,7 +45,6 @@ import numpy as np
 
 from gasgd_tf.client import (
     ParameterClient,
-    PushAck,
     RequestRejectedError,
     ServerUnavailableError,
     ShardedClient,
@@ -91,7 +90,6 @@ class SessionStats:
       version: The server version last seen (push answer, fetch or leave).
       staleness: The staleness of the last applied push.
       max_staleness: The largest staleness of a push.
-      ack: The server's answer to the last applied push, if any.
     """
 
     pushes: int = 0
@@ -100,7 +98,6 @@ class SessionStats:
     version: int = 0
     staleness: int = 0
     max_staleness: int = 0
-    ack: PushAck | None = None
 
 
 def _mismatch(what: str, address: str, error: Exception) -> ModelMismatchError:
@@ -306,7 +303,7 @@ class ReplicaSession:
         if outcome is None:
             return False
         if outcome.ack is not None:
-            ack = self.stats.ack = outcome.ack
+            ack = outcome.ack
             self.stats.pushes += 1
             self.stats.version, self.stats.staleness = ack.version, ack.staleness
             self.stats.max_staleness = max(self.stats.max_staleness, ack.staleness)

@@ -51,14 +51,12 @@ class Outcome:
     """What one sync did.
 
     Attributes:
-      pushed: A push was asked for.
       ack: The server's answer to it, when it was applied (or a duplicate).
       lost: The server refused it because it was restored to an earlier
         version meanwhile; then no fetch was made.
       fetched: The parameters fetched, when a fetch was asked for and made.
     """
 
-    pushed: bool
     ack: PushAck | None = None
     lost: ServerRestartedError | None = None
     fetched: Fetched | None = None
@@ -68,7 +66,7 @@ def run_sync(
     client: Client, update: Update | None, base: Version, client_step: int, fetch: bool
 ) -> Outcome:
     """Pushes ``update`` (if any), then fetches (if ``fetch`` and the push was not lost)."""
-    outcome = Outcome(pushed=update is not None)
+    outcome = Outcome()
     if update is not None:
         try:
             outcome.ack = client.push(
