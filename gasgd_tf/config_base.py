@@ -24,6 +24,8 @@ from gasgd_tf.tensors import WIRE_DTYPES
 
 WORKER_OPTIMIZERS = ("sgd", "adamw")
 PUSH_KINDS = ("gradient", "delta")  # wire.PUSH_KINDS, by name.
+LOCAL_STEPS = ("fixed", "adaptive")
+AGGREGATIONS = ("each", "round")  # gasgd_tf/server/rounds.py.
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MAX_SHARDS = 64
 
@@ -91,6 +93,12 @@ def get_base_config() -> ml_collections.ConfigDict:
     # optimizer, which the server's optimizer applies as a gradient (the
     # outer step of DiLoCo). The server applies one kind and refuses the other.
     c.worker.push = "gradient"
+    # Local steps between syncs: "fixed" (n_push), or "adaptive" (DyLU, Liu
+    # et al. 2024): the server tells each worker its H from its measured
+    # step rate, n_push for the fastest and proportionally fewer for slower
+    # ones, so all sync at about the same wall-clock interval. Needs
+    # n_fetch == n_push.
+    c.worker.local_steps = "fixed"
     c.worker.cpu_threads = 0  # TF intra/inter-op threads on CPU; 0: TensorFlow's default.
     c.worker.log_every_steps = 50  # TensorBoard train/* and the progress file.
     c.worker.jit_compile = False  # XLA: 1.5-2.6x slower on these CPUs; try it on GPUs.
@@ -138,6 +146,23 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.ps.staleness_bound = 2
     c.ps.dc_lambda = 0.04
     c.ps.straggler_secs = 30.0  # bounded: stop waiting for a worker silent this long.
+    # delayed_nesterov (Liu et al. 2024): each push is applied at once as a
+    # plain step of learning_rate / dn_period; the Nesterov momentum
+    # (ps.momentum) takes the average of the last dn_period pushes, once
+    # every dn_period pushes. dn_period 0: num_workers. dn_c: the share of
+    # the momentum step applied between those updates (0: none).
+    c.ps.dn_period = 0
+    c.ps.dn_c = 0.0
+    # How pushes become updates (gasgd_tf/server/rounds.py): "each", one
+    # update per push (asynchronous, Downpour); "round", synchronous rounds:
+    # one push per active worker, averaged weighted by their samples, one
+    # update, and only then are the round's fetches answered. A round whose
+    # members have not all pushed closes round_timeout_secs after its first
+    # push once round_quorum (a fraction of the active workers) has; a late
+    # push counts in the round open when it arrives. Needs n_fetch == n_push.
+    c.ps.aggregation = "each"
+    c.ps.round_quorum = 0.5
+    c.ps.round_timeout_secs = 30.0
     # Sharded parameter server (DistBelief): num_shards server processes, each
     # holding part of the parameters (gasgd_tf/sharding.py); tensors above
     # shard_split_bytes are split over all shards, the rest balanced by size.
@@ -276,12 +301,14 @@ _NON_NEGATIVE_INTS = (
     "data.crop",
     "worker.cpu_threads",
     "ps.staleness_bound",
+    "ps.dn_period",
 )
 _POSITIVE_FINITE = (
     "worker.learning_rate",
     "ps.learning_rate",
     "ps.summary_every_secs",
     "ps.straggler_secs",
+    "ps.round_timeout_secs",
     "client.timeout_secs",
     "client.retry_secs",
     "client.connect_timeout_secs",
@@ -310,12 +337,15 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         config.n_push = config.n_sync
     if config.n_fetch is None:
         config.n_fetch = config.n_sync
+    if config.ps.dn_period == 0:
+        config.ps.dn_period = config.num_workers
     for check in (
         _check_kinds,
         _check_run,
         _check_data_and_model,
         _check_optimizers,
         _check_staleness,
+        _check_low_communication,
         _check_server,
         _check_transport_and_security,
         _check_step_delays,
@@ -507,6 +537,64 @@ def _check_staleness(config: ml_collections.ConfigDict) -> None:
         math.isfinite(config.ps.dc_lambda) and config.ps.dc_lambda >= 0,
         f"ps.dc_lambda must be a finite number >= 0, got {config.ps.dc_lambda}",
     )
+
+
+def _check_low_communication(config: ml_collections.ConfigDict) -> None:
+    """Rounds, Delayed Nesterov and adaptive local steps, and what each needs."""
+    ps = config.ps
+    _check(
+        ps.aggregation in AGGREGATIONS,
+        f"ps.aggregation {ps.aggregation!r} is not one of {AGGREGATIONS}",
+    )
+    _check(
+        config.worker.local_steps in LOCAL_STEPS,
+        f"worker.local_steps {config.worker.local_steps!r} is not one of {LOCAL_STEPS}",
+    )
+    _check(
+        isinstance(ps.round_quorum, (int, float)) and 0 < ps.round_quorum <= 1,
+        f"ps.round_quorum must be a fraction in (0, 1], got {ps.round_quorum!r}",
+    )
+    _check(
+        isinstance(ps.dn_c, (int, float)) and 0 <= ps.dn_c <= 1,
+        f"ps.dn_c must be in [0, 1], got {ps.dn_c!r}",
+    )
+    for what, on in (
+        ("ps.aggregation='round'", ps.aggregation == "round"),
+        ("worker.local_steps='adaptive'", config.worker.local_steps == "adaptive"),
+    ):
+        _check(
+            not on or config.n_push == config.n_fetch,
+            f"{what} needs n_push == n_fetch (a worker syncs by pushing and fetching at once), "
+            f"got n_push={config.n_push}, n_fetch={config.n_fetch}",
+        )
+    if ps.aggregation == "round":
+        _check(
+            ps.staleness == "none",
+            f"ps.aggregation='round' needs ps.staleness='none', got {ps.staleness!r}: a round "
+            "applies fresh pushes together, there is no staleness to treat",
+        )
+        _check(
+            config.worker.local_steps == "fixed",
+            "ps.aggregation='round' needs worker.local_steps='fixed': a round waits for every "
+            "worker, so adaptive local steps would only make the fast ones push sooner and wait",
+        )
+        _check(
+            ps.round_timeout_secs < config.client.timeout_secs,
+            f"ps.round_timeout_secs ({ps.round_timeout_secs}) must be below "
+            f"client.timeout_secs ({config.client.timeout_secs}): a fetch waits for its round",
+        )
+        _check(
+            ps.rpc_threads >= config.num_workers + 3,
+            f"ps.rpc_threads ({ps.rpc_threads}) must be at least num_workers + 3 "
+            f"({config.num_workers + 3}) with ps.aggregation='round' (every worker's fetch "
+            "waits for its round on a server thread)",
+        )
+    if ps.staleness == "delayed_nesterov":
+        _check(
+            ps.optimizer == "sgd" and ps.momentum > 0,
+            "ps.staleness='delayed_nesterov' needs ps.optimizer='sgd' with ps.momentum > 0 "
+            f"(the momentum it delays), got {ps.optimizer!r} with momentum {ps.momentum}",
+        )
 
 
 def _check_server(config: ml_collections.ConfigDict) -> None:

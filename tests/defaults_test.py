@@ -7,7 +7,7 @@ import pytest
 from gasgd_tf import config_base, sharding, wire
 from gasgd_tf.client import ParameterClient
 from gasgd_tf.server import ParameterServer, ParameterServicer, server_config, store
-from gasgd_tf.server.optimizers import OPTIMIZERS
+from gasgd_tf.server.optimizers import OPTIMIZERS, POLICY_OPTIMIZERS
 
 
 def _default(function, name):
@@ -59,6 +59,6 @@ def test_the_keras_callback_takes_the_command_lines_defaults():
 
 def test_every_optimizers_hyperparameters_are_config_fields():
     # One registry: the config fields each optimizer reads come from its signature.
-    assert set(server_config.OPTIMIZER_HPARAMS) == set(OPTIMIZERS)
+    assert set(server_config.OPTIMIZER_HPARAMS) == set(OPTIMIZERS) | set(POLICY_OPTIMIZERS)
     for name, fields in server_config.OPTIMIZER_HPARAMS.items():
         assert fields and all(f in DEFAULTS.ps for f in fields), name

@@ -97,9 +97,12 @@ class Registration:
 
 @dataclasses.dataclass(frozen=True)
 class PushAck:
+    """A push's answer (``PushResponse``); ``local_steps``: adaptive H, 0 if none."""
+
     version: int
     staleness: int
     duplicate: bool
+    local_steps: int = 0
 
 
 class ParameterClient:
@@ -412,7 +415,9 @@ class ParameterClient:
                 "(a duplicate --task_index?)",
                 grpc.StatusCode.ALREADY_EXISTS,
             )
-        return PushAck(response.version, response.staleness, response.duplicate)
+        return PushAck(
+            response.version, response.staleness, response.duplicate, response.local_steps
+        )
 
     def leave(self) -> int:
         """Tells the server this client has finished; returns the version."""

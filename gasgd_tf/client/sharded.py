@@ -226,6 +226,8 @@ class ShardedClient:
             version=min(a.version for a in acks),
             staleness=max(a.staleness for a in acks),
             duplicate=any(a.duplicate for a in acks),
+            # Every shard measures the same pushes; the most cautious plan.
+            local_steps=min((a.local_steps for a in acks if a.local_steps), default=0),
         )
 
     @staticmethod

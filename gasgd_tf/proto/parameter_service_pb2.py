@@ -24,61 +24,61 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&gasgd_tf/proto/parameter_service.proto\x12\x0bgasgd_tf.v1\"L\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12!\n\x05\x64type\x18\x03 \x01(\x0e\x32\x12.gasgd_tf.v1.DType\"%\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xb8\x01\n\x0c\x43\x61pabilities\x12\'\n\x0bpush_dtypes\x18\x01 \x03(\x0e\x32\x12.gasgd_tf.v1.DType\x12\x17\n\x0fmax_chunk_bytes\x18\x02 \x01(\x04\x12\x11\n\toptimizer\x18\x03 \x01(\t\x12(\n\x0c\x66\x65tch_dtypes\x18\x04 \x03(\x0e\x32\x12.gasgd_tf.v1.DType\x12)\n\npush_kinds\x18\x05 \x03(\x0e\x32\x15.gasgd_tf.v1.PushKind\"N\n\x0fRegisterRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12(\n\x07tensors\x18\x02 \x03(\x0b\x32\x17.gasgd_tf.v1.TensorSpec\"\xd0\x01\n\x10RegisterResponse\x12\x13\n\x0binitialized\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12(\n\x07tensors\x18\x03 \x03(\x0b\x32\x17.gasgd_tf.v1.TensorSpec\x12\x15\n\rlast_sequence\x18\x04 \x01(\x04\x12/\n\x0c\x63\x61pabilities\x18\x05 \x01(\x0b\x32\x19.gasgd_tf.v1.Capabilities\x12\x11\n\tserver_id\x18\x06 \x01(\t\x12\x11\n\tlast_step\x18\x07 \x01(\x04\"O\n\x10InitializeHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12(\n\x07tensors\x18\x02 \x03(\x0b\x32\x17.gasgd_tf.v1.TensorSpec\"t\n\x11InitializeRequest\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.gasgd_tf.v1.InitializeHeaderH\x00\x12#\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x12.gasgd_tf.v1.ChunkH\x00\x42\t\n\x07payload\"7\n\x12InitializeResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x04\"W\n\x0c\x46\x65tchRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x11\n\tread_only\x18\x02 \x01(\x08\x12!\n\x05\x64type\x18\x03 \x01(\x0e\x32\x12.gasgd_tf.v1.DType\"p\n\x0b\x46\x65tchHeader\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12(\n\x07tensors\x18\x02 \x03(\x0b\x32\x17.gasgd_tf.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x11\n\tserver_id\x18\x04 \x01(\t\"k\n\rFetchResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.gasgd_tf.v1.FetchHeaderH\x00\x12#\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x12.gasgd_tf.v1.ChunkH\x00\x42\t\n\x07payload\"\xd4\x01\n\nPushHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12(\n\x07tensors\x18\x04 \x03(\x0b\x32\x17.gasgd_tf.v1.TensorSpec\x12\x13\n\x0b\x63lient_step\x18\x05 \x01(\x04\x12\x16\n\x0e\x62\x61se_server_id\x18\x06 \x01(\t\x12#\n\x04kind\x18\x07 \x01(\x0e\x32\x15.gasgd_tf.v1.PushKind\x12\x0f\n\x07samples\x18\x08 \x01(\x04\"h\n\x0bPushRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.gasgd_tf.v1.PushHeaderH\x00\x12#\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x12.gasgd_tf.v1.ChunkH\x00\x42\t\n\x07payload\"E\n\x0cPushResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x11\n\tstaleness\x18\x02 \x01(\x04\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"!\n\x0cLeaveRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\" \n\rLeaveResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\"?\n\rStatusRequest\x12\x12\n\nclient_ids\x18\x01 \x03(\t\x12\x1a\n\x12max_clients_listed\x18\x02 \x01(\r\"O\n\x10StalenessSummary\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x0c\n\x04mean\x18\x02 \x01(\x01\x12\x0b\n\x03max\x18\x03 \x01(\x04\x12\x11\n\thistogram\x18\x04 \x03(\x04\"\xd7\x01\n\x0c\x43lientStatus\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12\x0e\n\x06pushes\x18\x03 \x01(\x04\x12\x0f\n\x07\x66\x65tches\x18\x04 \x01(\x04\x12\x15\n\rlast_sequence\x18\x05 \x01(\x04\x12\x11\n\tlast_step\x18\x06 \x01(\x04\x12\x16\n\x0elast_seen_unix\x18\x07 \x01(\x01\x12\x30\n\tstaleness\x18\x08 \x01(\x0b\x32\x1d.gasgd_tf.v1.StalenessSummary\x12\x0f\n\x07\x65xpired\x18\t \x01(\x08\"\xdf\x03\n\x0eStatusResponse\x12\x13\n\x0binitialized\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x17\n\x0fupdates_applied\x18\x03 \x01(\x04\x12\x17\n\x0fpushes_rejected\x18\x04 \x01(\x04\x12\x18\n\x10\x64uplicate_pushes\x18\x05 \x01(\x04\x12\x16\n\x0enum_parameters\x18\x06 \x01(\x04\x12\x11\n\toptimizer\x18\x07 \x01(\t\x12\x11\n\tserver_id\x18\x08 \x01(\t\x12\x13\n\x0buptime_secs\x18\t \x01(\x01\x12\x30\n\tstaleness\x18\n \x01(\x0b\x32\x1d.gasgd_tf.v1.StalenessSummary\x12*\n\x07\x63lients\x18\x0b \x03(\x0b\x32\x19.gasgd_tf.v1.ClientStatus\x12\x13\n\x0bnum_clients\x18\x0c \x01(\x04\x12\x16\n\x0e\x61\x63tive_clients\x18\r \x01(\x04\x12\x17\n\x0f\x65xpired_clients\x18\x0e \x01(\x04\x12\x1a\n\x12\x63lients_not_listed\x18\x0f \x01(\x04\x12\x13\n\x0bmax_clients\x18\x10 \x01(\x04\x12\x17\n\x0f\x63lients_refused\x18\x11 \x01(\x04\x12\x1a\n\x12malformed_requests\x18\x12 \x01(\x04\"%\n\x10HeartbeatRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"7\n\x11HeartbeatResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x11\n\tserver_id\x18\x02 \x01(\t*k\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT64\x10\x02\x12\x11\n\rDTYPE_FLOAT16\x10\x03\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x04*7\n\x08PushKind\x12\x16\n\x12PUSH_KIND_GRADIENT\x10\x00\x12\x13\n\x0fPUSH_KIND_DELTA\x10\x01\x32\xfc\x03\n\x10ParameterService\x12G\n\x08Register\x12\x1c.gasgd_tf.v1.RegisterRequest\x1a\x1d.gasgd_tf.v1.RegisterResponse\x12O\n\nInitialize\x12\x1e.gasgd_tf.v1.InitializeRequest\x1a\x1f.gasgd_tf.v1.InitializeResponse(\x01\x12@\n\x05\x46\x65tch\x12\x19.gasgd_tf.v1.FetchRequest\x1a\x1a.gasgd_tf.v1.FetchResponse0\x01\x12=\n\x04Push\x12\x18.gasgd_tf.v1.PushRequest\x1a\x19.gasgd_tf.v1.PushResponse(\x01\x12>\n\x05Leave\x12\x19.gasgd_tf.v1.LeaveRequest\x1a\x1a.gasgd_tf.v1.LeaveResponse\x12\x41\n\x06Status\x12\x1a.gasgd_tf.v1.StatusRequest\x1a\x1b.gasgd_tf.v1.StatusResponse\x12J\n\tHeartbeat\x12\x1d.gasgd_tf.v1.HeartbeatRequest\x1a\x1e.gasgd_tf.v1.HeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&gasgd_tf/proto/parameter_service.proto\x12\x0bgasgd_tf.v1\"L\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12!\n\x05\x64type\x18\x03 \x01(\x0e\x32\x12.gasgd_tf.v1.DType\"%\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xcd\x01\n\x0c\x43\x61pabilities\x12\'\n\x0bpush_dtypes\x18\x01 \x03(\x0e\x32\x12.gasgd_tf.v1.DType\x12\x17\n\x0fmax_chunk_bytes\x18\x02 \x01(\x04\x12\x11\n\toptimizer\x18\x03 \x01(\t\x12(\n\x0c\x66\x65tch_dtypes\x18\x04 \x03(\x0e\x32\x12.gasgd_tf.v1.DType\x12)\n\npush_kinds\x18\x05 \x03(\x0e\x32\x15.gasgd_tf.v1.PushKind\x12\x13\n\x0b\x61ggregation\x18\x06 \x01(\t\"N\n\x0fRegisterRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12(\n\x07tensors\x18\x02 \x03(\x0b\x32\x17.gasgd_tf.v1.TensorSpec\"\xd0\x01\n\x10RegisterResponse\x12\x13\n\x0binitialized\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12(\n\x07tensors\x18\x03 \x03(\x0b\x32\x17.gasgd_tf.v1.TensorSpec\x12\x15\n\rlast_sequence\x18\x04 \x01(\x04\x12/\n\x0c\x63\x61pabilities\x18\x05 \x01(\x0b\x32\x19.gasgd_tf.v1.Capabilities\x12\x11\n\tserver_id\x18\x06 \x01(\t\x12\x11\n\tlast_step\x18\x07 \x01(\x04\"O\n\x10InitializeHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12(\n\x07tensors\x18\x02 \x03(\x0b\x32\x17.gasgd_tf.v1.TensorSpec\"t\n\x11InitializeRequest\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.gasgd_tf.v1.InitializeHeaderH\x00\x12#\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x12.gasgd_tf.v1.ChunkH\x00\x42\t\n\x07payload\"7\n\x12InitializeResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x04\"W\n\x0c\x46\x65tchRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x11\n\tread_only\x18\x02 \x01(\x08\x12!\n\x05\x64type\x18\x03 \x01(\x0e\x32\x12.gasgd_tf.v1.DType\"p\n\x0b\x46\x65tchHeader\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12(\n\x07tensors\x18\x02 \x03(\x0b\x32\x17.gasgd_tf.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x11\n\tserver_id\x18\x04 \x01(\t\"k\n\rFetchResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.gasgd_tf.v1.FetchHeaderH\x00\x12#\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x12.gasgd_tf.v1.ChunkH\x00\x42\t\n\x07payload\"\xd4\x01\n\nPushHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12(\n\x07tensors\x18\x04 \x03(\x0b\x32\x17.gasgd_tf.v1.TensorSpec\x12\x13\n\x0b\x63lient_step\x18\x05 \x01(\x04\x12\x16\n\x0e\x62\x61se_server_id\x18\x06 \x01(\t\x12#\n\x04kind\x18\x07 \x01(\x0e\x32\x15.gasgd_tf.v1.PushKind\x12\x0f\n\x07samples\x18\x08 \x01(\x04\"h\n\x0bPushRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.gasgd_tf.v1.PushHeaderH\x00\x12#\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x12.gasgd_tf.v1.ChunkH\x00\x42\t\n\x07payload\"Z\n\x0cPushResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x11\n\tstaleness\x18\x02 \x01(\x04\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\x13\n\x0blocal_steps\x18\x04 \x01(\r\"!\n\x0cLeaveRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\" \n\rLeaveResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\"?\n\rStatusRequest\x12\x12\n\nclient_ids\x18\x01 \x03(\t\x12\x1a\n\x12max_clients_listed\x18\x02 \x01(\r\"O\n\x10StalenessSummary\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x0c\n\x04mean\x18\x02 \x01(\x01\x12\x0b\n\x03max\x18\x03 \x01(\x04\x12\x11\n\thistogram\x18\x04 \x03(\x04\"\xd7\x01\n\x0c\x43lientStatus\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12\x0e\n\x06pushes\x18\x03 \x01(\x04\x12\x0f\n\x07\x66\x65tches\x18\x04 \x01(\x04\x12\x15\n\rlast_sequence\x18\x05 \x01(\x04\x12\x11\n\tlast_step\x18\x06 \x01(\x04\x12\x16\n\x0elast_seen_unix\x18\x07 \x01(\x01\x12\x30\n\tstaleness\x18\x08 \x01(\x0b\x32\x1d.gasgd_tf.v1.StalenessSummary\x12\x0f\n\x07\x65xpired\x18\t \x01(\x08\"\xdf\x03\n\x0eStatusResponse\x12\x13\n\x0binitialized\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x17\n\x0fupdates_applied\x18\x03 \x01(\x04\x12\x17\n\x0fpushes_rejected\x18\x04 \x01(\x04\x12\x18\n\x10\x64uplicate_pushes\x18\x05 \x01(\x04\x12\x16\n\x0enum_parameters\x18\x06 \x01(\x04\x12\x11\n\toptimizer\x18\x07 \x01(\t\x12\x11\n\tserver_id\x18\x08 \x01(\t\x12\x13\n\x0buptime_secs\x18\t \x01(\x01\x12\x30\n\tstaleness\x18\n \x01(\x0b\x32\x1d.gasgd_tf.v1.StalenessSummary\x12*\n\x07\x63lients\x18\x0b \x03(\x0b\x32\x19.gasgd_tf.v1.ClientStatus\x12\x13\n\x0bnum_clients\x18\x0c \x01(\x04\x12\x16\n\x0e\x61\x63tive_clients\x18\r \x01(\x04\x12\x17\n\x0f\x65xpired_clients\x18\x0e \x01(\x04\x12\x1a\n\x12\x63lients_not_listed\x18\x0f \x01(\x04\x12\x13\n\x0bmax_clients\x18\x10 \x01(\x04\x12\x17\n\x0f\x63lients_refused\x18\x11 \x01(\x04\x12\x1a\n\x12malformed_requests\x18\x12 \x01(\x04\"%\n\x10HeartbeatRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"7\n\x11HeartbeatResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x11\n\tserver_id\x18\x02 \x01(\t*k\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT64\x10\x02\x12\x11\n\rDTYPE_FLOAT16\x10\x03\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x04*7\n\x08PushKind\x12\x16\n\x12PUSH_KIND_GRADIENT\x10\x00\x12\x13\n\x0fPUSH_KIND_DELTA\x10\x01\x32\xfc\x03\n\x10ParameterService\x12G\n\x08Register\x12\x1c.gasgd_tf.v1.RegisterRequest\x1a\x1d.gasgd_tf.v1.RegisterResponse\x12O\n\nInitialize\x12\x1e.gasgd_tf.v1.InitializeRequest\x1a\x1f.gasgd_tf.v1.InitializeResponse(\x01\x12@\n\x05\x46\x65tch\x12\x19.gasgd_tf.v1.FetchRequest\x1a\x1a.gasgd_tf.v1.FetchResponse0\x01\x12=\n\x04Push\x12\x18.gasgd_tf.v1.PushRequest\x1a\x19.gasgd_tf.v1.PushResponse(\x01\x12>\n\x05Leave\x12\x19.gasgd_tf.v1.LeaveRequest\x1a\x1a.gasgd_tf.v1.LeaveResponse\x12\x41\n\x06Status\x12\x1a.gasgd_tf.v1.StatusRequest\x1a\x1b.gasgd_tf.v1.StatusResponse\x12J\n\tHeartbeat\x12\x1d.gasgd_tf.v1.HeartbeatRequest\x1a\x1e.gasgd_tf.v1.HeartbeatResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gasgd_tf.proto.parameter_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=2621
-  _globals['_DTYPE']._serialized_end=2728
-  _globals['_PUSHKIND']._serialized_start=2730
-  _globals['_PUSHKIND']._serialized_end=2785
+  _globals['_DTYPE']._serialized_start=2663
+  _globals['_DTYPE']._serialized_end=2770
+  _globals['_PUSHKIND']._serialized_start=2772
+  _globals['_PUSHKIND']._serialized_end=2827
   _globals['_TENSORSPEC']._serialized_start=55
   _globals['_TENSORSPEC']._serialized_end=131
   _globals['_CHUNK']._serialized_start=133
   _globals['_CHUNK']._serialized_end=170
   _globals['_CAPABILITIES']._serialized_start=173
-  _globals['_CAPABILITIES']._serialized_end=357
-  _globals['_REGISTERREQUEST']._serialized_start=359
-  _globals['_REGISTERREQUEST']._serialized_end=437
-  _globals['_REGISTERRESPONSE']._serialized_start=440
-  _globals['_REGISTERRESPONSE']._serialized_end=648
-  _globals['_INITIALIZEHEADER']._serialized_start=650
-  _globals['_INITIALIZEHEADER']._serialized_end=729
-  _globals['_INITIALIZEREQUEST']._serialized_start=731
-  _globals['_INITIALIZEREQUEST']._serialized_end=847
-  _globals['_INITIALIZERESPONSE']._serialized_start=849
-  _globals['_INITIALIZERESPONSE']._serialized_end=904
-  _globals['_FETCHREQUEST']._serialized_start=906
-  _globals['_FETCHREQUEST']._serialized_end=993
-  _globals['_FETCHHEADER']._serialized_start=995
-  _globals['_FETCHHEADER']._serialized_end=1107
-  _globals['_FETCHRESPONSE']._serialized_start=1109
-  _globals['_FETCHRESPONSE']._serialized_end=1216
-  _globals['_PUSHHEADER']._serialized_start=1219
-  _globals['_PUSHHEADER']._serialized_end=1431
-  _globals['_PUSHREQUEST']._serialized_start=1433
-  _globals['_PUSHREQUEST']._serialized_end=1537
-  _globals['_PUSHRESPONSE']._serialized_start=1539
-  _globals['_PUSHRESPONSE']._serialized_end=1608
-  _globals['_LEAVEREQUEST']._serialized_start=1610
-  _globals['_LEAVEREQUEST']._serialized_end=1643
-  _globals['_LEAVERESPONSE']._serialized_start=1645
-  _globals['_LEAVERESPONSE']._serialized_end=1677
-  _globals['_STATUSREQUEST']._serialized_start=1679
-  _globals['_STATUSREQUEST']._serialized_end=1742
-  _globals['_STALENESSSUMMARY']._serialized_start=1744
-  _globals['_STALENESSSUMMARY']._serialized_end=1823
-  _globals['_CLIENTSTATUS']._serialized_start=1826
-  _globals['_CLIENTSTATUS']._serialized_end=2041
-  _globals['_STATUSRESPONSE']._serialized_start=2044
-  _globals['_STATUSRESPONSE']._serialized_end=2523
-  _globals['_HEARTBEATREQUEST']._serialized_start=2525
-  _globals['_HEARTBEATREQUEST']._serialized_end=2562
-  _globals['_HEARTBEATRESPONSE']._serialized_start=2564
-  _globals['_HEARTBEATRESPONSE']._serialized_end=2619
-  _globals['_PARAMETERSERVICE']._serialized_start=2788
-  _globals['_PARAMETERSERVICE']._serialized_end=3296
+  _globals['_CAPABILITIES']._serialized_end=378
+  _globals['_REGISTERREQUEST']._serialized_start=380
+  _globals['_REGISTERREQUEST']._serialized_end=458
+  _globals['_REGISTERRESPONSE']._serialized_start=461
+  _globals['_REGISTERRESPONSE']._serialized_end=669
+  _globals['_INITIALIZEHEADER']._serialized_start=671
+  _globals['_INITIALIZEHEADER']._serialized_end=750
+  _globals['_INITIALIZEREQUEST']._serialized_start=752
+  _globals['_INITIALIZEREQUEST']._serialized_end=868
+  _globals['_INITIALIZERESPONSE']._serialized_start=870
+  _globals['_INITIALIZERESPONSE']._serialized_end=925
+  _globals['_FETCHREQUEST']._serialized_start=927
+  _globals['_FETCHREQUEST']._serialized_end=1014
+  _globals['_FETCHHEADER']._serialized_start=1016
+  _globals['_FETCHHEADER']._serialized_end=1128
+  _globals['_FETCHRESPONSE']._serialized_start=1130
+  _globals['_FETCHRESPONSE']._serialized_end=1237
+  _globals['_PUSHHEADER']._serialized_start=1240
+  _globals['_PUSHHEADER']._serialized_end=1452
+  _globals['_PUSHREQUEST']._serialized_start=1454
+  _globals['_PUSHREQUEST']._serialized_end=1558
+  _globals['_PUSHRESPONSE']._serialized_start=1560
+  _globals['_PUSHRESPONSE']._serialized_end=1650
+  _globals['_LEAVEREQUEST']._serialized_start=1652
+  _globals['_LEAVEREQUEST']._serialized_end=1685
+  _globals['_LEAVERESPONSE']._serialized_start=1687
+  _globals['_LEAVERESPONSE']._serialized_end=1719
+  _globals['_STATUSREQUEST']._serialized_start=1721
+  _globals['_STATUSREQUEST']._serialized_end=1784
+  _globals['_STALENESSSUMMARY']._serialized_start=1786
+  _globals['_STALENESSSUMMARY']._serialized_end=1865
+  _globals['_CLIENTSTATUS']._serialized_start=1868
+  _globals['_CLIENTSTATUS']._serialized_end=2083
+  _globals['_STATUSRESPONSE']._serialized_start=2086
+  _globals['_STATUSRESPONSE']._serialized_end=2565
+  _globals['_HEARTBEATREQUEST']._serialized_start=2567
+  _globals['_HEARTBEATREQUEST']._serialized_end=2604
+  _globals['_HEARTBEATRESPONSE']._serialized_start=2606
+  _globals['_HEARTBEATRESPONSE']._serialized_end=2661
+  _globals['_PARAMETERSERVICE']._serialized_start=2830
+  _globals['_PARAMETERSERVICE']._serialized_end=3338
 # @@protoc_insertion_point(module_scope)

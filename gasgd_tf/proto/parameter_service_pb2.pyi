@@ -46,18 +46,20 @@ class Chunk(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("push_dtypes", "max_chunk_bytes", "optimizer", "fetch_dtypes", "push_kinds")
+    __slots__ = ("push_dtypes", "max_chunk_bytes", "optimizer", "fetch_dtypes", "push_kinds", "aggregation")
     PUSH_DTYPES_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     FETCH_DTYPES_FIELD_NUMBER: _ClassVar[int]
     PUSH_KINDS_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     push_dtypes: _containers.RepeatedScalarFieldContainer[DType]
     max_chunk_bytes: int
     optimizer: str
     fetch_dtypes: _containers.RepeatedScalarFieldContainer[DType]
     push_kinds: _containers.RepeatedScalarFieldContainer[PushKind]
-    def __init__(self, push_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., max_chunk_bytes: _Optional[int] = ..., optimizer: _Optional[str] = ..., fetch_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., push_kinds: _Optional[_Iterable[_Union[PushKind, str]]] = ...) -> None: ...
+    aggregation: str
+    def __init__(self, push_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., max_chunk_bytes: _Optional[int] = ..., optimizer: _Optional[str] = ..., fetch_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., push_kinds: _Optional[_Iterable[_Union[PushKind, str]]] = ..., aggregation: _Optional[str] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("client_id", "tensors")
@@ -168,14 +170,16 @@ class PushRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[PushHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
 
 class PushResponse(_message.Message):
-    __slots__ = ("version", "staleness", "duplicate")
+    __slots__ = ("version", "staleness", "duplicate", "local_steps")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STALENESS_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     version: int
     staleness: int
     duplicate: bool
-    def __init__(self, version: _Optional[int] = ..., staleness: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    local_steps: int
+    def __init__(self, version: _Optional[int] = ..., staleness: _Optional[int] = ..., duplicate: _Optional[bool] = ..., local_steps: _Optional[int] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
     __slots__ = ("client_id",)

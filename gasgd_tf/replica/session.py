@@ -90,6 +90,7 @@ class SessionStats:
       version: The server version last seen (push answer, fetch or leave).
       staleness: The staleness of the last applied push.
       max_staleness: The largest staleness of a push.
+      local_steps: The last H the server planned (adaptive local steps).
     """
 
     pushes: int = 0
@@ -98,6 +99,7 @@ class SessionStats:
     version: int = 0
     staleness: int = 0
     max_staleness: int = 0
+    local_steps: int = 0  # The last H the server planned (adaptive local steps; 0: none).
 
 
 def _mismatch(what: str, address: str, error: Exception) -> ModelMismatchError:
@@ -307,6 +309,11 @@ class ReplicaSession:
             self.stats.pushes += 1
             self.stats.version, self.stats.staleness = ack.version, ack.staleness
             self.stats.max_staleness = max(self.stats.max_staleness, ack.staleness)
+            if ack.local_steps and ack.local_steps != self.schedule.n_push:
+                # Adaptive local steps: the next window counts from the step
+                # this push was taken at (settled before the next is taken).
+                self.schedule = self.schedule.replanned(ack.local_steps, self._pushed_step)
+                self.stats.local_steps = ack.local_steps
         if outcome.fetched is not None:
             self._assign(outcome.fetched)
             self.stats.fetches += 1

@@ -582,9 +582,101 @@ class Adam(ServerOptimizer):
         }
 
 
+class DelayedNesterov(ServerOptimizer):
+    """Delayed Nesterov momentum for asynchronous outer steps (Liu et al. 2024).
+
+    From "Asynchronous Local-SGD Training for Language Modeling" (arXiv
+    2401.09135, the Delayed Nesterov outer optimizer): with stale pushes
+    arriving one at a time, Nesterov momentum on each of them accelerates
+    in directions the other workers have already moved. So each push ``g``
+    is applied at once as a plain step of ``lr / period``, and the momentum
+    takes the average of the last ``period`` pushes only once every
+    ``period`` pushes::
+
+        buffer += g
+        every period-th push:  m = momentum * m + buffer / period
+                               w -= lr * (1 - c * period + c) * momentum * m
+                               buffer = 0
+        otherwise:             w -= lr * c * momentum * m
+        every push:            w -= lr * g / period
+
+    With ``period`` 1 and ``c`` 0 this is Nesterov SGD (``m`` is Keras'
+    momentum divided by -lr). Per ``period`` pushes the momentum moves the
+    parameters by ``lr * momentum * m`` whatever ``c`` is; ``c`` only
+    spreads that movement over the pushes in between.
+
+    Args:
+      learning_rate: Step size, > 0.
+      momentum: In [0, 1).
+      dn_period: Pushes per momentum update (N in the paper; the config
+        sets it to the number of workers by default), >= 1.
+      dn_c: Share of the momentum step applied between updates, in [0, 1].
+      weight_decay: Decoupled weight decay coefficient, >= 0.
+    """
+
+    name = "delayed_nesterov"
+
+    def __init__(
+        self,
+        learning_rate: float = 0.7,
+        momentum: float = 0.9,
+        dn_period: int = 1,
+        dn_c: float = 0.0,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__(learning_rate, weight_decay)
+        self.momentum = _fraction("momentum", momentum)
+        if isinstance(dn_period, bool) or not isinstance(dn_period, (int, np.integer)):
+            raise ValueError(f"dn_period must be an integer >= 1, got {dn_period!r}")
+        if dn_period < 1:
+            raise ValueError(f"dn_period must be an integer >= 1, got {dn_period!r}")
+        self.dn_period = int(dn_period)
+        self.dn_c = _number("dn_c", dn_c)
+        if not 0.0 <= self.dn_c <= 1.0:
+            raise ValueError(f"dn_c must be in [0, 1], got {self.dn_c}")
+
+    def init_slots(self, size: int) -> dict[str, np.ndarray]:
+        return {
+            "momentum": np.zeros(size, np.float32),
+            "buffer": np.zeros(size, np.float32),
+            # Pushes applied so far: which of them updates the momentum.
+            "iterations": np.zeros(1, np.int64),
+        }
+
+    def _begin(self, slots, lr):
+        period, c, beta = self.dn_period, self.dn_c, self.momentum
+        update = (int(slots["iterations"][0]) + 1) % period == 0
+        share = (1.0 - c * period + c) if update else c
+        return update, np.float32(lr * share * beta), np.float32(lr / period)
+
+    def _end(self, slots):
+        slots["iterations"] += 1
+
+    def _update(self, params, grad, slots, lr, constants):
+        update, momentum_step, grad_step = constants
+        m, buffer = slots["momentum"], slots["buffer"]
+        buffer += grad
+        if update:
+            m *= np.float32(self.momentum)
+            tmp = np.multiply(buffer, np.float32(1.0 / self.dn_period), out=self._tmp(m.size))
+            m += tmp
+            buffer[...] = 0
+        if momentum_step:
+            params -= np.multiply(m, momentum_step, out=self._tmp(m.size))
+        params -= np.multiply(grad, grad_step, out=self._tmp(m.size))
+
+    def _hparams(self) -> dict[str, Any]:
+        return {"momentum": self.momentum, "dn_period": self.dn_period, "dn_c": self.dn_c}
+
+
 OPTIMIZERS: dict[str, type[ServerOptimizer]] = {
     cls.name: cls for cls in (SGD, Adagrad, Adadelta, RMSprop, Adam)
 }
+
+
+# Built by ps.staleness='delayed_nesterov' (not named by ps.optimizer: it is
+# SGD's momentum, delayed; gasgd_tf/server/server_config.py).
+POLICY_OPTIMIZERS: dict[str, type[ServerOptimizer]] = {DelayedNesterov.name: DelayedNesterov}
 
 
 def make_optimizer(name: str, **hparams: Any) -> ServerOptimizer:
@@ -594,7 +686,7 @@ def make_optimizer(name: str, **hparams: Any) -> ServerOptimizer:
       ValueError: For an unknown name or hyperparameter, or a value out of range.
     """
     try:
-        cls = OPTIMIZERS[name]
+        cls = OPTIMIZERS.get(name) or POLICY_OPTIMIZERS[name]
     except KeyError:
         raise ValueError(
             f"unknown server optimizer {name!r}; known: {sorted(OPTIMIZERS)}"

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from gasgd_tf import config_base, layout, wire
 from gasgd_tf.security import Credentials, TokenInterceptor, server_credentials
 from gasgd_tf.server import checkpointing, server_config
+from gasgd_tf.server.rounds import RoundState
 from gasgd_tf.server.servicer import ParameterServicer, add_to_server
 from gasgd_tf.server.store import STALENESS_BUCKETS, ParameterStore
 from gasgd_tf.summaries import MetricWriter
@@ -171,6 +172,7 @@ class SummaryLoop:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             self._store.expire_silent()  # Heartbeat timeouts, checked as often as summaries.
+            self._store.close_due_round()  # A round past its deadline with nobody fetching.
             self.write()
 
     def stop(self) -> None:
@@ -179,13 +181,18 @@ class SummaryLoop:
         self.write()
 
 
-def build_store(ps_config, push_kind: str = "gradient") -> ParameterStore:
-    """The ``ps`` role's store: optimizer, schedule, staleness and limits from ``config.ps``.
+def build_store(config) -> ParameterStore:
+    """The ``ps`` role's store: optimizer, schedule, staleness, rounds and limits.
 
     Args:
-      ps_config: ``config.ps``.
-      push_kind: What the workers push (``config.worker.push``).
+      config: The run's config (``config.ps``; ``config.worker.push`` and
+        ``local_steps`` with ``n_push``, which the server applies and plans).
     """
+    ps_config = config.ps
+    rounds = None
+    if ps_config.aggregation == "round":
+        rounds = RoundState(ps_config.round_quorum, ps_config.round_timeout_secs)
+    adaptive = config.worker.local_steps == "adaptive"
     return ParameterStore(
         server_config.build_optimizer(ps_config),
         ps_config.max_parameter_bytes,
@@ -193,7 +200,9 @@ def build_store(ps_config, push_kind: str = "gradient") -> ParameterStore:
         schedule=server_config.build_schedule(ps_config),
         heartbeat_timeout_secs=ps_config.heartbeat_timeout_secs or None,
         max_clients=ps_config.max_clients,
-        push_kind=push_kind,
+        push_kind=config.worker.push,
+        rounds=rounds,
+        max_local_steps=config.n_push if adaptive else None,
     )
 
 
@@ -246,7 +255,7 @@ def run(
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard index {shard_index} is not in [0, ps.num_shards={num_shards})")
     log_to_console()
-    store = build_store(config.ps, config.worker.push)
+    store = build_store(config)
     shard = layout.shard_of(shard_index, num_shards)
     directory = layout.checkpoint_dir(workdir)
     # Before serving: a client must never see the empty store of a restarted server.

@@ -9,7 +9,12 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-from gasgd_tf.server.optimizers import OPTIMIZERS, ServerOptimizer, make_optimizer
+from gasgd_tf.server.optimizers import (
+    OPTIMIZERS,
+    POLICY_OPTIMIZERS,
+    ServerOptimizer,
+    make_optimizer,
+)
 from gasgd_tf.server.schedules import make_schedule
 from gasgd_tf.server.staleness import StalenessConfig
 
@@ -23,17 +28,22 @@ def _hyperparameters(optimizer: type[ServerOptimizer]) -> tuple[str, ...]:
 
 # Derived from the one registry of optimizers (gasgd_tf.server.optimizers.OPTIMIZERS).
 OPTIMIZER_HPARAMS: dict[str, tuple[str, ...]] = {
-    name: _hyperparameters(cls) for name, cls in OPTIMIZERS.items()
+    name: _hyperparameters(cls) for name, cls in {**OPTIMIZERS, **POLICY_OPTIMIZERS}.items()
 }
 
 
 def build_optimizer(ps_config) -> ServerOptimizer:
     """The server optimizer named by ``ps_config.optimizer``, with its hyperparameters.
 
+    ``ps.staleness='delayed_nesterov'`` makes it ``DelayedNesterov`` with the
+    SGD's learning rate and momentum (the config checks it is SGD).
+
     Raises:
       ValueError: Unknown optimizer or a bad hyperparameter.
     """
     name = ps_config.optimizer
+    if ps_config.get("staleness") in POLICY_OPTIMIZERS:
+        name = ps_config.staleness
     if name not in OPTIMIZER_HPARAMS:
         raise ValueError(f"unknown server optimizer {name!r}; known: {sorted(OPTIMIZER_HPARAMS)}")
     hparams = {k: ps_config[k] for k in OPTIMIZER_HPARAMS[name] if ps_config.get(k) is not None}

@@ -283,6 +283,7 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
                     max_chunk_bytes=self._max_chunk_bytes,
                     optimizer=self._store.optimizer.name,
                     push_kinds=[wire.PUSH_KINDS[self._store.push_kind]],
+                    aggregation=self._store.aggregation,
                 ),
                 server_id=self._store.server_id,
             )
@@ -326,7 +327,9 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
 
     def Fetch(self, request, context):
         since = None
-        if request.read_only or self._store.staleness_config.policy != "bounded":
+        # A fetch that may wait (bounded staleness, rounds) takes no slot while
+        # it waits: the pushes that end its wait need the server more.
+        if request.read_only or not self._store.fetches_wait:
             n = self._max_concurrent_fetches
             since = self._take_slot(
                 context,
@@ -421,9 +424,13 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
             known_finite=known_finite,  # Checked chunk by chunk, in cache, as it arrived.
             base_server_id=header.base_server_id,
             kind=wire.push_kind_name(header.kind),
+            samples=header.samples,
         )
         return pb.PushResponse(
-            version=result.version, staleness=result.staleness, duplicate=result.duplicate
+            version=result.version,
+            staleness=result.staleness,
+            duplicate=result.duplicate,
+            local_steps=result.local_steps,
         )
 
     def Leave(self, request, context):

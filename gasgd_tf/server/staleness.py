@@ -17,6 +17,9 @@ version the gradient was computed from (its base) and the push. Policies:
   g + lambda * g * g * (w_now - w_base), where w_base are the parameters the
   worker last fetched. The server keeps, per worker, a reference to the
   snapshot it fetched: at most one extra copy of the parameters per worker.
+- ``delayed_nesterov``: for asynchronous outer steps (Liu et al. 2024): the
+  server's SGD momentum is folded in once every ``ps.dn_period`` pushes,
+  each push applied at once without it (``optimizers.DelayedNesterov``).
 
 Numpy only, like the rest of the server.
 """
@@ -28,7 +31,7 @@ import math
 
 import numpy as np
 
-POLICIES = ("none", "lr_scale", "bounded", "dc_asgd")
+POLICIES = ("none", "lr_scale", "bounded", "dc_asgd", "delayed_nesterov")
 
 
 @dataclasses.dataclass(frozen=True)

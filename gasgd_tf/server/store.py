@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from gasgd_tf import config_base
+from gasgd_tf.server import rounds as rounds_lib
 from gasgd_tf.server import staleness as staleness_lib
+from gasgd_tf.server.local_steps import LocalStepsPlanner
 from gasgd_tf.server.optimizers import ServerOptimizer
 from gasgd_tf.server.staleness import StalenessConfig
 from gasgd_tf.tensors import (
@@ -38,6 +40,7 @@ MAX_CLIENT_ID_LENGTH = 128
 # Client records a store keeps by default (ps.max_clients: why 1024 is there).
 DEFAULT_MAX_CLIENTS = config_base.defaults().ps.max_clients
 DEFAULT_PUSH_KIND = config_base.defaults().worker.push
+DEFAULT_AGGREGATION = config_base.defaults().ps.aggregation
 # A bounded-staleness wait longer than this is logged, naming who it waits for.
 SLOW_WAIT_SECS = 1.0
 # A bounded-staleness wait ends this long before the caller's deadline.
@@ -103,9 +106,20 @@ class StalenessStats:
 
 @dataclasses.dataclass(frozen=True)
 class PushResult:
+    """What a push's answer says.
+
+    Attributes:
+      version: The version after the push (with rounds: after the round, if
+        this push closed it; else the version it waits on).
+      staleness: Versions between the push's base and the version it is applied to.
+      duplicate: This (client, sequence) was taken before.
+      local_steps: Adaptive local steps: the client's H for its next window (0: keep its own).
+    """
+
     version: int
     staleness: int
     duplicate: bool = False
+    local_steps: int = 0
 
 
 @dataclasses.dataclass
@@ -255,6 +269,14 @@ class ParameterStore:
         first within each); if none may be forgotten, the call raises
         ``ClientLimitError``. Clients that trained and left are kept (their
         push sequences recognise retries; evaluators wait for them).
+      push_kind: "gradient" or "delta": the one kind this store applies.
+      rounds: Synchronous rounds (``ps.aggregation='round'``): pushes are
+        summed into the open round and applied as one update when it
+        closes; a worker's Fetch after its push waits for that (on the
+        lock's condition, like ``bounded``). None: each push is an update.
+      max_local_steps: Adaptive local steps (DyLU): every push is answered
+        with the pusher's H for its next window, this for the fastest
+        worker. None: off.
     """
 
     def __init__(
@@ -267,6 +289,8 @@ class ParameterStore:
         heartbeat_timeout_secs: float | None = None,
         max_clients: int | None = DEFAULT_MAX_CLIENTS,
         push_kind: str = DEFAULT_PUSH_KIND,
+        rounds: rounds_lib.RoundState | None = None,
+        max_local_steps: int | None = None,
     ):
         if max_clients is not None and max_clients < 1:
             raise ValueError(f"max_clients must be >= 1 or None, got {max_clients}")
@@ -317,6 +341,10 @@ class ParameterStore:
         # id is refused without scanning the table, so that a flood of new
         # ids costs O(1) each under the lock, not O(max_clients).
         self._no_room_until: float | None = None
+        # Synchronous rounds (server/rounds.py); None: every push is an update.
+        self._round = rounds
+        # Adaptive local steps (server/local_steps.py); None: every worker keeps its n_push.
+        self._planner = LocalStepsPlanner(max_local_steps) if max_local_steps else None
         # Counts Leaves: a checkpoint must record them even when the version
         # stands still (a restored server that thinks a finished worker is
         # still active would make the evaluator wait for it forever).
@@ -331,6 +359,15 @@ class ParameterStore:
     @property
     def version(self) -> int:
         return self._version
+
+    @property
+    def fetches_wait(self) -> bool:
+        """Whether a worker's Fetch may wait for others (bounded staleness, rounds)."""
+        return self._admission is not None or self._round is not None
+
+    @property
+    def aggregation(self) -> str:
+        return "round" if self._round is not None else "each"
 
     @property
     def specs(self) -> tuple[TensorSpec, ...]:
@@ -368,6 +405,8 @@ class ParameterStore:
                 self._check_room(client_id)  # A new id over max_clients: refused before waiting.
             if training and self._admission is not None:
                 self._wait_for_admission(client_id, time_left, is_active)
+            if training and self._round is not None:
+                self._wait_for_round(client_id, time_left, is_active)
             if self._snapshot is None or self._snapshot.version != self._version:
                 # Let go of the old copy first: unless a fetch still streams
                 # it, its memory is free again before the new one is made.
@@ -454,6 +493,30 @@ class ParameterStore:
         admission.start(client_id, self._version, self._clock())
         # The next waiter in line may be admissible now too.
         self._changed.notify_all()
+
+    def _wait_for_round(
+        self, client_id: str, time_left: float | None, is_active: Callable[[], bool] | None
+    ) -> None:
+        """Rounds: a worker that pushed into the open round waits (lock released) for its close."""
+        give_up = None if time_left is None else time.monotonic() + time_left - DEADLINE_MARGIN_SECS
+        while client_id in self._round.members:
+            if self._close_round_if_ready():
+                break
+            if is_active is not None and not is_active():
+                raise WaitAbandoned(f"{client_id} went away while waiting for its round")
+            if give_up is not None and time.monotonic() >= give_up:
+                log.warning(
+                    "rounds: %s fetched version %d before its round closed, to meet its "
+                    "deadline (waiting for %s); its next push will be late",
+                    client_id,
+                    self._version,
+                    ", ".join(self._round.missing(self._expected_members())) or "nobody",
+                )
+                return
+            if self._expire_silent_locked():
+                continue  # A dead member no longer holds the round: check again.
+            self._changed.wait(timeout=0.5)
+            self._require_healthy()
 
     def status(self, client_ids: Sequence[str] = (), max_listed: int | None = None) -> StoreStatus:
         """Counters, staleness and (copies of) client records.
@@ -603,8 +666,9 @@ class ParameterStore:
         known_finite: bool = False,
         base_server_id: str = "",
         kind: str = DEFAULT_PUSH_KIND,
+        samples: int = 0,
     ) -> PushResult:
-        """Validates and applies one gradient as one update.
+        """Validates and applies one gradient as one update (with rounds: into the open round).
 
         Args:
           client_id: The pushing client.
@@ -621,6 +685,8 @@ class ParameterStore:
             above the version this start began at: refused, as ahead.
           kind: What ``grad`` carries: "gradient" or "delta" (theta_fetched -
             theta_local); the store's optimizer applies either as a gradient.
+          samples: The training examples behind the push (0: unknown); its
+            weight in a round's average.
 
         Raises:
           PushKindError: ``kind`` is not the store's ``push_kind``. Nothing
@@ -652,16 +718,89 @@ class ParameterStore:
                     return dataclasses.replace(last, duplicate=True)
                 return PushResult(self._version, 0, duplicate=True)
             staleness = self._version - base_version
+            local_steps = (
+                self._planner.observe(client_id, int(client_step), self._clock())
+                if self._planner is not None
+                else 0
+            )
+            if self._round is not None:
+                return self._add_to_round(record, sequence, grad, staleness, samples, local_steps)
             finite = self._apply_locked(client_id, grad, staleness)
-            result = self._count_applied(record, sequence, staleness)
+            result = self._count_applied(record, sequence, staleness, local_steps)
             if not finite:
-                self._diverged = (
-                    f"the parameters became non-finite (NaN or Inf) at version {self._version}, "
-                    f"applying push {sequence} of {client_id!r}; the server refuses further "
-                    "pushes and fetches (lower the learning rate and start again)"
-                )
-                raise DivergedError(self._diverged)
+                self._raise_diverged(f"applying push {sequence} of {client_id!r}")
             return result
+
+    def _raise_diverged(self, what: str) -> None:
+        self._diverged = (
+            f"the parameters became non-finite (NaN or Inf) at version {self._version}, "
+            f"{what}; the server refuses further pushes and fetches (lower the learning rate "
+            "and start again)"
+        )
+        raise DivergedError(self._diverged)
+
+    def _add_to_round(
+        self,
+        record: ClientRecord,
+        sequence: int,
+        values: np.ndarray,
+        staleness: int,
+        samples: int,
+        local_steps: int,
+    ) -> PushResult:
+        """Rounds: takes one push into the open round; closes it if it is complete."""
+        if staleness:
+            log.info(
+                "rounds: %s pushed from version %d into round %d (a late push, counted in the "
+                "open round)",
+                record.client_id,
+                self._version - staleness,
+                self._round.closed + 1,
+            )
+        self._round.add(record.client_id, values, int(samples), self._clock())
+        record.pushes += 1
+        record.last_sequence = sequence
+        record.staleness.add(staleness)
+        self._staleness.add(staleness)
+        self._recent_staleness.append((record.client_id, staleness))
+        self._close_round_if_ready()
+        result = PushResult(self._version, staleness, local_steps=local_steps)
+        record.last_result = result
+        return result
+
+    def _expected_members(self) -> list[str]:
+        """Rounds: the workers a round waits for (active, not expired, have trained)."""
+        return [
+            c.client_id for c in self._clients.values() if c.active and c.trained and not c.expired
+        ]
+
+    def _close_round_if_ready(self) -> bool:
+        """Rounds: applies the open round if it may close now; True if it did."""
+        if self._round is None or not self._round.ready(self._expected_members(), self._clock()):
+            return False
+        missing = self._round.missing(self._expected_members())
+        if missing:
+            log.warning(
+                "rounds: round %d closed at its deadline (%.0fs) without %s",
+                self._round.closed + 1,
+                self._round.timeout_secs,
+                ", ".join(missing),
+            )
+        average = self._round.take_average()
+        finite = self._apply_locked("", average, 0)
+        self._version += 1
+        self._updates_applied += 1
+        if self.version_sink is not None:
+            self.version_sink[0] = self._version
+        self._changed.notify_all()
+        if not finite:
+            self._raise_diverged(f"applying round {self._round.closed}")
+        return True
+
+    def close_due_round(self) -> bool:
+        """Rounds: closes the open round if its deadline has come (the server's timer)."""
+        with self._lock:
+            return self._round is not None and self._close_round_if_ready()
 
     def _check_push(
         self, client_id: str, sequence: int, grad: np.ndarray, known_finite: bool
@@ -722,13 +861,15 @@ class ParameterStore:
             self._changed.notify_all()
         return finite
 
-    def _count_applied(self, record: ClientRecord, sequence: int, staleness: int) -> PushResult:
+    def _count_applied(
+        self, record: ClientRecord, sequence: int, staleness: int, local_steps: int = 0
+    ) -> PushResult:
         """Bumps the version and the counters after an applied push; returns its result."""
         self._version += 1
         self._updates_applied += 1
         if self.version_sink is not None:
             self.version_sink[0] = self._version
-        result = PushResult(self._version, staleness)
+        result = PushResult(self._version, staleness, local_steps=local_steps)
         record.pushes += 1
         record.last_sequence = sequence
         record.last_result = result
@@ -750,7 +891,10 @@ class ParameterStore:
         Called periodically (the server's summary loop) and by bounded waits.
         """
         with self._lock:
-            return self._expire_silent_locked()
+            expired = self._expire_silent_locked()
+            if expired:
+                self._close_round_if_ready()
+            return expired
 
     def _expire_silent_locked(self) -> list[str]:
         if self.heartbeat_timeout_secs is None:
@@ -775,6 +919,8 @@ class ParameterStore:
     def _forget(self, client_id: str) -> None:
         """Drops ``client_id`` from the staleness policies' state (it left or went silent)."""
         self._fetched.pop(client_id, None)
+        if self._planner is not None:
+            self._planner.forget(client_id)
         if self._admission is not None:
             self._admission.finish(client_id)
             if client_id in self._admission.queue:
@@ -822,6 +968,11 @@ class ParameterStore:
                 "clients": clients,
                 "optimizer": self.optimizer.get_config(),
             }
+            if self._round is not None:
+                round_slots, meta["round"] = self._round.export(self._layout.size)
+                slots.update(round_slots)
+            if self._planner is not None:
+                meta["local_steps"] = self._planner.export()
             return StoreState(self._version, self._layout.specs, snapshot.flat, slots, meta)
 
     def restore_state(self, state: StoreState) -> None:
@@ -841,15 +992,27 @@ class ParameterStore:
             raise RestoreError(f"saved parameters have {params.size} values, specs {layout.size}")
         layout.check_finite(params)
         expected = self.optimizer.init_slots(layout.size)
-        if set(state.slots) != set(expected):
+        saved_slots, round_slots = rounds_lib.split_slots(state.slots)
+        total = round_slots.get(rounds_lib.TOTAL_SLOT)
+        if total is not None and np.asarray(total).size != layout.size:
             raise RestoreError(
-                f"the checkpoint holds optimizer state {sorted(state.slots)} but this server's "
+                f"the saved round has {np.asarray(total).size} values, specs {layout.size}"
+            )
+        if self._round is None and (state.meta.get("round") or {}).get("members"):
+            log.warning(
+                "the checkpoint has an open round of %s, but this server applies each push "
+                "(ps.aggregation='each'): those pushes are dropped",
+                ", ".join(sorted(state.meta["round"]["members"])),
+            )
+        if set(saved_slots) != set(expected):
+            raise RestoreError(
+                f"the checkpoint holds optimizer state {sorted(saved_slots)} but this server's "
                 f"{self.optimizer.name} optimizer keeps {sorted(expected)}: it was saved by "
                 "another optimizer (start a new run, or warm start from it instead)"
             )
         slots = {}
         for name, fresh in expected.items():
-            saved = np.asarray(state.slots[name])
+            saved = np.asarray(saved_slots[name])
             if saved.shape != fresh.shape:
                 raise RestoreError(
                     f"optimizer slot {name!r} has shape {saved.shape}, expected {fresh.shape}"
@@ -892,6 +1055,10 @@ class ParameterStore:
                     len(self._clients),
                     self.max_clients,
                 )
+            if self._round is not None:
+                self._round.restore(round_slots, meta.get("round"), now)
+            if self._planner is not None:
+                self._planner.restore(meta.get("local_steps"))
             if self.version_sink is not None:
                 self.version_sink[0] = self._version
 
@@ -913,6 +1080,7 @@ class ParameterStore:
             self._forget(client_id)
             self._no_room_until = None  # A client that left may be forgotten now: look again.
             self.leaves += 1
+            self._close_round_if_ready()  # It may have been the one the round waited for.
             return self._version
 
     def _learning_rate(self, staleness: int) -> float:
