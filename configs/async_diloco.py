@@ -9,8 +9,11 @@ pushing stale deltas. Add --config.worker.step_delay_secs='(0.0,0.02)' to
 make worker 1 slower (an emulation, named so in the outputs).
 
 Command:   python -m gasgd_tf.main --config=configs/async_diloco.py
-Expected:  test accuracy EXPECTED_ACCURACY (BUILD_NOTES.md, "Low-communication training").
-Runtime:   EXPECTED_RUNTIME on 2 CPU cores without a GPU.
+Expected:  test accuracy 0.967 to 0.983 in 3 runs here (seeds 1-3), 22 or 23 updates
+           (the planner gave a worker fewer local steps now and then) (BUILD_NOTES.md,
+           "Low-communication training").
+Runtime:   about 45 s on 2 CPU cores without a GPU (60-110 s while other jobs
+           shared the cores).
 """
 
 from gasgd_tf import recipes

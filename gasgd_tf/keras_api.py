@@ -72,6 +72,7 @@ from gasgd_tf.replica import (
 )
 from gasgd_tf.security import Credentials
 from gasgd_tf.server import ParameterServer, ParameterStore, make_optimizer
+from gasgd_tf.server.rounds import RoundState
 from gasgd_tf.tensors import WIRE_DTYPES
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,15 @@ def _check_remote(server: object, **local_only) -> None:
             f"{', '.join(given)} configure a local server (server=None); the server at "
             f"{server} has its own (set with --config.ps.* when starting it)"
         )
+
+
+def _one_of(name: str, value: str | None, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``; None: the first (the default)."""
+    if value is None:
+        return choices[0]
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
 
 
 def _client_arguments(
@@ -176,7 +186,18 @@ class AsyncSGD(keras.callbacks.Callback):
       server_learning_rate: Local server only: its learning rate (default
         0.05, the command-line server's).
       server_options: Local server only: more hyperparameters of its
-        optimizer, for example ``{"momentum": 0.9}``.
+        optimizer, for example ``{"momentum": 0.9}``. DiLoCo's outer
+        optimizer: ``server_optimizer="sgd"``, learning rate 0.7,
+        ``{"momentum": 0.9, "nesterov": True}``; asynchronous DiLoCo's:
+        ``server_optimizer="delayed_nesterov"`` with ``{"momentum": 0.9,
+        "dn_period": <workers>}``.
+      aggregation: Local server only: ``"each"`` (default: every push is an
+        update) or ``"round"`` (synchronous rounds, ``ps.aggregation``; needs
+        ``n_push == n_fetch``).
+      local_steps: Local server only: ``"fixed"`` (default) or
+        ``"adaptive"``: the server tells each worker its H from its speed
+        (``worker.local_steps``), ``n_push`` for the fastest. A callback
+        joining a remote server follows the H that server plans, if any.
       listen: Local server only: where it listens (``"0.0.0.0:0"`` to be
         reachable from other machines; port 0 picks a free port).
       keep_server: Local server only: keep serving after ``fit`` (for other
@@ -231,6 +252,8 @@ class AsyncSGD(keras.callbacks.Callback):
         server_optimizer: str | None = None,
         server_learning_rate: float | None = None,
         server_options: dict | None = None,
+        aggregation: str | None = None,
+        local_steps: str | None = None,
         listen: str | None = None,
         keep_server: bool | None = None,
         verbose: bool = True,
@@ -245,6 +268,8 @@ class AsyncSGD(keras.callbacks.Callback):
                 server_optimizer=server_optimizer,
                 server_learning_rate=server_learning_rate,
                 server_options=server_options,
+                aggregation=aggregation,
+                local_steps=local_steps,
                 listen=listen,
                 keep_server=keep_server,
             )
@@ -268,6 +293,10 @@ class AsyncSGD(keras.callbacks.Callback):
             else server_learning_rate,
             **(server_options or {}),
         }
+        self._aggregation = _one_of("aggregation", aggregation, config_base.AGGREGATIONS)
+        self._local_steps = _one_of("local_steps", local_steps, config_base.LOCAL_STEPS)
+        if self._aggregation == "round" and self.n_push != self.n_fetch:
+            raise ValueError("aggregation='round' needs n_push == n_fetch (a round is both)")
         if self.local:
             make_optimizer(self._server_optimizer, **self._server_hparams)  # Fails early.
         self._listen = listen or "127.0.0.1:0"
@@ -301,7 +330,15 @@ class AsyncSGD(keras.callbacks.Callback):
             raise RuntimeError(f"this AsyncSGD joins the server at {self._address}: none to start")
         if self.server is None:
             optimizer = make_optimizer(self._server_optimizer, **self._server_hparams)
-            store = ParameterStore(optimizer, push_kind=self.push)
+            rounds = None
+            if self._aggregation == "round":
+                rounds = RoundState(_DEFAULT.ps.round_quorum, _DEFAULT.ps.round_timeout_secs)
+            store = ParameterStore(
+                optimizer,
+                push_kind=self.push,
+                rounds=rounds,
+                max_local_steps=self.n_push if self._local_steps == "adaptive" else None,
+            )
             self.server = ParameterServer(store, self._listen).start()
             self._address = self.server.address
             # Stopped at interpreter exit if nobody stops it before.

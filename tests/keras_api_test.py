@@ -480,3 +480,58 @@ def test_a_local_server_with_adam_applies_the_pushed_gradients_with_adam(monkeyp
     # Not what SGD would have made of them.
     sgd = init - 0.01 * recorder.gradient_sum
     assert np.abs(served - sgd).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        # DiLoCo: rounds, deltas of the compiled (inner) AdamW, outer Nesterov.
+        dict(
+            aggregation="round",
+            server_optimizer="sgd",
+            server_options={"momentum": 0.9, "nesterov": True},
+        ),
+        # Asynchronous DiLoCo: Delayed Nesterov, adaptive local steps.
+        dict(
+            local_steps="adaptive",
+            server_optimizer="delayed_nesterov",
+            server_options={"momentum": 0.9, "dn_period": 1},
+        ),
+    ],
+)
+def test_the_callback_offers_the_low_communication_modes_with_its_optimizer_inner(mode):
+    model = dense_net("diloco_net", seed=6)
+    model.compile(optimizer=keras.optimizers.AdamW(0.01), loss="mse")
+    sync = gasgd_tf.AsyncSGD(
+        None,
+        n_push=5,
+        n_fetch=5,
+        push="delta",
+        server_learning_rate=0.7,
+        keep_server=True,
+        verbose=False,
+        **mode,
+    )
+    try:
+        history = model.fit(regression_data(20), epochs=3, callbacks=[sync], verbose=0)
+        store = sync.server.store
+        assert store.aggregation == mode.get("aggregation", "each")
+        assert type(store.optimizer).__name__ == {"sgd": "SGD"}.get(
+            mode["server_optimizer"], "DelayedNesterov"
+        )
+    finally:
+        sync.stop_server()
+    losses = history.history["loss"]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert (sync.pushes, sync.version) == (12, 12)  # 60 steps / H = 5: one update per push.
+
+
+def test_the_callback_refuses_unknown_modes_and_rounds_with_uneven_syncs():
+    with pytest.raises(ValueError, match="aggregation must be one of"):
+        gasgd_tf.AsyncSGD(None, aggregation="rounds")
+    with pytest.raises(ValueError, match="local_steps must be one of"):
+        gasgd_tf.AsyncSGD(None, local_steps="dynamic")
+    with pytest.raises(ValueError, match="needs n_push == n_fetch"):
+        gasgd_tf.AsyncSGD(None, n_push=2, n_fetch=4, aggregation="round")
+    with pytest.raises(ValueError, match="configure a local server"):
+        gasgd_tf.AsyncSGD("h:1", aggregation="round")

@@ -2,9 +2,10 @@
 
 From "Asynchronous Local-SGD Training for Language Modeling" (Liu et al.
 2024, arXiv 2401.09135, Dynamic Local Updates): a worker's number of local
-steps between syncs is set in proportion to its speed, H_i = H * v_i / v_max,
-so that the fastest worker does H (``n_push``) steps, a worker half as fast
-H / 2, and every worker syncs after about the same wall-clock time. Slow
+steps between syncs is set in proportion to its speed, H_i = H * v_i / v_max
+(rounded), so that the fastest worker does H (``n_push``) steps, a worker
+half as fast H / 2, and every worker syncs after about the same wall-clock
+time. Slow
 workers then no longer push deltas that are many server versions stale.
 
 The server measures each worker's speed from its pushes (steps between two
@@ -18,7 +19,6 @@ Numpy-free and lock-free: the store calls it under its lock.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 # Weight of the newest measurement in a worker's moving-average speed.
 RATE_SMOOTHING = 0.5
@@ -67,7 +67,9 @@ class LocalStepsPlanner:
         own = self.workers.get(client_id)
         if own is None or not own.steps_per_sec or not fastest:
             return self.max_local_steps  # Not measured yet: as fixed H.
-        return max(1, math.floor(self.max_local_steps * own.steps_per_sec / fastest + 1e-9))
+        # Rounded, not floored (the paper floors): two workers of one speed
+        # measure a percent apart, and the slightly slower one would lose a step.
+        return max(1, round(self.max_local_steps * own.steps_per_sec / fastest))
 
     def forget(self, client_id: str) -> None:
         """Drops a worker that left or expired (its speed no longer sets anyone's H)."""

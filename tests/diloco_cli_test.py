@@ -1,0 +1,37 @@
+"""configs/diloco.py and configs/async_diloco.py as a user runs them (short)."""
+
+import json
+import os
+
+import pytest
+from main_test import run_main
+
+from gasgd_tf import layout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["diloco", "async_diloco"])
+def test_the_diloco_configs_train_with_few_syncs(name, digits_data_dir, tmp_path):
+    workdir = str(tmp_path / name)
+    result = run_main(
+        f"--config=configs/{name}.py",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={digits_data_dir}",
+        "--config.num_steps=150",
+        "--config.n_sync=25",
+        "--config.eval.every_secs=1",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(layout.summary_path(workdir)) as f:
+        summary = json.load(f)
+    assert summary["steps_per_worker"] == [150, 150]
+    if name == "diloco":
+        assert summary["server_version"] == 6  # One outer step per round of 25 steps.
+        assert summary["staleness_max"] == 0
+    else:  # One update per delta: 6 each at H = 25, more for a worker planned fewer steps.
+        assert summary["server_version"] >= 12
+    assert summary["test_accuracy"] > 0.8
+    assert "warning" not in summary
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = json.load(f)
+    assert config["worker"]["push"] == "delta" and config["worker"]["optimizer"] == "adamw"
