@@ -253,6 +253,14 @@ def _changed_fields(config, workdir: str) -> list[str]:
     return config_base.differences(previous, config.to_dict(), ignore=OPERATIONAL_FIELDS)
 
 
+def _pushes_taken(path: str) -> int | None:
+    """A checkpoint's count of pushes taken (its metadata only), or None if unreadable."""
+    try:
+        return checkpoints.read_file(path, with_arrays=False).meta.get("pushes_taken")
+    except checkpoints.CheckpointError:
+        return None
+
+
 def _shard0(config) -> tuple[int, int] | None:
     return layout.shard_of(0, config.ps.num_shards)
 
@@ -304,6 +312,8 @@ class LocalLauncher:
         self.restarts: dict[str, int] = {}  # Worker role: times started again.
         self.server_restarts: dict[str, int] = {}  # Server role: times started again.
         self.updates_lost = 0  # Applied after the last checkpoint of a server that died.
+        # Acknowledged pushes after it (with rounds, an open round's too).
+        self.acked_pushes_lost = 0
         self._server_ports: dict[str, str] = {}  # Server role: the port it must come back on.
 
     def _say(self, line: str) -> None:
@@ -382,10 +392,14 @@ class LocalLauncher:
         saved = checkpoints.file_version(found[0])
         # The count the restarted server will print too (it may fall back to
         # an older file if this one turns out damaged, and then says so).
-        missed = checkpointing.lost_updates(directory, self.config.run_id, shard_of, saved)
+        missed = checkpointing.lost_updates(
+            directory, self.config.run_id, shard_of, saved, _pushes_taken(found[0])
+        )
         reached = missed.reached
         if missed.lost is not None:
             self.updates_lost += missed.lost
+        if missed.pushes_lost is not None:
+            self.acked_pushes_lost += missed.pushes_lost
         lost = f"from its checkpoint at version {saved}" + (
             f"; {missed.lost} update(s) after it are lost" if missed.lost is not None else ""
         )
@@ -654,6 +668,7 @@ class LocalLauncher:
         if self.server_restarts:
             summary["server_restarts"] = dict(self.server_restarts)
             summary["updates_lost"] = self.updates_lost
+            summary["acked_pushes_lost"] = self.acked_pushes_lost
         lost = sum(w.get("pushes_lost", 0) for w in workers)
         if lost:
             # Refused by a restored server: computed from versions it lost.

@@ -154,6 +154,30 @@ def test_the_version_mark_counts_the_updates_a_checkpoint_missed(tmp_path, capsy
     restored = restore_at_start(new_store("sgd"), folder, None, "run", restore=None)
     assert (restored.version, restored.updates_lost) == (3, 4)
     assert "4 update(s) applied after it were lost" in capsys.readouterr().out
+    assert restored.pushes_lost == 4  # One push per update without rounds.
+
+
+def test_with_rounds_the_mark_counts_the_acknowledged_pushes_of_an_open_round(tmp_path, capsys):
+    from gasgd_tf.server.rounds import RoundState
+
+    folder = str(tmp_path)
+
+    def round_store():
+        return ParameterStore(
+            make_optimizer("sgd", learning_rate=0.1), rounds=RoundState(0.5, 10.0)
+        )
+
+    store = round_store()
+    store.initialize("a", SPECS, np.zeros(SIZE, np.float32))
+    store.snapshot("a"), store.snapshot("b")
+    store.version_sink = VersionMark(folder, "run", None).open()
+    store.push("a", 1, 0, np.ones(SIZE, np.float32))
+    save_checkpoint(store, folder, run_id="run")  # The open round holds a's push.
+    store.push("b", 1, 0, np.ones(SIZE, np.float32))  # Closes round 1: version 1.
+    store.push("a", 2, 1, np.ones(SIZE, np.float32))  # Acknowledged into round 2; then killed.
+    restored = restore_at_start(round_store(), folder, None, "run", restore=None)
+    assert (restored.version, restored.updates_lost, restored.pushes_lost) == (0, 1, 2)
+    assert "2 acknowledged push(es) taken after it were lost" in capsys.readouterr().out
 
 
 def test_checkpointer_saves_by_updates_and_keeps_the_newest_k_of_its_run(tmp_path):
@@ -360,7 +384,7 @@ def test_updates_lost_are_computed_once_for_the_launcher_and_the_server(tmp_path
     mark = VersionMark(folder, "run", None).open()
     mark[0] = 7
     mark.flush()
-    assert lost_updates(folder, "run", None, 3) == LostUpdates(7, 4)
+    assert lost_updates(folder, "run", None, 3) == LostUpdates(7, 4, None)  # No push count.
     assert lost_updates(folder, "run", None, 9) == LostUpdates(7, None)  # An earlier start's mark.
     assert lost_updates(folder, "other", None, 3) == LostUpdates(None, None)
 

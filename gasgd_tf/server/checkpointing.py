@@ -95,10 +95,12 @@ class VersionMark:
     """The server's version after every update, in a file that survives a killed process.
 
     The file (``<directory>/version-<run_id>[-shard-k-of-K].mark``) holds
-    two little-endian uint64: the version, and the Unix time the server
-    started. The store writes the version through a shared memory mapping:
-    no system call per update, and the kernel keeps the page when the
-    process is killed. It is removed when the server stops cleanly.
+    three little-endian uint64: the version, the Unix time the server
+    started, and the pushes it had taken (acknowledged; with rounds, an
+    open round's pushes count before their update exists). The store
+    writes them through a shared memory mapping: no system call per
+    update, and the kernel keeps the page when the process is killed. It
+    is removed when the server stops cleanly.
     """
 
     def __init__(self, directory: str, run_id: str | None, shard: tuple[int, int] | None):
@@ -107,8 +109,10 @@ class VersionMark:
     def open(self) -> np.ndarray:
         """Creates the file (or reuses it) and returns the writable mapping."""
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        mode = "r+" if os.path.exists(self.path) else "w+"
-        mark = np.memmap(self.path, dtype="<u8", mode=mode, shape=(2,))
+        # A two-entry mark of an older gasgd_tf is written anew.
+        size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+        mode = "r+" if size >= MARK_BYTES else "w+"
+        mark = np.memmap(self.path, dtype="<u8", mode=mode, shape=(MARK_BYTES // 8,))
         mark[1] = int(time.time())
         return mark
 
@@ -119,20 +123,31 @@ class VersionMark:
             pass
 
 
+MARK_BYTES = 24  # Three uint64: version, start time, pushes taken.
+
+
 def mark_path(directory: str, run_id: str | None, shard: tuple[int, int] | None) -> str:
     return os.path.join(directory, f"version-{run_id or 'none'}{_shard_suffix(shard)}.mark")
 
 
 def read_mark(directory: str, run_id: str | None, shard: tuple[int, int] | None) -> int | None:
     """The last version a crashed server of this run reached, or None (no crash on record)."""
+    return _read_mark(directory, run_id, shard)[0]
+
+
+def _read_mark(
+    directory: str, run_id: str | None, shard: tuple[int, int] | None
+) -> tuple[int | None, int | None]:
+    """(version, pushes taken) of a crashed server's mark; None where not on record."""
     try:
         with open(mark_path(directory, run_id, shard), "rb") as f:
-            data = f.read(16)
+            data = f.read(MARK_BYTES)
     except FileNotFoundError:
-        return None
-    if len(data) < 8:
-        return None
-    return int(np.frombuffer(data[:8], "<u8")[0])
+        return None, None
+    values = np.frombuffer(data[: len(data) // 8 * 8], "<u8")
+    version = int(values[0]) if values.size >= 1 else None
+    pushes = int(values[2]) if values.size >= 3 else None
+    return version, pushes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,23 +160,44 @@ class LostUpdates:
       lost: Updates applied after the checkpoint, gone with the process;
         None when not known (no mark, or a mark behind the checkpoint: an
         earlier start's).
+      pushes_lost: Acknowledged pushes taken after the checkpoint, gone
+        with it: ``lost`` without rounds; with rounds also those of an
+        open round. None when not known.
     """
 
     reached: int | None
     lost: int | None
+    pushes_lost: int | None = None
 
 
 def lost_updates(
-    directory: str, run_id: str | None, shard: tuple[int, int] | None, version: int
+    directory: str,
+    run_id: str | None,
+    shard: tuple[int, int] | None,
+    version: int,
+    pushes_taken: int | None = None,
 ) -> LostUpdates:
-    """How many updates a server of this run lost by resuming from checkpoint ``version``.
+    """How many updates (and pushes) a server of this run lost by resuming from a checkpoint.
 
     The one place this is computed: the launcher says it as it restarts a
     dead server (and adds it to summary.json), the server as it restores.
+
+    Args:
+      directory, run_id, shard: Whose mark.
+      version: The checkpoint's version.
+      pushes_taken: The checkpoint's ``meta["pushes_taken"]``; None: unknown.
     """
-    reached = read_mark(directory, run_id, shard)
+    reached, pushes = _read_mark(directory, run_id, shard)
     lost = reached - version if reached is not None and reached >= version else None
-    return LostUpdates(reached, lost)
+    pushes_lost = None
+    if (
+        pushes is not None
+        and pushes_taken is not None
+        and pushes >= pushes_taken
+        and lost is not None
+    ):
+        pushes_lost = pushes - pushes_taken
+    return LostUpdates(reached, lost, pushes_lost)
 
 
 def fresh_start_refusal(
@@ -209,6 +245,9 @@ class Restored:
     # Updates the server had applied past the checkpoint before it stopped
     # (from the version mark); None when it is not known.
     updates_lost: int | None
+    # Acknowledged pushes it had taken past the checkpoint (with rounds,
+    # an open round's too); None when not known.
+    pushes_lost: int | None = None
 
 
 def restore_at_start(
@@ -356,7 +395,9 @@ def _report_restored(
     shard: tuple[int, int] | None,
 ) -> Restored:
     """Says what was restored (and what was lost); returns it."""
-    lost = lost_updates(directory, run_id, shard, checkpoint.version)
+    lost = lost_updates(
+        directory, run_id, shard, checkpoint.version, checkpoint.meta.get("pushes_taken")
+    )
     saved = float(checkpoint.meta.get("saved_unix", 0.0))
     age = f", saved {time.time() - saved:.0f}s ago" if saved else ""
     lost_text = (
@@ -365,12 +406,14 @@ def _report_restored(
         if lost.lost is not None
         else ""
     )
+    if lost.pushes_lost is not None and lost.pushes_lost != lost.lost:
+        lost_text += f"; {lost.pushes_lost} acknowledged push(es) taken after it were lost"
     print(
         f"parameter server: restored version {checkpoint.version} from {checkpoint.path}"
         f"{age}{lost_text}",
         flush=True,
     )
-    return Restored(checkpoint.path, checkpoint.version, saved, lost.lost)
+    return Restored(checkpoint.path, checkpoint.version, saved, lost.lost, lost.pushes_lost)
 
 
 def _check_legacy_slots(state: StoreState, store: ParameterStore) -> None:

@@ -265,6 +265,7 @@ def run(
         mark = checkpointing.VersionMark(directory, config.run_id, shard)
         store.version_sink = mark.open()
         store.version_sink[0] = store.version
+        store.version_sink[2] = store.pushes_taken
         checkpointer = checkpointing.Checkpointer(
             store,
             directory,

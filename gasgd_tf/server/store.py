@@ -299,10 +299,14 @@ class ParameterStore:
         self.push_kind = push_kind
         self.heartbeat_timeout_secs = heartbeat_timeout_secs
         self.max_clients = max_clients
-        # Where the version is written after every update, when set: a
-        # shared-memory file, so that a supervisor can tell after a crash
-        # how many updates the last checkpoint missed (server/checkpointing.py).
+        # Where the version (entry 0) and the pushes taken (entry 2) are
+        # written after every accepted push, when set: a shared-memory file,
+        # so that a supervisor can tell after a crash how many updates and
+        # acknowledged pushes the last checkpoint missed (server/checkpointing.py).
         self.version_sink: np.ndarray | None = None
+        # Pushes accepted (acknowledged, not duplicates): one per update, or
+        # with rounds several per update (an open round's are in no version yet).
+        self._pushes_taken = 0
         self.staleness_config = staleness or StalenessConfig()
         self.schedule = schedule
         self._admission = (
@@ -758,6 +762,8 @@ class ParameterStore:
                 self._round.closed + 1,
             )
         self._round.add(record.client_id, values, int(samples), self._clock())
+        self._pushes_taken += 1
+        self._write_mark()
         record.pushes += 1
         record.last_sequence = sequence
         record.staleness.add(staleness)
@@ -790,8 +796,7 @@ class ParameterStore:
         finite = self._apply_locked("", average, 0)
         self._version += 1
         self._updates_applied += 1
-        if self.version_sink is not None:
-            self.version_sink[0] = self._version
+        self._write_mark()
         self._changed.notify_all()
         if not finite:
             self._raise_diverged(f"applying round {self._round.closed}")
@@ -861,14 +866,24 @@ class ParameterStore:
             self._changed.notify_all()
         return finite
 
+    def _write_mark(self) -> None:
+        if self.version_sink is not None:
+            self.version_sink[0] = self._version
+            self.version_sink[2] = self._pushes_taken
+
+    @property
+    def pushes_taken(self) -> int:
+        """Pushes accepted so far (restored ones included), duplicates not counted."""
+        return self._pushes_taken
+
     def _count_applied(
         self, record: ClientRecord, sequence: int, staleness: int, local_steps: int = 0
     ) -> PushResult:
         """Bumps the version and the counters after an applied push; returns its result."""
         self._version += 1
         self._updates_applied += 1
-        if self.version_sink is not None:
-            self.version_sink[0] = self._version
+        self._pushes_taken += 1
+        self._write_mark()
         result = PushResult(self._version, staleness, local_steps=local_steps)
         record.pushes += 1
         record.last_sequence = sequence
@@ -962,6 +977,7 @@ class ParameterStore:
             }
             meta = {
                 "updates_applied": self._updates_applied,
+                "pushes_taken": self._pushes_taken,
                 "pushes_rejected": self._pushes_rejected,
                 "duplicate_pushes": self._duplicate_pushes,
                 "staleness": _stats_to_json(self._staleness),
@@ -1025,6 +1041,8 @@ class ParameterStore:
             self._layout, self._params, self._slots = layout, params, slots
             self._version = self._start_version = int(state.version)
             self._updates_applied = int(meta.get("updates_applied", 0))
+            # Older checkpoints: every push taken was one update.
+            self._pushes_taken = int(meta.get("pushes_taken", self._updates_applied))
             self._pushes_rejected = int(meta.get("pushes_rejected", 0))
             self._duplicate_pushes = int(meta.get("duplicate_pushes", 0))
             self._staleness = _stats_from_json(meta.get("staleness"))
@@ -1059,8 +1077,7 @@ class ParameterStore:
                 self._round.restore(round_slots, meta.get("round"), now)
             if self._planner is not None:
                 self._planner.restore(meta.get("local_steps"))
-            if self.version_sink is not None:
-                self.version_sink[0] = self._version
+            self._write_mark()
 
     def note_rejected(self) -> None:
         """Counts a push rejected before it reached ``push`` (a malformed stream)."""
