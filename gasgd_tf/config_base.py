@@ -209,6 +209,14 @@ def get_base_config() -> ml_collections.ConfigDict:
     # or bfloat16 / float16 for half the bytes. The server keeps float32.
     c.client.push_dtype = "float32"
     c.client.fetch_dtype = "float32"
+    # Low-bit push codecs (gasgd_tf/codecs.py), for gradient and delta
+    # pushes alike: none; int8 or int4 (blockwise absmax scale, one per
+    # codec_block_size values); topk (the topk_fraction largest values, as
+    # indices and bfloat16). The quantization error is kept on the worker and
+    # added to its next push (error feedback). Needs push_dtype float32.
+    c.client.push_codec = "none"
+    c.client.codec_block_size = 2048
+    c.client.topk_fraction = 0.01
 
     # Who may talk to the parameter service (gasgd_tf/security.py). A bearer
     # token from token_file, or from the environment variable token_env;
@@ -619,6 +627,27 @@ def _check_server(config: ml_collections.ConfigDict) -> None:
 
 def _check_transport_and_security(config: ml_collections.ConfigDict) -> None:
     """Wire dtypes, chunk sizes, the token and TLS."""
+    from gasgd_tf import codecs
+
+    client = config.client
+    _check(
+        client.push_codec in codecs.CODECS,
+        f"client.push_codec {client.push_codec!r} is not one of {codecs.CODECS}",
+    )
+    _check(
+        client.push_codec == "none" or client.push_dtype == "float32",
+        f"client.push_codec={client.push_codec!r} encodes float32 values: it needs "
+        f"client.push_dtype='float32', got {client.push_dtype!r}",
+    )
+    _check(
+        _is_int(client.codec_block_size) and 1 <= client.codec_block_size <= codecs.MAX_BLOCK_SIZE,
+        f"client.codec_block_size must be an integer in [1, {codecs.MAX_BLOCK_SIZE}], "
+        f"got {client.codec_block_size!r}",
+    )
+    _check(
+        isinstance(client.topk_fraction, (int, float)) and 0 < client.topk_fraction <= 1,
+        f"client.topk_fraction must be in (0, 1], got {client.topk_fraction!r}",
+    )
     for field in ("push_dtype", "fetch_dtype"):
         _check(
             config.client[field] in WIRE_DTYPES,

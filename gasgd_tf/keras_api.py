@@ -60,7 +60,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gasgd_tf import addresses, config_base
+from gasgd_tf import addresses, codecs, config_base
 from gasgd_tf.client import make_client
 from gasgd_tf.keras_sync import GradientSums, VariableSync
 from gasgd_tf.replica import (
@@ -122,13 +122,17 @@ def _one_of(name: str, value: str | None, choices: tuple[str, ...]) -> str:
 
 
 def _client_arguments(
-    timeout_secs, retry_secs, push_dtype, fetch_dtype, split_bytes, credentials
+    timeout_secs, retry_secs, push_dtype, fetch_dtype, split_bytes, credentials, push_codec
 ) -> dict:
     """``make_client``'s keyword arguments, checked."""
     for name, dtype in (("push_dtype", push_dtype), ("fetch_dtype", fetch_dtype)):
         if dtype not in WIRE_DTYPES:
             raise ValueError(f"{name} must be one of {WIRE_DTYPES}, got {dtype!r}")
+    _one_of("push_codec", push_codec, codecs.CODECS)
+    if push_codec != "none" and push_dtype != "float32":
+        raise ValueError(f"push_codec={push_codec!r} needs push_dtype='float32'")
     return dict(
+        push_codec=push_codec,
         split_bytes=split_bytes,
         timeout_secs=_positive_float("timeout_secs", timeout_secs),
         retry_secs=_positive_float("retry_secs", retry_secs),
@@ -179,6 +183,9 @@ class AsyncSGD(keras.callbacks.Callback):
         long between pushes is not expired.
       push_dtype: The dtype gradients travel in: float32, bfloat16 or float16.
       fetch_dtype: The dtype parameters travel in (the same choices).
+      push_codec: ``"none"``, ``"int8"``, ``"int4"`` or ``"topk"``: pushes
+        travel encoded, with error feedback (``client.push_codec``; the
+        block size and top-k share are the config's defaults).
       shard_split_bytes: For a sharded server: the ``ps.shard_split_bytes``
         every other worker uses.
       server_optimizer: Local server only: its optimizer, ``"sgd"``,
@@ -248,6 +255,7 @@ class AsyncSGD(keras.callbacks.Callback):
         heartbeat_secs: float = _DEFAULT.client.heartbeat_secs,
         push_dtype: str = _DEFAULT.client.push_dtype,
         fetch_dtype: str = _DEFAULT.client.fetch_dtype,
+        push_codec: str = _DEFAULT.client.push_codec,
         shard_split_bytes: int = _DEFAULT.ps.shard_split_bytes,
         server_optimizer: str | None = None,
         server_learning_rate: float | None = None,
@@ -283,7 +291,13 @@ class AsyncSGD(keras.callbacks.Callback):
             raise ValueError(f"push must be one of {config_base.PUSH_KINDS}, got {push!r}")
         self.push = push
         self._client_args = _client_arguments(
-            timeout_secs, retry_secs, push_dtype, fetch_dtype, shard_split_bytes, credentials
+            timeout_secs,
+            retry_secs,
+            push_dtype,
+            fetch_dtype,
+            shard_split_bytes,
+            credentials,
+            push_codec,
         )
         self.verbose = verbose
         self._server_optimizer = server_optimizer or "sgd"

@@ -313,11 +313,35 @@ class ByteScatter:
             index += 1
 
 
+class PayloadLayout:
+    """The bytes of an encoded push (a codec's payload) for ``ChunkAssembler``: opaque bytes.
+
+    Args:
+      nbytes: The payload's length.
+      name: Names it in errors (a truncated or overlong stream).
+    """
+
+    dtype = "uint8"
+    itemsize = 1
+
+    def __init__(self, nbytes: int, name: str = "encoded payload"):
+        self.size = self.nbytes = int(nbytes)
+        self._spec = TensorSpec(name, (self.size,))
+
+    def tensor_at_byte(self, byte_offset: int) -> TensorSpec:
+        return self._spec
+
+
+def _assembly_dtype(layout) -> np.dtype:
+    return np.dtype(np.uint8) if layout.dtype == "uint8" else numpy_dtype(layout.dtype)
+
+
 class ChunkAssembler:
     """Reassembles chunks of a flat buffer, checking order and completeness.
 
     Args:
-      layout: The layout the chunks must fill exactly (in its dtype).
+      layout: The layout the chunks must fill exactly (in its dtype): a
+        ``FlatLayout``, or a ``PayloadLayout`` for encoded bytes.
       max_chunk_bytes: Largest accepted chunk.
       out: Where the bytes go: byte views laid end to end, ``layout.nbytes``
         in all; default: a new buffer of the layout's dtype.
@@ -329,7 +353,7 @@ class ChunkAssembler:
         self._layout = layout
         self._max_chunk_bytes = max_chunk_bytes
         if out is None:
-            self._buffer = np.empty(layout.size, dtype=numpy_dtype(layout.dtype))
+            self._buffer = np.empty(layout.size, dtype=_assembly_dtype(layout))
             self._scatter = ByteScatter([byte_view(self._buffer)])
         else:
             self._buffer = None
@@ -342,8 +366,8 @@ class ChunkAssembler:
         # Whether every chunk so far was checked for NaN and Inf as it arrived
         # (while in cache) and passed; chunks that do not start and end on
         # element boundaries are left to a check of the whole buffer.
-        self._finite = True
-        self._dtype = numpy_dtype(layout.dtype)
+        self._dtype = _assembly_dtype(layout)
+        self._finite = self._dtype.kind == "f"  # Encoded bytes: their decoder checks them.
 
     @property
     def all_finite(self) -> bool:

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from gasgd_tf import config_base
+from gasgd_tf import codecs, config_base
 from gasgd_tf.proto import parameter_service_pb2 as pb
 from gasgd_tf.tensors import (
     PARAMETER_DTYPE,
@@ -61,6 +61,15 @@ PUSH_KINDS = {
     name: pb.PushKind.Value(f"PUSH_KIND_{name.upper()}") for name in config_base.PUSH_KINDS
 }
 _PUSH_KIND_NAMES = {value: name for name, value in PUSH_KINDS.items()}
+
+
+PUSH_CODECS = {name: pb.PushCodec.Value(f"PUSH_CODEC_{name.upper()}") for name in codecs.CODECS}
+_PUSH_CODEC_NAMES = {value: name for name, value in PUSH_CODECS.items()}
+
+
+def push_codec_name(value: int) -> str:
+    """The name of a PushHeader.codec (``"codec <n>"`` for a value this version lacks)."""
+    return _PUSH_CODEC_NAMES.get(value, f"codec {value}")
 
 
 def push_kind_name(value: int) -> str:

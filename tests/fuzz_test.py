@@ -76,6 +76,11 @@ def _raw_calls(channel: grpc.Channel) -> dict:
 
 @pytest.fixture(scope="module")
 def target():
+    yield from serve_target()
+
+
+def serve_target():
+    """A server at version 0 with INIT, and raw calls to it (codecs_test.py's fixture too)."""
     store = ParameterStore(SGD(learning_rate=1.0))
     store.initialize("init", SPECS, INIT.copy())
     server = ParameterServer(store).start()

@@ -535,3 +535,17 @@ def test_the_callback_refuses_unknown_modes_and_rounds_with_uneven_syncs():
         gasgd_tf.AsyncSGD(None, n_push=2, n_fetch=4, aggregation="round")
     with pytest.raises(ValueError, match="configure a local server"):
         gasgd_tf.AsyncSGD("h:1", aggregation="round")
+
+
+def test_the_callback_pushes_int8_with_error_feedback(serve):
+    store = ParameterStore(SGD(learning_rate=0.05))
+    server = serve(store)
+    model = dense_net("int8_net", seed=7)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    sync = gasgd_tf.AsyncSGD(server.address, n_push=2, n_fetch=2, push_codec="int8", verbose=False)
+    history = model.fit(regression_data(20), epochs=2, callbacks=[sync], verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert sync.pushes == store.version == 20
+    with pytest.raises(ValueError, match="push_codec must be one of"):
+        gasgd_tf.AsyncSGD(server.address, push_codec="zip")

@@ -11,6 +11,12 @@ such a call is retried after about that delay, within the same
 size limit, a server out of memory) is not retried. Retrying a push is
 safe: it keeps its sequence number, and the server applies each
 (client_id, sequence) at most once.
+
+Bytes on the wire: ``bytes_sent`` and ``bytes_received`` count the
+serialized messages of the payload streams only (Initialize and Push
+requests sent, Fetch responses received), every attempt included (a
+retried push is sent twice); the small unary calls (Register, Leave,
+Status, heartbeats) and gRPC's own framing are not counted.
 """
 
 from __future__ import annotations
@@ -19,13 +25,13 @@ import dataclasses
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import grpc
 import numpy as np
 
-from gasgd_tf import config_base, wire
+from gasgd_tf import codecs, config_base, wire
 from gasgd_tf.proto import parameter_service_pb2 as pb
 from gasgd_tf.proto import parameter_service_pb2_grpc as pb_grpc
 from gasgd_tf.security import Credentials
@@ -121,6 +127,16 @@ class ParameterClient:
       credentials: A bearer token and/or TLS channel credentials, with the
         name to check in the server's certificate (``gasgd_tf.security``);
         None: plaintext, no token.
+      push_codec: "none", "int8", "int4" or "topk" (``gasgd_tf.codecs``):
+        pushes travel encoded, and what the encoding loses is added to the
+        next push (error feedback: this client keeps the residual).
+      codec_block_size: int8 / int4: values per scale.
+      topk_fraction: topk: the share of values each push sends.
+
+    Attributes:
+      bytes_sent: Serialized bytes of the Initialize and Push streams sent
+        so far (every attempt).
+      bytes_received: Serialized bytes of the Fetch streams received so far.
     """
 
     def __init__(
@@ -133,10 +149,21 @@ class ParameterClient:
         push_dtype: str = _DEFAULT.push_dtype,
         fetch_dtype: str = _DEFAULT.fetch_dtype,
         credentials: Credentials | None = None,
+        push_codec: str = _DEFAULT.push_codec,
+        codec_block_size: int = _DEFAULT.codec_block_size,
+        topk_fraction: float = _DEFAULT.topk_fraction,
     ):
         for what, dtype in (("push_dtype", push_dtype), ("fetch_dtype", fetch_dtype)):
             if dtype not in WIRE_DTYPES:
                 raise ValueError(f"{what} must be one of {WIRE_DTYPES}, got {dtype!r}")
+        if push_codec not in codecs.CODECS:
+            raise ValueError(f"push_codec must be one of {codecs.CODECS}, got {push_codec!r}")
+        if push_codec != "none" and push_dtype != PARAMETER_DTYPE:
+            raise ValueError(f"push_codec={push_codec!r} needs push_dtype='float32'")
+        self.push_codec = push_codec
+        self._codec_args = (codec_block_size, topk_fraction)
+        # The sender's error feedback, made at the first encoded push (the size is known then).
+        self._feedback: codecs.ErrorFeedback | None = None
         self.address = address
         self.client_id = client_id
         self.timeout_secs = timeout_secs
@@ -158,6 +185,9 @@ class ParameterClient:
         self._stub = pb_grpc.ParameterServiceStub(self._channel)
         # The streams go through serializer-free methods: chunks are framed
         # and parsed by wire.encode_frames / wire.frame_parser (one copy each).
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._bytes_lock = threading.Lock()  # Shared with a background push or fetch.
         method = f"/{wire.SERVICE_NAME}/"
         self._initialize = self._channel.stream_unary(
             method + "Initialize", None, pb.InitializeResponse.FromString
@@ -166,7 +196,7 @@ class ParameterClient:
         self._fetch = self._channel.unary_stream(
             method + "Fetch",
             pb.FetchRequest.SerializeToString,
-            wire.frame_parser(pb.FetchResponse),
+            self._counting_parser(wire.frame_parser(pb.FetchResponse)),
         )
         self._sequence = 0
         self._specs: tuple[TensorSpec, ...] = ()
@@ -177,6 +207,26 @@ class ParameterClient:
         self._closed = threading.Event()
 
     # -- Plumbing ------------------------------------------------------------
+
+    def _count(self, sent: int = 0, received: int = 0) -> None:
+        with self._bytes_lock:
+            self.bytes_sent += sent
+            self.bytes_received += received
+
+    def _counting(self, frames: Iterator[bytes]) -> Iterator[bytes]:
+        """``frames`` as they are, each one's size added to ``bytes_sent`` as it is sent."""
+        for frame in frames:
+            self._count(sent=len(frame))
+            yield frame
+
+    def _counting_parser(self, parse: Callable[[bytes], T]) -> Callable[[bytes], T]:
+        """A deserializer that adds each received message's size to ``bytes_received``."""
+
+        def counted(data: bytes) -> T:
+            self._count(received=len(data))
+            return parse(data)
+
+        return counted
 
     def _call(self, what: str, attempt: Callable[[float], T]) -> T:
         """Runs ``attempt(timeout)``, retrying transient failures within ``retry_secs``.
@@ -284,7 +334,9 @@ class ParameterClient:
             stream = wire.encode_frames(
                 pb.InitializeRequest, header, np.asarray(flat, np.float32), self.chunk_bytes
             )
-            return self._initialize(stream, timeout=timeout, metadata=self._metadata)
+            return self._initialize(
+                self._counting(stream), timeout=timeout, metadata=self._metadata
+            )
 
         response = self._call("Initialize", attempt)
         self._specs = tuple(specs)
@@ -370,7 +422,10 @@ class ParameterClient:
             raise RuntimeError("push before register, initialize or fetch: no signature known")
         parts = [grad] if isinstance(grad, np.ndarray) else list(grad)
         wire_dtype = numpy_dtype(self.push_dtype)
-        if all(p.dtype == wire_dtype for p in parts):  # Already in the wire dtype.
+        codec_fields = {}
+        if self.push_codec != "none":  # Encoded once: a retry resends the same bytes.
+            payload, codec_fields = self._encode(parts)
+        elif all(p.dtype == wire_dtype for p in parts):  # Already in the wire dtype.
             payload = [byte_view(np.ascontiguousarray(p)) for p in parts]
         else:  # One conversion; the result is what travels, so retries reuse it.
             half = np.empty(sum(p.size for p in parts), numpy_dtype(self.push_dtype))
@@ -390,6 +445,7 @@ class ParameterClient:
             base_server_id=self._fetched_from,
             kind=wire.PUSH_KINDS[kind],
             samples=samples,
+            **codec_fields,
         )
 
         attempts = 0
@@ -398,7 +454,7 @@ class ParameterClient:
             nonlocal attempts
             attempts += 1
             stream = wire.encode_frames(pb.PushRequest, header, payload, self.chunk_bytes)
-            return self._push(stream, timeout=timeout, metadata=self._metadata)
+            return self._push(self._counting(stream), timeout=timeout, metadata=self._metadata)
 
         try:
             response = self._call("Push", attempt)
@@ -418,6 +474,19 @@ class ParameterClient:
         return PushAck(
             response.version, response.staleness, response.duplicate, response.local_steps
         )
+
+    def _encode(self, parts: list[np.ndarray]) -> tuple[list[memoryview], dict]:
+        """The push's payload in ``push_codec``, error feedback included, and its header fields."""
+        flat = parts[0] if len(parts) == 1 else np.concatenate([p.ravel() for p in parts])
+        if self._feedback is None or self._feedback.spec.size != flat.size:
+            self._feedback = codecs.ErrorFeedback(self.push_codec, flat.size, *self._codec_args)
+        payload = self._feedback.encode(flat)
+        spec = self._feedback.spec
+        return [byte_view(payload)], {
+            "codec": wire.PUSH_CODECS[spec.codec],
+            "codec_block_size": spec.block_size,
+            "codec_count": spec.count,
+        }
 
     def leave(self) -> int:
         """Tells the server this client has finished; returns the version."""

@@ -19,6 +19,13 @@ class PushKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PUSH_KIND_GRADIENT: _ClassVar[PushKind]
     PUSH_KIND_DELTA: _ClassVar[PushKind]
+
+class PushCodec(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PUSH_CODEC_NONE: _ClassVar[PushCodec]
+    PUSH_CODEC_INT8: _ClassVar[PushCodec]
+    PUSH_CODEC_INT4: _ClassVar[PushCodec]
+    PUSH_CODEC_TOPK: _ClassVar[PushCodec]
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT64: DType
@@ -26,6 +33,10 @@ DTYPE_FLOAT16: DType
 DTYPE_BFLOAT16: DType
 PUSH_KIND_GRADIENT: PushKind
 PUSH_KIND_DELTA: PushKind
+PUSH_CODEC_NONE: PushCodec
+PUSH_CODEC_INT8: PushCodec
+PUSH_CODEC_INT4: PushCodec
+PUSH_CODEC_TOPK: PushCodec
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "shape", "dtype")
@@ -46,20 +57,22 @@ class Chunk(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("push_dtypes", "max_chunk_bytes", "optimizer", "fetch_dtypes", "push_kinds", "aggregation")
+    __slots__ = ("push_dtypes", "max_chunk_bytes", "optimizer", "fetch_dtypes", "push_kinds", "aggregation", "push_codecs")
     PUSH_DTYPES_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     FETCH_DTYPES_FIELD_NUMBER: _ClassVar[int]
     PUSH_KINDS_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    PUSH_CODECS_FIELD_NUMBER: _ClassVar[int]
     push_dtypes: _containers.RepeatedScalarFieldContainer[DType]
     max_chunk_bytes: int
     optimizer: str
     fetch_dtypes: _containers.RepeatedScalarFieldContainer[DType]
     push_kinds: _containers.RepeatedScalarFieldContainer[PushKind]
     aggregation: str
-    def __init__(self, push_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., max_chunk_bytes: _Optional[int] = ..., optimizer: _Optional[str] = ..., fetch_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., push_kinds: _Optional[_Iterable[_Union[PushKind, str]]] = ..., aggregation: _Optional[str] = ...) -> None: ...
+    push_codecs: _containers.RepeatedScalarFieldContainer[PushCodec]
+    def __init__(self, push_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., max_chunk_bytes: _Optional[int] = ..., optimizer: _Optional[str] = ..., fetch_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., push_kinds: _Optional[_Iterable[_Union[PushKind, str]]] = ..., aggregation: _Optional[str] = ..., push_codecs: _Optional[_Iterable[_Union[PushCodec, str]]] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("client_id", "tensors")
@@ -142,7 +155,7 @@ class FetchResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[FetchHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
 
 class PushHeader(_message.Message):
-    __slots__ = ("client_id", "sequence", "base_version", "tensors", "client_step", "base_server_id", "kind", "samples")
+    __slots__ = ("client_id", "sequence", "base_version", "tensors", "client_step", "base_server_id", "kind", "samples", "codec", "codec_block_size", "codec_count")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +164,9 @@ class PushHeader(_message.Message):
     BASE_SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    CODEC_BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CODEC_COUNT_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     sequence: int
     base_version: int
@@ -159,7 +175,10 @@ class PushHeader(_message.Message):
     base_server_id: str
     kind: PushKind
     samples: int
-    def __init__(self, client_id: _Optional[str] = ..., sequence: _Optional[int] = ..., base_version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., client_step: _Optional[int] = ..., base_server_id: _Optional[str] = ..., kind: _Optional[_Union[PushKind, str]] = ..., samples: _Optional[int] = ...) -> None: ...
+    codec: PushCodec
+    codec_block_size: int
+    codec_count: int
+    def __init__(self, client_id: _Optional[str] = ..., sequence: _Optional[int] = ..., base_version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., client_step: _Optional[int] = ..., base_server_id: _Optional[str] = ..., kind: _Optional[_Union[PushKind, str]] = ..., samples: _Optional[int] = ..., codec: _Optional[_Union[PushCodec, str]] = ..., codec_block_size: _Optional[int] = ..., codec_count: _Optional[int] = ...) -> None: ...
 
 class PushRequest(_message.Message):
     __slots__ = ("header", "chunk")

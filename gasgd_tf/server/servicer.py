@@ -10,7 +10,7 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 
-from gasgd_tf import config_base, wire
+from gasgd_tf import codecs, config_base, wire
 from gasgd_tf.proto import parameter_service_pb2 as pb
 from gasgd_tf.proto import parameter_service_pb2_grpc as pb_grpc
 from gasgd_tf.server.admission import Gate, take_slot
@@ -30,6 +30,7 @@ from gasgd_tf.tensors import (
     PARAMETER_DTYPE,
     WIRE_DTYPES,
     FlatLayout,
+    PayloadLayout,
     ValidationError,
     byte_view,
     numpy_dtype,
@@ -284,6 +285,7 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
                     optimizer=self._store.optimizer.name,
                     push_kinds=[wire.PUSH_KINDS[self._store.push_kind]],
                     aggregation=self._store.aggregation,
+                    push_codecs=list(wire.PUSH_CODECS.values()),
                 ),
                 server_id=self._store.server_id,
             )
@@ -380,16 +382,19 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
     def Push(self, request_iterator, context):
         slot = []  # When the slot was taken, once held: only a held slot is released.
         buffer = []  # The pooled gradient buffer, once taken (after the slot).
+        codec = []  # The header's codec, once read (None: plain values).
 
         def layout(header):
             specs = wire.specs_from_proto(header.tensors)
             layout = self._store.layout_for(specs, initialize=False)  # Refuse before waiting.
+            spec = _codec_spec(header, layout)
+            codec.append(spec)
             slot.append(self._take_push_slot(context))
-            return layout
+            return layout if spec is None else PayloadLayout(spec.nbytes, f"{spec.codec} payload")
 
         def into_buffer(layout: FlatLayout) -> list[memoryview] | None:
             if layout.dtype != PARAMETER_DTYPE:
-                return None  # Half precision: converted into a new float32 buffer anyway.
+                return None  # Half precision or encoded: converted into a new float32 buffer.
             buffer.append(self._grad_buffers.take(layout.size))
             return [byte_view(buffer[0])]
 
@@ -405,15 +410,20 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
                 )
                 # The store keeps no reference to the gradient: the buffer is
                 # free again once the push is applied.
-                return self._apply_push(header, buffer[0] if grad is None else grad, verified[0])
+                grad = buffer[0] if grad is None else grad
+                return self._apply_push(header, grad, verified[0], codec[0])
         finally:
             if buffer:  # Back before the slot, so that buffers never outnumber slots.
                 self._grad_buffers.give_back(buffer[0])
             if slot:
                 self._push_slots.release(slot[0])
 
-    def _apply_push(self, header, grad: np.ndarray, known_finite: bool) -> pb.PushResponse:
-        if grad.dtype != np.float32:  # Sent in half precision: apply in float32.
+    def _apply_push(
+        self, header, grad: np.ndarray, known_finite: bool, codec: codecs.CodecSpec | None
+    ) -> pb.PushResponse:
+        if codec is not None:  # Decoded and checked before anything changes.
+            grad = codecs.decode(grad, codec, np.empty(codec.size, np.float32))
+        elif grad.dtype != np.float32:  # Sent in half precision: apply in float32.
             grad = grad.astype(np.float32)
         result = self._store.push(
             header.client_id,
@@ -482,3 +492,22 @@ def _client_proto(c: ClientRecord) -> pb.ClientStatus:
         staleness=_staleness_proto(c.staleness),
         expired=c.expired,
     )
+
+
+def _codec_spec(header, layout: FlatLayout) -> codecs.CodecSpec | None:
+    """The codec a push header names, checked against the server's layout; None: no codec.
+
+    Raises:
+      ValidationError: An unknown codec, impossible codec fields, or a codec
+        over half-precision tensors (a codec encodes float32 values).
+    """
+    if not header.codec:
+        return None
+    name = wire.push_codec_name(header.codec)
+    if name not in codecs.CODECS:
+        raise ValidationError(f"unknown push codec ({name}); this server decodes {codecs.CODECS}")
+    if layout.dtype != PARAMETER_DTYPE:
+        raise ValidationError(f"a {name} push must name float32 tensors, not {layout.dtype}")
+    spec = codecs.CodecSpec(name, layout.size, header.codec_block_size, header.codec_count)
+    spec.check()
+    return spec

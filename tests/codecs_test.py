@@ -1,0 +1,243 @@
+"""Push codecs (gasgd_tf/codecs.py): sizes, error feedback, validation, the wire, fuzzing."""
+
+import grpc
+import numpy as np
+import pytest
+from fuzz_test import FUZZ, SIZE, TIMEOUT, _call, _push_header, _unchanged, serve_target
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gasgd_tf import codecs, config_base, wire
+from gasgd_tf.client import ParameterClient, RequestRejectedError
+from gasgd_tf.codecs import CodecSpec, ErrorFeedback
+from gasgd_tf.proto import parameter_service_pb2 as pb
+from gasgd_tf.server import SGD, ParameterStore
+from gasgd_tf.tensors import TensorSpec, ValidationError
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def target():
+    """The fuzz tests' server: refused pushes must leave it at version 0."""
+    yield from serve_target()
+
+
+ENCODED = ("int8", "int4", "topk")
+
+
+def spec_for(codec, size, block_size=64, fraction=0.05):
+    count = codecs.topk_count(size, fraction) if codec == "topk" else 0
+    return CodecSpec(codec, size, block_size if codec != "topk" else 0, count)
+
+
+@pytest.mark.parametrize(
+    "codec, ratio", [("int8", 3.9), ("int4", 7.5), ("topk", 13.0)]
+)  # topk at 5%: 6 bytes for each of 5% of the values, 4 / 0.3 = 13.3x.
+def test_each_codec_sends_several_times_fewer_bytes_than_float32(codec, ratio):
+    values = RNG.standard_normal(10_001).astype(np.float32)
+    spec = spec_for(codec, values.size, block_size=2048, fraction=0.05)
+    payload = codecs.encode(values, spec)
+    assert payload.nbytes == spec.nbytes
+    assert values.nbytes / payload.nbytes > ratio
+
+
+@pytest.mark.parametrize("codec", ["int8", "int4"])
+def test_blockwise_values_are_within_half_a_step_of_their_blocks_scale(codec):
+    values = RNG.standard_normal(1000).astype(np.float32) * np.repeat([1e-3, 1.0, 50.0, 0.0], 250)
+    spec = spec_for(codec, values.size, block_size=250)
+    decoded = codecs.decode(codecs.encode(values, spec), spec, np.empty_like(values))
+    levels = codecs.LEVELS[codec]
+    for block in range(4):
+        part = slice(250 * block, 250 * (block + 1))
+        step = np.abs(values[part]).max() / levels
+        assert np.abs(decoded[part] - values[part]).max() <= step / 2 * (1 + 1e-5) + 1e-12
+    assert np.all(decoded[750:] == 0)  # An all-zero block stays zero (scale 0).
+
+
+def test_topk_keeps_the_largest_values_and_zeroes_the_rest():
+    values = np.array([0.1, -5.0, 0.2, 3.0, -0.05, 0.0], np.float32)
+    spec = CodecSpec("topk", 6, count=2)
+    decoded = codecs.decode(codecs.encode(values, spec), spec, np.empty(6, np.float32))
+    np.testing.assert_array_equal(decoded, [0, -5.0, 0, 3.0, 0, 0])
+
+
+@pytest.mark.parametrize("codec", ENCODED)
+def test_error_feedback_loses_nothing_in_the_sum(codec):
+    # The sum of what was decoded plus the residual is the sum of what was given.
+    feedback = ErrorFeedback(codec, 5003, block_size=256, topk_fraction=0.02)
+    given_sum = np.zeros(5003, np.float64)
+    decoded_sum = np.zeros(5003, np.float64)
+    out = np.empty(5003, np.float32)
+    for _ in range(20):
+        values = RNG.standard_normal(5003).astype(np.float32)
+        given_sum += values
+        decoded_sum += codecs.decode(feedback.encode(values), feedback.spec, out)
+    np.testing.assert_allclose(decoded_sum + feedback.residual, given_sum, atol=2e-5)
+
+
+def _payload(codec, size=SIZE):
+    spec = spec_for(codec, size)
+    return spec, bytearray(codecs.encode(np.linspace(-1, 1, size, dtype=np.float32), spec))
+
+
+def _f32(value):
+    return np.array([value], "<f4").tobytes()
+
+
+def _u32(value):
+    return np.array([value], "<u4").tobytes()
+
+
+BAD_PAYLOADS = {
+    "short": lambda codec, p: p[:-1],
+    "long": lambda codec, p: p + b"\0",
+    "nan scale": lambda codec, p: _f32(np.nan) + p[4:] if codec != "topk" else None,
+    "inf scale": lambda codec, p: _f32(np.inf) + p[4:] if codec != "topk" else None,
+    "negative scale": lambda codec, p: _f32(-1.0) + p[4:] if codec != "topk" else None,
+    "index out of range": lambda codec, p: _u32(SIZE) + p[4:] if codec == "topk" else None,
+    "repeated index": lambda codec, p: p[4:8] + p[4:] if codec == "topk" else None,
+    "nan value": lambda codec, p: p[:-2] + b"\xc0\x7f" if codec == "topk" else None,
+}
+CASES = [
+    (codec, name)
+    for codec in ENCODED
+    for name, bad in BAD_PAYLOADS.items()
+    if bad(codec, bytearray(8)) is not None
+]
+
+
+@pytest.mark.parametrize("codec, name", CASES)
+def test_a_bad_payload_is_refused_naming_what_is_wrong(codec, name):
+    spec, payload = _payload(codec)
+    with pytest.raises(ValidationError):
+        codecs.decode(bytes(BAD_PAYLOADS[name](codec, payload)), spec, np.empty(SIZE, np.float32))
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (CodecSpec("int8", 10, block_size=0), "block size"),
+        (CodecSpec("int4", 10, block_size=codecs.MAX_BLOCK_SIZE + 1), "block size"),
+        (CodecSpec("topk", 10, count=0), "topk count"),
+        (CodecSpec("topk", 10, count=11), "topk count"),
+        (CodecSpec("zip", 10), "unknown push codec"),
+    ],
+)
+def test_impossible_codec_fields_are_refused(spec, message):
+    with pytest.raises(ValidationError, match=message):
+        spec.check()
+
+
+def _encoded_push(codec, payload, spec, sequence=1):
+    header = _push_header(
+        sequence=sequence,
+        codec=wire.PUSH_CODECS[codec],
+        codec_block_size=spec.block_size,
+        codec_count=spec.count,
+    )
+    return [header, wire.chunk_frame(0, [memoryview(bytes(payload))])]
+
+
+@pytest.mark.parametrize("codec, name", CASES)
+def test_the_server_refuses_a_bad_payload_as_invalid_argument_and_changes_nothing(
+    target, codec, name
+):
+    spec, payload = _payload(codec)
+    frames = _encoded_push(codec, BAD_PAYLOADS[name](codec, payload), spec)
+    with pytest.raises(grpc.RpcError) as error:
+        target.calls["Push"](iter(frames), timeout=TIMEOUT)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value.details()
+    _unchanged(target)
+
+
+@FUZZ
+@given(codec=st.sampled_from(ENCODED), data=st.binary(max_size=6 * SIZE), count=st.integers(0, 9))
+def test_random_payload_bytes_are_refused_or_applied_never_garbage(target, codec, data, count):
+    # Random bytes under a valid codec header: the wrong length is refused;
+    # a right-length payload may decode (then the push is only refused here
+    # by its sequence 0, so the shared server stays unchanged either way).
+    spec = CodecSpec(codec, SIZE, 64 if codec != "topk" else 0, count if codec == "topk" else 0)
+    frames = _encoded_push(codec, data, spec, sequence=0)
+    _call(lambda: target.calls["Push"](iter(frames), timeout=TIMEOUT))
+    _unchanged(target)
+    try:
+        decoded = codecs.decode(data, spec, np.empty(SIZE, np.float32))
+    except ValidationError:
+        return
+    assert np.all(np.isfinite(decoded)) or codec != "topk"
+
+
+@pytest.mark.parametrize("codec", ENCODED)
+def test_an_encoded_push_moves_the_server_by_the_decoded_values(serve, codec):
+    store = ParameterStore(SGD(learning_rate=1.0))
+    server = serve(store)
+    specs = (TensorSpec("w", (300,)), TensorSpec("b", (7,)))
+    with ParameterClient(
+        server.address, "w0", timeout_secs=10, push_codec=codec, topk_fraction=0.1
+    ) as client:
+        client.register(specs)
+        client.initialize(specs, np.zeros(307, np.float32))
+        grad = RNG.standard_normal(307).astype(np.float32)
+        client.push(grad, 0)
+        residual = client._feedback.residual.copy()
+        reply = client.register(specs)
+    assert store.version == 1
+    # Applied: -(grad - what the feedback kept for the next push).
+    np.testing.assert_allclose(store.snapshot().flat, -(grad - residual), atol=1e-6)
+    assert reply.initialized
+
+
+def test_capabilities_list_every_codec(serve):
+    server = serve(ParameterStore(SGD(learning_rate=0.1)))
+    with grpc.insecure_channel(server.address) as channel:
+        from gasgd_tf.proto import parameter_service_pb2_grpc as pb_grpc
+
+        reply = pb_grpc.ParameterServiceStub(channel).Register(
+            pb.RegisterRequest(client_id="probe"), timeout=10
+        )
+    assert set(reply.capabilities.push_codecs) == set(wire.PUSH_CODECS.values())
+
+
+def test_an_encoded_nan_is_refused_by_the_client_before_it_is_sent(serve):
+    server = serve(ParameterStore(SGD(learning_rate=0.1)))
+    specs = (TensorSpec("w", (4,)),)
+    with ParameterClient(server.address, "w0", timeout_secs=10, push_codec="int8") as client:
+        client.register(specs)
+        client.initialize(specs, np.zeros(4, np.float32))
+        with pytest.raises((ValueError, RequestRejectedError), match="NaN"):
+            client.push(np.array([1, np.nan, 0, 0], np.float32), 0)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"client.push_codec": "zip"}, "client.push_codec 'zip' is not one of"),
+        ({"client.push_codec": "int8", "client.push_dtype": "bfloat16"}, "needs"),
+        ({"client.codec_block_size": 0}, "client.codec_block_size must be"),
+        ({"client.topk_fraction": 0.0}, "client.topk_fraction must be in"),
+    ],
+)
+def test_bad_codec_settings_are_refused_naming_the_field(overrides, message):
+    config = config_base.get_base_config()
+    config.update_from_flattened_dict(overrides)
+    with pytest.raises(ValueError, match=message):
+        config_base.finalize(config)
+
+
+@pytest.mark.parametrize("codec, push", [("int4", "gradient"), ("topk", "delta")])
+def test_the_cli_worker_pushes_encoded_gradients_and_deltas(
+    serve, digits_data_dir, tmp_path, codec, push
+):
+    from worker_test import small_config
+
+    from gasgd_tf import worker
+
+    store = ParameterStore(SGD(learning_rate=0.05), push_kind=push)
+    server = serve(store)
+    config = small_config(
+        digits_data_dir, n_sync=2, **{"client.push_codec": codec, "worker.push": push}
+    )
+    result = worker.train(config, 0, server.address, str(tmp_path))
+    assert result.pushes == 4 == store.version  # Steps 2, 4, 6 and 7.
+    assert np.isfinite(result.loss)
