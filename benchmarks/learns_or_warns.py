@@ -1,4 +1,4 @@
-"""B7: with n_sync raised to 50, every offline config in configs/ learns or says it does not.
+"""B9: with n_sync raised to 50, every offline config in configs/ learns or says it does not.
 
 Issue 15's target: no silent chance result. Each config whose data ships
 with the package runs as ``python -m gasgd_tf.main --config=configs/<c>.py
