@@ -241,3 +241,25 @@ def test_the_cli_worker_pushes_encoded_gradients_and_deltas(
     result = worker.train(config, 0, server.address, str(tmp_path))
     assert result.pushes == 4 == store.version  # Steps 2, 4, 6 and 7.
     assert np.isfinite(result.loss)
+
+
+def test_each_shard_gets_its_part_encoded_with_its_own_error_feedback(serve):
+    from gasgd_tf.client import make_client
+
+    stores = [ParameterStore(SGD(learning_rate=1.0)) for _ in range(2)]
+    addresses = [serve(s).address for s in stores]
+    specs = (TensorSpec("a", (500,)), TensorSpec("b", (300,)))
+    client = make_client(addresses, "w0", split_bytes=1 << 20, timeout_secs=10, push_codec="int8")
+    try:
+        client.register(specs)
+        client.initialize(specs, np.zeros(800, np.float32))
+        version, _, _ = client.fetch()
+        grad = RNG.standard_normal(800).astype(np.float32)
+        client.push(grad, version)
+        _, _, served = client.fetch()
+        residuals = [c._feedback.residual for c in client.clients]
+    finally:
+        client.close()
+    assert [s.version for s in stores] == [1, 1]
+    assert sum(r.size for r in residuals) == 800  # Each shard's client encoded its own part.
+    assert np.abs(served + grad).max() <= max(np.abs(r).max() for r in residuals) + 1e-6
