@@ -30,6 +30,10 @@ def _spec(codec: str, size: int) -> codecs.CodecSpec:
     return codecs.CodecSpec(codec, size, 2048 if codec != "topk" else 0, count)
 
 
+def _times(repeats: int, fn) -> list[float]:
+    return [common.timed(fn) for _ in range(repeats)]
+
+
 def run(quick: bool = False, size: int = 7_700_000, repeats: int = 5) -> dict:
     if quick:
         size, repeats = min(size, 1_000_000), 2
@@ -40,9 +44,9 @@ def run(quick: bool = False, size: int = 7_700_000, repeats: int = 5) -> dict:
         spec = _spec(codec, size)
         payload = codecs.encode(values, spec)
         feedback = codecs.ErrorFeedback(codec, size, 2048, 0.01)
-        encode = [common.timed(lambda: codecs.encode(values, spec)) for _ in range(repeats)]
-        decode = [common.timed(lambda: codecs.decode(payload, spec, out)) for _ in range(repeats)]
-        sender = [common.timed(lambda: feedback.encode(values)) for _ in range(repeats)]
+        encode = _times(repeats, lambda s=spec: codecs.encode(values, s))
+        decode = _times(repeats, lambda s=spec, p=payload: codecs.decode(p, s, out))
+        sender = _times(repeats, lambda f=feedback: f.encode(values))
         rows[codec] = {
             "bytes_ratio": values.nbytes / payload.nbytes,
             "encode_gbps": common.stats([values.nbytes / t / 1e9 for t in encode]),

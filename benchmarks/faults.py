@@ -11,6 +11,14 @@ resumes), and prints what summary.json says: the final version, restarts,
 updates lost after the last checkpoint, pushes refused by a restored
 server, and whether every one of the ``2 x num_steps`` pushes is accounted
 for (``version + updates_lost + pushes_lost``). RELIABILITY.md quotes it.
+
+    .venv/bin/python -m benchmarks.faults --chaos [--minutes=10] [--seed=0] [--config=both]
+
+runs the chaos run of ``benchmarks/chaos.py`` instead: for ``--minutes``
+under each config, a random worker or the server is killed with SIGKILL
+every ``--min_gap``-``--max_gap`` seconds; it prints one line per kill, then
+the goodput (steps in the final parameters / steps computed), acknowledged
+pushes lost and final accuracy, and writes ``benchmarks/results/chaos.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 
+from benchmarks import chaos as chaos_lib
 from benchmarks import common
 from gasgd_tf import layout, progress
 
@@ -54,8 +63,42 @@ def _pid_of(workdir: str, role: str) -> int:
     return int(pids[0])
 
 
-def run(kill: str, num_steps: int, at_step: int) -> dict:
-    """Runs one scenario; returns its figures."""
+CHAOS_REPORT = os.path.join(common.RESULTS_DIR, "chaos.json")
+
+
+def run(
+    kill: str | None = None,
+    num_steps: int = 1500,
+    at_step: int = 500,
+    chaos: bool = False,
+    minutes: float = 10.0,
+    seed: int = 0,
+    config: str = "both",
+    min_gap: float = 30.0,
+    max_gap: float = 90.0,
+    grace_minutes: float = 10.0,
+    chaos_steps: int | None = None,
+    workdir: str | None = None,
+) -> dict:
+    """Runs one scenario (``kill``), or the chaos run (``chaos``); returns its figures."""
+    if chaos:
+        report = chaos_lib.run(
+            chaos_configs(config),
+            minutes=minutes,
+            seed=seed,
+            min_gap=min_gap,
+            max_gap=max_gap,
+            num_steps=chaos_steps,
+            grace_minutes=grace_minutes,
+            workdir=workdir,
+        )
+        common.write_json(CHAOS_REPORT, report)
+        print(chaos_lib.markdown(report), flush=True)
+        return {
+            "report": CHAOS_REPORT,
+            "workdir": report["workdir"],
+            "results": [r["aggregate"] for r in report["results"]],
+        }
     workdir = tempfile.mkdtemp(prefix=f"faults_{kill}_")
     launcher = subprocess.Popen(
         _command(workdir, num_steps),
@@ -100,17 +143,55 @@ def run(kill: str, num_steps: int, at_step: int) -> dict:
     }
 
 
+def chaos_configs(config: str) -> list[str]:
+    """The configs ``--config`` names: one, or ``both`` (async DiLoCo first, then rounds)."""
+    return list(chaos_lib.CONFIGS) if config == "both" else [config]
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
 def _flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--kill", choices=["ps_0", "worker_0", "launcher"], required=True, help="what to kill"
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--kill", choices=["ps_0", "worker_0", "launcher"], help="what to kill")
+    what.add_argument(
+        "--chaos", action="store_true", help="kill -9 a random worker or the server for --minutes"
     )
-    parser.add_argument("--num_steps", type=int, default=1500, help="config.num_steps")
+    parser.add_argument("--num_steps", type=int, default=1500, help="config.num_steps (--kill)")
     parser.add_argument("--at_step", type=int, default=500, help="kill when worker_1 is here")
+    chaos = parser.add_argument_group("--chaos")
+    chaos.add_argument("--minutes", type=_positive, default=10.0, help="chaos window per config")
+    chaos.add_argument("--seed", type=int, default=0, help="the kill times and targets")
+    chaos.add_argument(
+        "--config", choices=[*chaos_lib.CONFIGS, "both"], default="both", help="which config"
+    )
+    chaos.add_argument("--min_gap", type=_positive, default=30.0, help="seconds between kills, min")
+    chaos.add_argument("--max_gap", type=_positive, default=90.0, help="seconds between kills, max")
+    chaos.add_argument(
+        "--grace_minutes",
+        type=_positive,
+        default=10.0,
+        help="after the window, time for the run to finish before it counts as a hang",
+    )
+    chaos.add_argument(
+        "--chaos_steps", type=int, default=None, help="num_steps of the first run (default 8/s)"
+    )
+    chaos.add_argument("--workdir", default=None, help="folder of the runs (default: a new tmp)")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m benchmarks.faults --kill=ROLE [--num_steps=N] [--at_step=N]``."""
-    # Prints its figures as JSON and writes no report: RELIABILITY.md quotes them.
+    """``python -m benchmarks.faults --kill=ROLE [--num_steps=N] [--at_step=N]`` or ``--chaos``."""
+    # Prints its figures as JSON; --kill writes no report (RELIABILITY.md
+    # quotes them), --chaos benchmarks/results/chaos.json.
+    args = common.parser("faults", __doc__, flags=_flags, report=False).parse_args(argv)
+    if args.min_gap > args.max_gap:
+        common.parser("faults", __doc__, flags=_flags, report=False).error(
+            f"--min_gap ({args.min_gap:g}) is above --max_gap ({args.max_gap:g})"
+        )
     common.main("faults", run, doc=__doc__, flags=_flags, report=False, argv=argv)
 
 

@@ -238,6 +238,10 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every_secs = 5.0
+    # How long the evaluator waits for a worker to initialize the server: a
+    # worker starting TensorFlow on a loaded machine (or restarted after a
+    # kill) took over 60 s here, and the evaluator giving up ends the run.
+    c.eval.init_timeout_secs = 600.0
     c.eval.batch_size = 512
     # Average the softmax over the centre, four corners and (with data.flip)
     # their mirror images, reported beside the single centre crop.
@@ -322,6 +326,7 @@ _POSITIVE_FINITE = (
     "client.connect_timeout_secs",
     "client.heartbeat_secs",
     "eval.every_secs",
+    "eval.init_timeout_secs",
     "launcher.log_every_secs",
     "launcher.startup_timeout_secs",
     "launcher.prepare_timeout_secs",

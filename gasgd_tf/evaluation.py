@@ -239,7 +239,11 @@ def run(config: ml_collections.ConfigDict, address: str, workdir: str) -> EvalRe
     """
     run = _EvalRun(config, address, workdir)
     client = run.session.client
-    run.session.join_read_only(config.client.connect_timeout_secs, config.client.heartbeat_secs)
+    run.session.join_read_only(
+        config.client.connect_timeout_secs,
+        config.client.heartbeat_secs,
+        init_timeout_secs=config.eval.init_timeout_secs,
+    )
     result = None
     last_eval = float("-inf")
     while True:

@@ -424,10 +424,15 @@ class LocalLauncher:
         child.start(self.env, why=how)
         self._wait_for(
             child,
-            lambda: os.path.exists(port_file),
+            lambda: os.path.exists(port_file) or child.poll() is not None,
             "serving again",
             self.config.launcher.startup_timeout_secs,
         )
+        code = child.poll()
+        if code is not None and not os.path.exists(port_file):
+            if code >= 0:  # An error it would make again: not restarted.
+                raise ChildFailed(child, code, f"exited with code {code} before serving again")
+            self._restart_server(shard, child, code)  # Killed again while starting: once more.
 
     def _stop_everything(self) -> None:
         """Workers and the evaluator first, then the servers, given time to save a checkpoint."""

@@ -19,6 +19,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Modules of benchmarks/ that are libraries of the scripts, without a command line.
 LIBRARIES = {
+    "chaos",  # faults.py --chaos
     "common",
     "servers",
     "server_capacity.clients",

@@ -733,6 +733,44 @@ def test_a_dead_server_is_started_again_on_its_port(
     assert "===== ps_0 started again at" in log and "was killed by signal 9 =====" in log
 
 
+def test_a_server_killed_again_while_it_restarts_is_started_once_more(
+    tmp_path, monkeypatch, restore_sigterm, fake_client
+):
+    # Run 1 serves and is killed; run 2 is killed before it serves; run 3 serves.
+    marker = tmp_path / "ps_runs"
+
+    def ps(flags):
+        return textwrap.dedent(f"""
+            import os, pathlib, signal, time
+            m = pathlib.Path({str(marker)!r})
+            n = int(m.read_text()) if m.exists() else 0
+            m.write_text(str(n + 1))
+            if n == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+            p = {flags["port_file"]!r}
+            open(p + '.tmp', 'w').write('4321'); os.replace(p + '.tmp', p)
+            if n == 0:
+                time.sleep(0.3); os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(60)
+        """)
+
+    scripts = _success_scripts(tmp_path, 4321)
+    scripts["ps"] = ps
+    scripts["worker"] = lambda flags: (
+        "import time; time.sleep(2)\n" + _success_scripts(tmp_path, 4321)["worker"](flags)
+    )
+    fake, _ = _fake_child_argv(scripts)
+    monkeypatch.setattr(launch, "child_argv", fake)
+    _save(tmp_path, None, version=3)
+    config = _config()
+    config.launcher.max_server_restarts = 3
+    out = io.StringIO()
+    assert LocalLauncher(config, str(tmp_path), out=out).run() == 0, out.getvalue()
+    assert out.getvalue().count("starting it again") == 2
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["server_restarts"] == {"ps_0": 2}
+
+
 @pytest.mark.parametrize(
     "save", [True, False, "none-yet"], ids=["too-often", "checkpoints-off", "none-yet"]
 )

@@ -291,3 +291,12 @@ def test_a_read_only_replica_names_the_server_nobody_initialized():
     session = ReplicaSession(Never(), FakeVariables(), SyncSchedule(1, 1))
     with pytest.raises(ServerUnavailableError, match="fake:1 was not initialized"):
         session.join_read_only(0.3, heartbeat_secs=None)
+
+
+def test_a_read_only_replica_waits_for_initialization_as_long_as_it_is_told():
+    # A worker may take minutes to start TensorFlow: the evaluator's wait for
+    # it (eval.init_timeout_secs) is its own, not the connect timeout.
+    client = FakeClient(initialized=False)
+    session = ReplicaSession(client, FakeVariables(), SyncSchedule(1, 1))
+    session.join_read_only(0.0, heartbeat_secs=None, init_timeout_secs=10)
+    assert client.register_calls == 3

@@ -5,8 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from gasgd_tf.server import SGD, ParameterStore
-from gasgd_tf.server import checkpointing
+from gasgd_tf.server import SGD, ParameterStore, checkpointing
 from gasgd_tf.server.rounds import TOTAL_SLOT, RoundState
 from gasgd_tf.tensors import TensorSpec
 

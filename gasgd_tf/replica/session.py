@@ -214,24 +214,39 @@ class ReplicaSession:
         """Counts steps from ``step`` on: the schedule's origin after a resumed join."""
         self._step = self._pushed_step = step
 
-    def join_read_only(self, connect_timeout_secs: float, heartbeat_secs: float | None) -> None:
+    def join_read_only(
+        self,
+        connect_timeout_secs: float,
+        heartbeat_secs: float | None,
+        init_timeout_secs: float | None = None,
+    ) -> None:
         """Registers without offering weights; waits until a worker has initialized the server.
 
+        Args:
+          connect_timeout_secs: How long to wait for the server to answer.
+          heartbeat_secs: Heartbeat interval from now on (None: none).
+          init_timeout_secs: How long to wait for a worker to initialize it
+            (None: ``connect_timeout_secs``); a worker starting TensorFlow on
+            a loaded machine, or restarted, may take minutes.
+
         Raises:
-          ServerUnavailableError: The server did not answer, or no worker
-            initialized it, within ``connect_timeout_secs``.
+          ServerUnavailableError: The server did not answer within
+            ``connect_timeout_secs``, or no worker initialized it within
+            ``init_timeout_secs``.
           ModelMismatchError: The model differs from the server's.
         """
+        if init_timeout_secs is None:
+            init_timeout_secs = connect_timeout_secs
         self.client.wait_for_server(connect_timeout_secs)
         # A long evaluation of a large test set is silence otherwise.
         if heartbeat_secs:
             self.client.start_heartbeats(heartbeat_secs)
-        deadline = time.monotonic() + connect_timeout_secs
+        deadline = time.monotonic() + init_timeout_secs
         while not self._register().initialized:
             if time.monotonic() > deadline:
                 raise ServerUnavailableError(
                     f"parameter server at {self.client.address} was not initialized by any "
-                    f"worker within {connect_timeout_secs:.0f}s"
+                    f"worker within {init_timeout_secs:.0f}s"
                 )
             time.sleep(INITIALIZED_POLL_SECS)
 
