@@ -121,6 +121,17 @@ def _one_of(name: str, value: str | None, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _server_modes(
+    aggregation: str | None, local_steps: str | None, n_push: int, n_fetch: int
+) -> tuple[str, str]:
+    """The local server's aggregation and local-steps modes, checked (None: the defaults)."""
+    aggregation = _one_of("aggregation", aggregation, config_base.AGGREGATIONS)
+    local_steps = _one_of("local_steps", local_steps, config_base.LOCAL_STEPS)
+    if aggregation == "round" and n_push != n_fetch:
+        raise ValueError("aggregation='round' needs n_push == n_fetch (a round is both)")
+    return aggregation, local_steps
+
+
 def _client_arguments(
     timeout_secs, retry_secs, push_dtype, fetch_dtype, split_bytes, credentials, push_codec
 ) -> dict:
@@ -307,10 +318,9 @@ class AsyncSGD(keras.callbacks.Callback):
             else server_learning_rate,
             **(server_options or {}),
         }
-        self._aggregation = _one_of("aggregation", aggregation, config_base.AGGREGATIONS)
-        self._local_steps = _one_of("local_steps", local_steps, config_base.LOCAL_STEPS)
-        if self._aggregation == "round" and self.n_push != self.n_fetch:
-            raise ValueError("aggregation='round' needs n_push == n_fetch (a round is both)")
+        self._aggregation, self._local_steps = _server_modes(
+            aggregation, local_steps, self.n_push, self.n_fetch
+        )
         if self.local:
             make_optimizer(self._server_optimizer, **self._server_hparams)  # Fails early.
         self._listen = listen or "127.0.0.1:0"

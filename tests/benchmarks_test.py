@@ -201,7 +201,10 @@ def test_a_bad_argument_is_one_error_line_and_status_2(name, nothing_runs, capsy
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--only=cycle,nope"], "argument --only: unknown 'nope'; choose from codec_speed, cycle, apply"),
+        (
+            ["--only=cycle,nope"],
+            "argument --only: unknown 'nope'; choose from codec_speed, cycle, apply",
+        ),
         (["--quick=1"], "argument --quick: ignored explicit argument '1'"),
     ],
 )

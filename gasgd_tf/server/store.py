@@ -1048,23 +1048,7 @@ class ParameterStore:
             self._staleness = _stats_from_json(meta.get("staleness"))
             now = self._clock()
             for client_id, saved in (meta.get("clients") or {}).items():
-                record = ClientRecord(
-                    client_id,
-                    active=bool(saved.get("active", True)),
-                    pushes=int(saved.get("pushes", 0)),
-                    fetches=int(saved.get("fetches", 0)),
-                    last_sequence=int(saved.get("last_sequence", 0)),
-                    last_step=int(saved.get("last_step", 0)),
-                    last_seen=now,
-                    staleness=_stats_from_json(saved.get("staleness")),
-                    # Older checkpoints did not record it: a client that pushed trained.
-                    trained=bool(saved.get("trained", int(saved.get("pushes", 0)) > 0)),
-                )
-                if saved.get("last_version") is not None:
-                    record.last_result = PushResult(
-                        int(saved["last_version"]), int(saved.get("last_staleness") or 0)
-                    )
-                self._clients[client_id] = record
+                self._clients[client_id] = _record_from_json(client_id, saved, now)
             if self.max_clients is not None and len(self._clients) > self.max_clients:
                 # Kept all the same: they are this run's clients, and the
                 # limit only refuses new ids (forgetting what it may first).
@@ -1198,6 +1182,27 @@ def _parameter_layout(specs: Sequence[TensorSpec], max_bytes: int) -> FlatLayout
             f"(tensor {layout.specs[0].name!r}); half precision is for transport only"
         )
     return layout
+
+
+def _record_from_json(client_id: str, saved: dict, now: float) -> ClientRecord:
+    """A client record from a checkpoint's metadata (``export_state``), seen ``now``."""
+    record = ClientRecord(
+        client_id,
+        active=bool(saved.get("active", True)),
+        pushes=int(saved.get("pushes", 0)),
+        fetches=int(saved.get("fetches", 0)),
+        last_sequence=int(saved.get("last_sequence", 0)),
+        last_step=int(saved.get("last_step", 0)),
+        last_seen=now,
+        staleness=_stats_from_json(saved.get("staleness")),
+        # Older checkpoints did not record it: a client that pushed trained.
+        trained=bool(saved.get("trained", int(saved.get("pushes", 0)) > 0)),
+    )
+    if saved.get("last_version") is not None:
+        record.last_result = PushResult(
+            int(saved["last_version"]), int(saved.get("last_staleness") or 0)
+        )
+    return record
 
 
 def _forgettable(records: Iterable[ClientRecord]) -> ClientRecord | None:
