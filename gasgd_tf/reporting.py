@@ -18,6 +18,23 @@ from gasgd_tf.summaries import MetricWriter
 
 
 @dataclasses.dataclass(frozen=True)
+class Comm:
+    """What a worker's client has sent and received so far.
+
+    Attributes:
+      bytes_sent: Payload bytes pushed (and offered at initialization);
+        ``ParameterClient.bytes_sent``.
+      bytes_received: Payload bytes fetched; ``ParameterClient.bytes_received``.
+      local_steps: The last H the server planned (adaptive local steps;
+        0: fixed, or not planned yet).
+    """
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    local_steps: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class Report:
     """The state of a training run at one step.
 
@@ -29,6 +46,7 @@ class Report:
       images_per_sec: Training throughput since the last report.
       server_version: The server version last seen (0 with no server).
       staleness: The staleness of the last push the server applied.
+      comm: ``Comm`` counters of the worker's client so far.
     """
 
     step: int
@@ -38,6 +56,7 @@ class Report:
     images_per_sec: float
     server_version: int = 0
     staleness: int = 0
+    comm: Comm = dataclasses.field(default_factory=lambda: Comm())
 
 
 Action = Callable[[Report], None]
@@ -54,6 +73,9 @@ def tensorboard(writer: MetricWriter) -> Action:
                 "train/images_per_sec": report.images_per_sec,
                 "train/server_version": report.server_version,
                 "train/staleness": report.staleness,
+                "comm/bytes_sent": report.comm.bytes_sent,
+                "comm/bytes_received": report.comm.bytes_received,
+                "comm/local_steps": report.comm.local_steps,
             },
             report.step,
         )
@@ -67,6 +89,7 @@ def progress_file(path: str, extra: dict | None = None) -> Action:
     def write(report: Report) -> None:
         fields = ("step", "num_steps", "loss", "accuracy", "images_per_sec", "server_version")
         values = {f: getattr(report, f) for f in fields}
+        values.update(dataclasses.asdict(report.comm))
         progress.write_json(path, {**values, **(extra or {}), "done": False})
 
     return write
@@ -117,13 +140,21 @@ class Reporter:
         return step % self.every_steps == 0 or step == self.num_steps
 
     def report(
-        self, step: int, loss: float, accuracy: float, server_version: int = 0, staleness: int = 0
+        self,
+        step: int,
+        loss: float,
+        accuracy: float,
+        server_version: int = 0,
+        staleness: int = 0,
+        comm: Comm | None = None,
     ) -> Report:
         """Builds the report of ``step`` and hands it to every action."""
         now = time.perf_counter()
         rate = self._window_steps * self.batch_size / max(now - self._window_start, 1e-9)
         self._window_start, self._window_steps = now, 0
-        self.last = Report(step, self.num_steps, loss, accuracy, rate, server_version, staleness)
+        self.last = Report(
+            step, self.num_steps, loss, accuracy, rate, server_version, staleness, comm or Comm()
+        )
         for action in self.actions:
             action(self.last)
         return self.last

@@ -85,6 +85,9 @@ def connect(
         push_dtype=config.client.push_dtype,
         fetch_dtype=config.client.fetch_dtype,
         credentials=security.client_credentials(config.security),
+        push_codec=config.client.push_codec,
+        codec_block_size=config.client.codec_block_size,
+        topk_fraction=config.client.topk_fraction,
     )
 
 
@@ -238,6 +241,11 @@ class WorkerResult:
     resumed_from_step: int = 0
     # Emulated slowdown (worker.step_delay_secs): seconds slept after each step.
     emulated_step_delay_secs: float = 0.0
+    # Payload bytes this worker's client sent and received (ParameterClient.bytes_*).
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    # The last H the server planned (worker.local_steps=adaptive; 0: fixed).
+    local_steps: int = 0
 
 
 def join(
@@ -407,6 +415,15 @@ class _WorkerRun:
             flush=True,
         )
 
+    def comm(self) -> reporting.Comm:
+        """The client's byte counters and the last planned H (zeros without a server)."""
+        if self.session is None:
+            return reporting.Comm()
+        client = self.session.client
+        return reporting.Comm(
+            client.bytes_sent, client.bytes_received, self.session.stats.local_steps
+        )
+
     def loop(self) -> int:
         """Runs the steps after ``start_step``; returns the last step."""
         session, step = self.session, self.start_step
@@ -428,6 +445,7 @@ class _WorkerRun:
                     accuracy,
                     server_version=stats.version if stats else 0,
                     staleness=stats.staleness if stats else 0,
+                    comm=self.comm(),
                 )
         return step
 
@@ -461,6 +479,7 @@ class _WorkerRun:
             pushes_lost=stats.pushes_lost if stats else 0,
             resumed_from_step=self.start_step,
             emulated_step_delay_secs=self.step_delay,
+            **dataclasses.asdict(self.comm()),
         )
         progress.write_json(
             self.progress_file,

@@ -115,3 +115,62 @@ def test_two_processes_with_one_client_id_are_caught(serve):
         second.push(np.ones(100, np.float32), 0)
     first.close()
     second.close()
+
+
+# A stream's framing around its float payload: the header message (client
+# id, tensor specs, versions) plus a few bytes of tags and lengths per chunk.
+HEADER_BOUND = 256
+
+
+def test_byte_counters_count_the_payload_streams(serve):
+    server = serve(ParameterStore(SGD()))
+    payload = 100 * 4  # SPECS in float32.
+    with ParameterClient(server.address, "worker_0") as client:
+        client.register(SPECS)
+        assert (client.bytes_sent, client.bytes_received) == (0, 0)  # Register is not counted.
+        client.initialize(SPECS, np.zeros(100, np.float32))
+        assert payload < client.bytes_sent <= payload + HEADER_BOUND
+        sent = client.bytes_sent
+        client.push(np.ones(100, np.float32), 0)
+        assert payload < client.bytes_sent - sent <= payload + HEADER_BOUND
+        assert client.bytes_received == 0
+        client.fetch()
+        assert payload < client.bytes_received <= payload + HEADER_BOUND
+        client.heartbeat()
+        client.status()
+        assert client.bytes_received <= payload + HEADER_BOUND  # Unary calls are not counted.
+
+
+def test_byte_counters_count_what_travels_in_half_precision_and_in_chunks(serve):
+    server = serve(ParameterStore(SGD()))
+    specs = (TensorSpec("w", (10_000,)),)
+    with ParameterClient(
+        server.address, "worker_0", chunk_bytes=4096, push_dtype="bfloat16", fetch_dtype="float16"
+    ) as client:
+        client.register(specs)
+        client.initialize(specs, np.zeros(10_000, np.float32))  # Always float32.
+        assert 40_000 < client.bytes_sent <= 40_000 + HEADER_BOUND + 10 * 8
+        sent = client.bytes_sent
+        client.push(np.ones(10_000, np.float32), 0)
+        assert 20_000 < client.bytes_sent - sent <= 20_000 + HEADER_BOUND + 5 * 8
+        client.fetch()
+        assert 20_000 < client.bytes_received <= 20_000 + HEADER_BOUND + 5 * 8
+
+
+def test_a_sharded_clients_byte_counters_sum_its_shards(serve):
+    from gasgd_tf.client import make_client
+
+    servers = [serve(ParameterStore(SGD())) for _ in range(2)]
+    specs = (TensorSpec("a", (1000,)), TensorSpec("b", (1000,)))
+    address = ",".join(s.address for s in servers)
+    with make_client(address, "worker_0", split_bytes=4096) as client:
+        client.register(specs)
+        client.initialize(specs, np.zeros(2000, np.float32))
+        _, _, flat = client.fetch()
+        client.push(np.ones(2000, np.float32), (0, 0))
+        shards = client.clients
+        assert all(c.bytes_sent > 0 and c.bytes_received > 0 for c in shards)
+        assert client.bytes_sent == sum(c.bytes_sent for c in shards)
+        assert client.bytes_received == sum(c.bytes_received for c in shards)
+        assert 2 * 8000 < client.bytes_sent <= 2 * 8000 + 4 * HEADER_BOUND
+        assert 8000 < client.bytes_received <= 8000 + 2 * HEADER_BOUND

@@ -307,7 +307,9 @@ def test_smoke_sweep_runs_end_to_end_and_resumes(digits_data_dir, tmp_path):
         assert json.load(open(os.path.join(workdir, name, "config.json")))["warm_start"] == pre
     table = open(os.path.join(workdir, "summary.md")).read()
     assert all(f"| {name} |" in table for name in names)
-    assert len(os.listdir(os.path.join(workdir, "plots"))) == 6
+    assert "bytes_total_final" in table  # The workers' byte counters reached the table.
+    # {test, train} x {steps, time, minibatches, bytes}.
+    assert len(os.listdir(os.path.join(workdir, "plots"))) == 8
 
     again = run_experiment(*flags, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
@@ -406,3 +408,149 @@ def test_the_plots_command_redraws_the_figures_from_events(tmp_path):
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.split()) == 6
     assert len(os.listdir(tmp_path / "plots")) == 6
+
+
+def exp5_config(**overrides):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("exp5", run.config_path("exp5"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.update_from_flattened_dict(overrides)
+    return config
+
+
+def test_exp5_resolves_every_cell_with_the_shared_recipes():
+    from gasgd_tf import recipes
+
+    base, grid, smoke = sweep.split_experiment(exp5_config())
+    cells = sweep.grid_cells(base, grid, None)  # Each one finalized (validated).
+    assert not smoke and len({c.name for c in cells}) == len(cells) == 41
+    by_part = {}
+    for c in cells:
+        by_part.setdefault(c.part, []).append(c)
+    assert {p: len(v) for p, v in by_part.items()} == {"hetero": 4, "": 33, "mnist5k": 4}
+    assert {c.config.num_steps for c in cells} == {400, 300}
+    assert cells[0].part == "hetero"  # The emulated slow worker runs first.
+    for c in cells:
+        method = c.variant.split("_", 1)[1] if c.part else c.variant
+        ps, worker = c.config.ps, c.config.worker
+        assert (c.config.n_push, c.config.n_fetch) == (c.n_sync, c.n_sync)
+        if method == "downpour":
+            assert (worker.push, ps.aggregation, ps.learning_rate) == ("gradient", "each", 0.1)
+        elif method == "rounds":
+            assert (worker.push, ps.aggregation) == ("gradient", "round")
+        elif method in ("diloco", "async_diloco", "adaptive", "fixed"):
+            assert (worker.push, worker.optimizer) == ("delta", "adamw")
+            assert ps.learning_rate == recipes.DILOCO_OUTER_LEARNING_RATE
+            assert worker.learning_rate == recipes.DILOCO_INNER_LEARNING_RATE
+        if method in ("async_diloco", "adaptive"):
+            assert (ps.staleness, worker.local_steps) == ("delayed_nesterov", "adaptive")
+        if method == "diloco":
+            assert (ps.aggregation, ps.nesterov) == ("round", True)
+        if c.part == "hetero":
+            delays = tuple(worker.step_delay_secs)
+            assert len(delays) == 4 and sum(d > 0 for d in delays) == 1
+        assert c.config.data.name == ("mnist5k" if c.part == "mnist5k" else "sklearn_digits")
+    adaptive, fixed = by_part["hetero"][:2]
+    changed = config_base.differences(
+        json.loads(adaptive.config_json), json.loads(fixed.config_json), ignore=("name",)
+    )
+    assert changed == ["worker.local_steps"]  # Side by side, same seed: only H's rule differs.
+    assert adaptive.config.worker.local_steps == "adaptive"
+    assert fixed.config.ps.staleness == "delayed_nesterov"
+    # The grid's two parts have no prefix: one table, one figure set.
+    assert {c.clients for c in cells if c.setting.startswith("downpour_")} == {1, 4, 8}
+    assert not any(c.setting.startswith("rounds_clients1") for c in cells)
+
+
+def test_exp5_smoke_has_one_short_cell_per_method_and_part():
+    base, grid, smoke = sweep.split_experiment(exp5_config(smoke=True))
+    cells = sweep.grid_cells(base, grid, None)
+    assert smoke and all(c.config.num_steps <= grid.smoke_steps for c in cells)
+    assert all(c.seed == 0 for c in cells) and len(cells) == 11
+    assert {(c.part, c.clients, c.n_sync) for c in cells} == {
+        ("hetero", 4, 50),
+        ("", 4, 1),
+        ("", 1, 1),
+        ("mnist5k", 4, 1),
+    }
+
+
+def test_parts_are_grids_of_their_own_with_prefixes_changes_and_an_order():
+    config = experiment(**{"sweep.clients": (1, 2), "sweep.n_sync": (1, 10)})
+    config.sweep.parts = {
+        "b": {"clients": (2,), "changes": {"data": {"pad": 0}}, "order": -1},
+        "a": {"label": "", "n_sync": (10,)},
+        "c": {"label": "", "clients": (2,), "n_sync": (10,), "seeds": (7,), "smoke": False},
+    }
+    base, grid, _ = sweep.split_experiment(config)
+    cells = sweep.grid_cells(base, grid, None)
+    assert [c.name for c in cells][:4] == [
+        "b_clients2_nsync1_seed0",
+        "b_clients2_nsync10_seed0",
+        "b_clients2_nsync1_seed1",
+        "b_clients2_nsync10_seed1",
+    ]
+    assert {c.config.data.pad for c in cells if c.part == "b"} == {0}
+    assert {c.config.data.pad for c in cells if c.part == ""} == {2}
+    assert {c.seed for c in cells if c.setting == "clients2_nsync10"} == {0, 1, 2, 7}
+    smoke_config = experiment(**{"sweep.clients": (1, 2), "sweep.n_sync": (1, 10)})
+    smoke_config.sweep.parts = config.sweep.parts
+    smoke_config.smoke = True
+    base, grid, _ = sweep.split_experiment(smoke_config)
+    assert {c.seed for c in sweep.grid_cells(base, grid, None)} == {0}
+    config.sweep.parts.a.clients = (0,)
+    with pytest.raises(ValueError, match="sweep.parts.a.clients"):
+        sweep.split_experiment(config)
+
+
+def test_bytes_to_target_reads_the_counters_at_the_step_the_target_was_reached():
+    test = curves.Curve(
+        np.array([0.0, 10.0, 20.0, 30.0]), np.zeros(4), np.array([0.9, 0.5, 0.08, 0.05])
+    )
+    comm = curves.Comm(
+        np.array([0.0, 10.0, 40.0]), np.array([100.0, 200.0, 500.0]), np.array([0.0, 50.0, 80.0])
+    )
+    # Reached 0.1 at step 20: sent 300 (interpolated), received 60.
+    assert report.bytes_to(test, comm, 0.1, "sent") == pytest.approx(300.0)
+    assert report.bytes_to(test, comm, 0.1, "received") == pytest.approx(60.0)
+    assert report.bytes_to(test, comm, 0.1) == pytest.approx(360.0)
+    assert np.isnan(report.bytes_to(test, comm, 0.01))
+    empty = curves.Comm(np.zeros(0), np.zeros(0), np.zeros(0))
+    assert np.isnan(report.bytes_to(test, empty, 0.1))
+    columns = report.comm_columns(test, comm, 0.1)
+    assert columns["bytes_total_to_0.1"] == pytest.approx(360.0)
+    assert columns["bytes_total_final"] == pytest.approx(580.0)
+
+
+def test_byte_counters_make_table_columns_and_figures(tmp_path):
+    base, grid, _ = sweep.split_experiment(
+        experiment(**{"sweep.clients": (2,), "sweep.seeds": (0,)})
+    )
+    (cell,) = sweep.grid_cells(base, grid, None)
+    folder = tmp_path / cell.name
+    fake_run(str(folder), clients=2, steps=100)
+    for i in range(2):  # Worker i sends (i + 1) kB and receives 2 kB per logged step.
+        w = MetricWriter(os.path.join(folder, "tb", f"worker_{i}"))
+        for step in range(10, 101, 10):
+            w.scalars(
+                {"comm/bytes_sent": 100 * (i + 1) * step, "comm/bytes_received": 200 * step}, step
+            )
+        w.close()
+    (folder / "config.json").write_text(cell.config_json)
+    (folder / "summary.json").write_text(json.dumps({"worker_images_per_sec": [30.0, 10.0]}))
+    comm = curves.comm_curves(str(folder))
+    np.testing.assert_allclose(comm.steps, np.arange(10, 101, 10))
+    np.testing.assert_allclose(comm.sent, 150 * comm.steps)
+    row = report.row(cell, str(tmp_path), 20, target_error=0.5)
+    # Test error first at or below 0.5 at 60 steps per client.
+    assert row["bytes_sent_to_0.5"] == pytest.approx(150 * 60)
+    assert row["bytes_total_to_0.5"] == pytest.approx(350 * 60)
+    assert row["bytes_received_final"] == pytest.approx(200 * 100)
+    assert row["speed_ratio"] == pytest.approx(3.0)
+    setting = report.by_setting([row])[0]
+    assert setting["bytes_total_to_0.5_reached"] == "1/1"
+    paths = plots.plot([cell], str(tmp_path), 20, "fake", out_dir=str(tmp_path / "out"))
+    assert str(tmp_path / "out" / "test_error_bytes.png") in paths

@@ -118,6 +118,16 @@ class ShardedClient:
 
     # -- Calls ---------------------------------------------------------------
 
+    @property
+    def bytes_sent(self) -> int:
+        """Payload bytes sent to every shard together (``ParameterClient.bytes_sent``)."""
+        return sum(c.bytes_sent for c in self.clients)
+
+    @property
+    def bytes_received(self) -> int:
+        """Payload bytes received from every shard together (``ParameterClient.bytes_received``)."""
+        return sum(c.bytes_received for c in self.clients)
+
     def wait_for_server(self, timeout_secs: float) -> None:
         self._each(lambda k, c: c.wait_for_server(timeout_secs))
 

@@ -2,8 +2,9 @@
 
 Two x-axes: steps per client (on dedicated GPUs, one per client, this is
 time) and wall-clock seconds since the first worker started (on a machine
-whose clients share the cores, it is not). Training error is smoothed with
-a trailing sliding window over minibatches, as in the paper's figures.
+whose clients share the cores, it is not); a third, the bytes each client
+sent and received by a step (``comm_curves``). Training error is smoothed
+with a trailing sliding window over minibatches, as in the paper's figures.
 """
 
 from __future__ import annotations
@@ -129,3 +130,60 @@ def _mean_time(steps: np.ndarray, per_worker, t0: float) -> np.ndarray:
         for p in worker_points:
             by_step.setdefault(p.step, []).append(p.wall_time - t0)
     return np.array([np.mean(by_step[int(s)]) for s in steps])
+
+
+# The workers' cumulative byte counters (gasgd_tf/reporting.py, ParameterClient.bytes_*).
+COMM_TAGS = {"sent": "comm/bytes_sent", "received": "comm/bytes_received"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Comm:
+    """Bytes per client (the workers' mean) by step: ``sent`` and ``received`` at ``steps``."""
+
+    steps: np.ndarray
+    sent: np.ndarray
+    received: np.ndarray
+
+    @property
+    def total(self) -> np.ndarray:
+        return self.sent + self.received
+
+    def at_steps(self, steps, which: str = "total") -> np.ndarray | float:
+        """Bytes per client by ``steps`` (linear interpolation; NaN without counters)."""
+        values = getattr(self, which)
+        if self.steps.size == 0:
+            return np.full(np.shape(steps), np.nan) if np.ndim(steps) else float("nan")
+        out = np.interp(steps, self.steps, values)
+        return out if np.ndim(steps) else float(out)
+
+
+def comm_curves(run_dir: str) -> Comm:
+    """Bytes sent and received per client by step: each worker's counters, averaged.
+
+    Each worker logs its cumulative counters every ``log_every_steps``;
+    they are interpolated onto the union of the logged steps, then averaged
+    over the workers. Empty when no worker logged them (runs before the
+    counters existed).
+    """
+    per_worker = []
+    for d in _worker_dirs(run_dir):
+        scalars = events.read_scalars(d)
+        series = [scalars.get(tag, []) for tag in COMM_TAGS.values()]
+        if all(series):
+            per_worker.append([_by_step(points) for points in series])
+    if not per_worker:
+        empty = np.zeros(0)
+        return Comm(empty, empty, empty)
+    steps = np.unique(np.concatenate([s for worker in per_worker for s, _ in worker]))
+    means = [
+        np.mean([np.interp(steps, *worker[i]) for worker in per_worker], axis=0)
+        for i in range(len(COMM_TAGS))
+    ]
+    return Comm(steps, *means)
+
+
+def _by_step(points) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) in step order, the last value of a step logged twice (a restart)."""
+    last = {p.step: p.value for p in sorted(points, key=lambda p: p.wall_time)}
+    steps = np.array(sorted(last), dtype=np.float64)
+    return steps, np.array([last[int(s)] for s in steps])

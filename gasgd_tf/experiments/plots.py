@@ -3,11 +3,14 @@
 Usage:
   python -m gasgd_tf.experiments.plots --workdir=runs/exp3 [--window=50]
 
-writes ``<workdir>/plots/{test,train}_error_{steps,time,minibatches}.png``:
-one panel per ``n_sync`` value, one curve per number of clients (the mean
-over seeds, their range shaded); training error is smoothed with a trailing
-window of ``--window`` minibatches. The sweep
-runner calls the same code when it finishes.
+writes ``<workdir>/plots/{test,train}_error_{steps,time,minibatches,bytes}.png``
+(a sweep of parts: ``plots/<part>/``): one panel per ``n_sync`` value, one
+curve per number of clients and variant (the mean over seeds, their range
+shaded; with several of each, the colour is the variant and the line style
+the clients); training error is smoothed with a trailing window of
+``--window`` minibatches. ``bytes`` is the bytes each client sent and
+received (the workers' mean, counted in the client), on a log axis. The
+sweep runner calls the same code when it finishes.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ AXES = {
     "steps": "steps per client (minibatches)",
     "time": "wall-clock seconds since the first worker started",
     "minibatches": "minibatches of all clients together",
+    "bytes": "bytes sent + received per client (log scale)",
 }
+LINE_STYLES = ("-", "--", ":", "-.")
 GRID_POINTS = 200  # Where the seeds' curves are resampled to be averaged.
 
 
@@ -63,7 +68,10 @@ def _series(cell: Cell, folder: str, window_minibatches: int) -> dict:
         folder, window_minibatches, cell.config.worker.log_every_steps
     )
     order = np.argsort(train_time.seconds, kind="stable")
+    comm = curves.comm_curves(folder)
     return {
+        ("test", "bytes"): (comm.at_steps(test.steps), test.error),
+        ("train", "bytes"): (comm.at_steps(train_steps.steps), train_steps.error),
         ("test", "steps"): (test.steps, test.error),
         ("test", "time"): (test.seconds, test.error),
         ("test", "minibatches"): (test.steps * cell.clients, test.error),
@@ -73,21 +81,40 @@ def _series(cell: Cell, folder: str, window_minibatches: int) -> dict:
     }
 
 
+def _styles(keys: list[tuple[str, int]], plt) -> dict:
+    """(colour, line style) per (variant, clients) curve."""
+    variants = list(dict.fromkeys(v for v, _ in keys))
+    clients = sorted({n for _, n in keys})
+    if len(variants) > 1 and len(clients) > 1:  # Colour: the variant; style: the clients.
+        return {
+            (v, n): (plt.cm.tab10(variants.index(v) % 10), LINE_STYLES[clients.index(n) % 4])
+            for v, n in keys
+        }
+    shade = max(len(keys) - 1, 1)
+    return {k: (plt.cm.viridis(i / shade), "-") for i, k in enumerate(keys)}
+
+
 def plot(
-    cells: list[Cell], workdir: str, window_minibatches: int = 50, title: str = ""
+    cells: list[Cell],
+    workdir: str,
+    window_minibatches: int = 50,
+    title: str = "",
+    out_dir: str | None = None,
 ) -> list[str]:
-    """Draws the figures for ``cells`` into ``<workdir>/plots``; returns their paths.
+    """Draws the figures for ``cells`` into ``out_dir`` (``<workdir>/plots``); returns their paths.
 
     One figure per (test or train error, x-axis); one panel per n_sync; one
-    curve per number of clients: the mean over the seeds, with their range
-    shaded.
+    curve per number of clients and variant: the mean over the seeds, with
+    their range shaded. The bytes figures are left out when no cell has
+    byte counters.
     """
     import matplotlib
 
     matplotlib.use("Agg")  # No display on servers; must precede pyplot.
     from matplotlib import pyplot as plt
+    from matplotlib import ticker
 
-    out_dir = os.path.join(workdir, "plots")
+    out_dir = out_dir or os.path.join(workdir, "plots")
     os.makedirs(out_dir, exist_ok=True)
     panels = sorted({c.n_sync for c in cells})
     # One curve per (variant, clients): variants in the sweep's order.
@@ -95,14 +122,19 @@ def plot(
     keys = [(v, n) for v in variants for n in sorted({c.clients for c in cells})]
     keys = [k for k in keys if any((c.variant, c.clients) == k for c in cells)]
     several_clients = len({c.clients for c in cells}) > 1
-    shade = max(len(keys) - 1, 1)
-    colors = {k: plt.cm.viridis(i / shade) for i, k in enumerate(keys)}
+    styles = _styles(keys, plt)
     data = {c.name: _series(c, os.path.join(workdir, c.name), window_minibatches) for c in cells}
+    counted = any(np.isfinite(d[("test", "bytes")][0]).any() for d in data.values())
     paths = []
     for metric in ("test", "train"):
-        for axis in AXES:
+        for axis in [a for a in AXES if a != "bytes" or counted]:
             fig, axes = plt.subplots(
-                1, len(panels), figsize=(4.2 * len(panels) + 0.6, 3.6), squeeze=False, sharey=True
+                1,
+                len(panels),
+                figsize=(4.2 * len(panels) + 0.6, 3.6),
+                squeeze=False,
+                sharey=True,
+                sharex=axis == "bytes",  # One bytes scale: the panels' H compare across.
             )
             for ax, n_sync in zip(axes[0], panels):
                 for key in keys:
@@ -117,12 +149,17 @@ def plot(
                     label = f"{clients} client{'s' if clients > 1 else ''}"
                     if variant:
                         label = f"{variant}, {label}" if several_clients else variant
-                    ax.plot(x, mean, color=colors[key], label=label + seeds, linewidth=1.2)
+                    color, style = styles[key]
+                    ax.plot(x, mean, color=color, linestyle=style, label=label + seeds, lw=1.2)
                     if len(group) > 1:
-                        ax.fill_between(x, lo, hi, color=colors[key], alpha=0.15, linewidth=0)
+                        ax.fill_between(x, lo, hi, color=color, alpha=0.15, linewidth=0)
                 ax.set_title(f"n_sync = {n_sync}", fontsize=10)
                 ax.set_xlabel(AXES[axis], fontsize=9)
                 ax.set_yscale("log")
+                if axis == "bytes":
+                    ax.set_xscale("log")
+                    ax.xaxis.set_major_formatter(ticker.EngFormatter(unit="B"))
+                    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
                 ax.grid(True, which="both", alpha=0.3)
             ylabel = (
                 "test error"

@@ -24,7 +24,9 @@ def row(cell: Cell, workdir: str, window_minibatches: int, target_error: float =
       window_minibatches: Smoothing of the training error.
       target_error: ``steps_to_<target>`` and ``seconds_to_<target>`` are
         the steps per client and the wall-clock seconds at which the test
-        error first reached it (the paper's "speed-up" reading).
+        error first reached it (the paper's "speed-up" reading);
+        ``bytes_{sent,received,total}_to_<target>`` the bytes per client
+        by then (``bytes_to``).
     """
     folder = os.path.join(workdir, cell.name)
     summary = progress.read_json(layout.summary_path(folder)) or {}
@@ -45,6 +47,7 @@ def row(cell: Cell, workdir: str, window_minibatches: int, target_error: float =
         out[f"test_error@{f:g}"] = test.at_steps(f * config.num_steps)
     out[f"steps_to_{target_error:g}"] = test.steps_to(target_error)
     out[f"seconds_to_{target_error:g}"] = test.seconds_to(target_error)
+    out.update(comm_columns(test, curves.comm_curves(folder), target_error))
     out["test_error_first"] = float(test.error[0]) if test.error.size else math.nan
     out["test_error_best"] = float(test.error.min()) if test.error.size else math.nan
     out["test_error_final"] = 1.0 - summary.get("test_accuracy", math.nan)
@@ -55,6 +58,29 @@ def row(cell: Cell, workdir: str, window_minibatches: int, target_error: float =
     out["images_per_sec"] = summary.get("images_per_sec", math.nan)
     out["mean_staleness"] = summary.get("staleness_mean", math.nan)
     out["max_staleness"] = summary.get("staleness_max", math.nan)
+    rates = summary.get("worker_images_per_sec") or []
+    # Fastest over slowest worker: about 3 for one emulated 3x slower worker.
+    out["speed_ratio"] = max(rates) / min(rates) if rates and min(rates) > 0 else math.nan
+    return out
+
+
+def bytes_to(test: curves.Curve, comm: curves.Comm, target_error: float, which="total") -> float:
+    """Bytes per client (``comm``'s ``which``) by the step the test error first reached the target.
+
+    NaN when it never did, or without byte counters.
+    """
+    steps = test.steps_to(target_error)
+    return math.nan if math.isnan(steps) else comm.at_steps(steps, which)
+
+
+def comm_columns(test: curves.Curve, comm: curves.Comm, target_error: float) -> dict:
+    """Bytes per client to the target and in all (sent, received, their sum)."""
+    out = {}
+    for which in ("sent", "received", "total"):
+        out[f"bytes_{which}_to_{target_error:g}"] = bytes_to(test, comm, target_error, which)
+    for which in ("sent", "received", "total"):
+        last = getattr(comm, which)
+        out[f"bytes_{which}_final"] = float(last[-1]) if last.size else math.nan
     return out
 
 
@@ -80,7 +106,7 @@ def by_setting(rows: Sequence[dict]) -> list[dict]:
             # A run that never reached a target error has NaN there: the
             # mean is over the runs that did (the count is in `reached`).
             values = [float(r[key]) for r in group if not math.isnan(float(r[key]))]
-            if key.startswith(("steps_to_", "seconds_to_")):
+            if key.startswith(("steps_to_", "seconds_to_", "bytes_")) and "_to_" in key:
                 row_out[f"{key}_reached"] = f"{len(values)}/{len(group)}"
             mean = sum(values) / len(values) if values else math.nan
             row_out[key] = mean

@@ -6,12 +6,13 @@ Usage:
   python -m gasgd_tf.experiments.run --experiment=exp3 --config.sweep.concurrency=2
   python -m gasgd_tf.experiments.run --config=configs/my_sweep.py --workdir=runs/mine
 
-``--experiment`` picks the config file (configs/exp1..4*.py, whose
+``--experiment`` picks the config file (configs/exp1..5*.py, whose
 docstrings give the paper figure, the command, the expected result and the
 runtime); any of its fields can be overridden with ``--config.a.b=value``,
 for every cell at once. Results go to ``--workdir`` (default
 ``runs/<experiment>``, with ``_smoke`` appended for smoke runs): one folder per
-cell, ``summary.csv``, ``summary.md`` and ``plots/``. Rerunning the same
+cell, ``summary.csv``, ``summary.md`` and ``plots/`` (``plots/<part>/`` for
+each labelled part of a sweep of parts). Rerunning the same
 command skips the cells that finished.
 """
 
@@ -25,6 +26,7 @@ EXPERIMENTS = {
     "exp2": "exp2_cold_start.py",
     "exp3": "exp3_warm_start.py",
     "exp4": "exp4_staleness.py",
+    "exp5": "exp5_low_communication.py",
 }
 
 
@@ -100,8 +102,11 @@ def main(argv: list[str]) -> int:
     csv_path, md_path = report.write(rows, workdir, name)
     with open(md_path) as f:
         print(f.read())
-    for path in plots.plot(cells, workdir, window, name):
-        print(f"[sweep] figure: {path}")
+    for part in dict.fromkeys(c.part for c in cells):  # A sweep of parts: plots/<part>/.
+        group = [c for c in cells if c.part == part]
+        out_dir = os.path.join(workdir, "plots", part)
+        for path in plots.plot(group, workdir, window, f"{name} {part}".strip(), out_dir):
+            print(f"[sweep] figure: {path}")
     print(f"[sweep] table: {csv_path}, {md_path}")
     return 0
 

@@ -10,10 +10,22 @@ fields the sweep consumes:
     ``pretrain_steps`` (> 0: first train one worker that long and warm-start
     every cell from its checkpoint, the paper's warm start),
     ``concurrency`` (cells run at once), ``smoke_steps`` (steps per client
-    when ``smoke``).
-  ``smoke``: a tiny version of the grid (the two smallest values of the
-    clients and n_sync axes, the first seed, ``smoke_steps`` steps) to check
-    the whole pipeline in minutes.
+    when ``smoke``), optionally ``parts`` (named sub-grids, see below) and
+    ``smoke_values`` (how many of the smallest values of each axis a smoke
+    run keeps; default 2).
+  ``smoke``: a tiny version of the grid (the ``smoke_values`` smallest
+    values of the clients and n_sync axes, the first seed, ``smoke_steps``
+    steps) to check the whole pipeline in minutes.
+
+``sweep.parts`` (optional) runs several grids in one sweep: each entry
+names its own ``clients``, ``n_sync``, ``seeds`` and ``variants`` (any it
+leaves out are the sweep's) and ``changes``, config changes for all of its
+cells (e.g. another data set); its cells' variants are prefixed with its
+``label`` (default: the part's name), e.g.
+``mnist5k_diloco_clients4_nsync50_seed0``. Two parts with one label (""
+for no prefix) make one grid, e.g. more seeds for some of its cells.
+``smoke: False`` leaves a part out of smoke runs. Parts run by ``order``
+(default 0), then by name (ml_collections sorts a config's keys).
 
 Each cell is an ordinary run in ``<workdir>/<cell>/`` started as its own
 ``gasgd_tf.main`` process from a resolved config.json, so a cell can be
@@ -52,7 +64,10 @@ class Cell:
       clients: Number of workers.
       n_sync: The paper's n_sync (n_push = n_fetch).
       seed: ``config.seed``.
-      variant: The name of the ``sweep.variants`` entry it applies, or "".
+      variant: The name of the ``sweep.variants`` entry it applies, or "";
+        prefixed with its part's name (``<part>_<variant>``) in a sweep of parts.
+      part: The label of the ``sweep.parts`` entry it belongs to (the
+        prefix of its variant), or "" (no parts, or a part without one).
     """
 
     name: str
@@ -61,6 +76,7 @@ class Cell:
     n_sync: int
     seed: int = 0
     variant: str = ""
+    part: str = ""
 
     @property
     def setting(self) -> str:
@@ -87,33 +103,70 @@ def split_experiment(
     smoke = bool(config.get("smoke", False))
     fields = {k: v for k, v in config.to_dict().items() if k not in ("sweep", "smoke")}
     base = config_base.from_dict(fields, source="the experiment config")
-    for axis, low in (("clients", 1), ("n_sync", 1), ("seeds", 0)):
-        values = tuple(sweep[axis])
-        if not values or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= low for v in values
-        ):
-            raise ValueError(
-                f"invalid config: sweep.{axis} must be integers >= {low}, got {values}"
-            )
-        if len(set(values)) != len(values):
-            raise ValueError(f"invalid config: sweep.{axis} repeats a value: {values}")
+    for part, grid in parts(sweep).items():
+        _check_axes(grid, f"sweep.parts.{part}." if part else "sweep.")
     concurrency = sweep.concurrency
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
         raise ValueError(
             f"invalid config: sweep.concurrency must be an integer >= 1, got {concurrency!r}"
         )
     if smoke:
-        sweep.clients = tuple(sorted(sweep.clients)[:2])
-        sweep.n_sync = tuple(sorted(sweep.n_sync)[:2])
-        sweep.seeds = tuple(sweep.seeds)[:1]
+        keep = sweep.get("smoke_values", 2)
+        if sweep.get("parts"):
+            sweep.parts = {k: v for k, v in sweep.parts.items() if v.get("smoke", True)}
+        for grid in [sweep, *(sweep.get("parts") or {}).values()]:
+            for axis in ("clients", "n_sync"):
+                if axis in grid:
+                    grid[axis] = tuple(sorted(grid[axis])[:keep])
+            if "seeds" in grid:
+                grid.seeds = tuple(grid.seeds)[:1]
+            if "num_steps" in grid.get("changes", {}):
+                grid.changes.num_steps = min(grid.changes.num_steps, sweep.smoke_steps)
         base.num_steps = min(base.num_steps, sweep.smoke_steps)
         sweep.pretrain_steps = min(sweep.pretrain_steps, sweep.smoke_steps)
         base.eval.every_secs = min(base.eval.every_secs, 1.0)
     return base, sweep, smoke
 
 
-def _cell_config(base, variant: str = "", changes=None, **fields) -> ml_collections.ConfigDict:
-    """A copy of ``base`` with a variant's ``changes`` and the cell's ``fields``, finalized.
+def _check_axes(grid, where: str) -> None:
+    """The clients, n_sync and seeds of a grid: distinct integers, at least 1 (seeds: 0)."""
+    for axis, low in (("clients", 1), ("n_sync", 1), ("seeds", 0)):
+        values = tuple(grid[axis])
+        if not values or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= low for v in values
+        ):
+            raise ValueError(
+                f"invalid config: {where}{axis} must be integers >= {low}, got {values}"
+            )
+        if len(set(values)) != len(values):
+            raise ValueError(f"invalid config: {where}{axis} repeats a value: {values}")
+
+
+def parts(sweep) -> dict[str, dict]:
+    """The sweep's grids by part name: ``sweep.parts`` with the sweep's axes filled in.
+
+    A sweep without parts is one grid named "". Each grid has ``clients``,
+    ``n_sync``, ``seeds``, ``variants``, ``changes``, ``label``, ``smoke`` and ``order``.
+    """
+    named = sweep.get("parts") or {"": {}}
+    out = {}
+    for name, part in named.items():
+        grid = {k: sweep.get(k) for k in ("clients", "n_sync", "seeds", "variants")}
+        grid.update({"label": name, "changes": {}, "smoke": True, "order": 0})
+        grid.update(dict(part))
+        grid["variants"] = dict(grid["variants"] or {"": {}})
+        out[name] = grid
+    return dict(sorted(out.items(), key=lambda item: item[1]["order"]))
+
+
+def _cell_config(base, variant: str = "", changes=(), **fields) -> ml_collections.ConfigDict:
+    """A copy of ``base`` with each of ``changes`` (in order) and the cell's ``fields``, finalized.
+
+    Args:
+      base: The training config.
+      variant: What the changes are called, for errors.
+      changes: Config changes (nested dicts), e.g. a part's then a variant's.
+      **fields: The cell's own fields, applied last.
 
     Raises:
       ValueError: ``changes`` name a field that does not exist (a misspelt
@@ -121,10 +174,13 @@ def _cell_config(base, variant: str = "", changes=None, **fields) -> ml_collecti
     """
     config = ml_collections.ConfigDict(base.to_dict())
     config.lock()
+    if isinstance(changes, dict):
+        changes = (changes,)
     try:
-        config.update(dict(changes or {}))
+        for change in changes:
+            config.update(dict(change or {}))
     except (KeyError, AttributeError) as e:
-        raise ValueError(f"invalid config: sweep.variants.{variant}: unknown field {e}") from None
+        raise ValueError(f"invalid config: {variant}: unknown field {e}") from None
     config.update(fields)
     return config_base.finalize(config)
 
@@ -145,15 +201,16 @@ def pretrain_cell(base, sweep) -> Cell:
 
 
 def grid_cells(base, sweep, warm_start: str | None) -> list[Cell]:
-    """Every (variant, clients, n_sync, seed) of the grid, seeds varying slowest.
+    """Every (part, variant, clients, n_sync, seed) of the grid, seeds varying slowest.
 
     ``sweep.variants`` (optional) names sets of config changes compared
     side by side, e.g. ``{"lr_scale": {"ps": {"staleness": "lr_scale"}}}``;
     a variant's name prefixes its cells' names. Variants run in name order
-    (ml_collections keeps the keys of a config sorted).
+    (ml_collections keeps the keys of a config sorted). ``sweep.parts``
+    (optional): several such grids, see the module docstring.
 
-    Seeds vary slowest, so that an interrupted sweep already holds whole
-    grids of the first seeds.
+    Seeds vary slowest (within each part; parts run one after the other),
+    so that an interrupted sweep already holds whole grids of the first seeds.
 
     Args:
       base: The training config every cell starts from.
@@ -162,27 +219,31 @@ def grid_cells(base, sweep, warm_start: str | None) -> list[Cell]:
         path to one file, as the launcher pins it, so that ``is_done``
         compares like with like), or None for a cold start.
     """
-    variants = sweep.get("variants") or {"": {}}
     cells = []
-    for seed in sweep.seeds:
-        for variant, overrides in variants.items():
-            for n_sync in sweep.n_sync:
-                for clients in sorted(sweep.clients):
-                    name = f"{variant}_" if variant else ""
-                    name += f"clients{clients}_nsync{n_sync}_seed{seed}"
-                    config = _cell_config(
-                        base,
-                        variant,
-                        overrides,
-                        name=name,
-                        seed=seed,
-                        num_workers=clients,
-                        n_sync=n_sync,
-                        n_push=None,
-                        n_fetch=None,
-                        warm_start=warm_start,
-                    )
-                    cells.append(Cell(name, config, clients, n_sync, seed, variant))
+    for part, grid in parts(sweep).items():
+        for seed in grid["seeds"]:
+            for variant, overrides in grid["variants"].items():
+                label = "_".join(x for x in (grid["label"], variant) if x)
+                for n_sync in grid["n_sync"]:
+                    for clients in sorted(grid["clients"]):
+                        name = f"{label}_" if label else ""
+                        name += f"clients{clients}_nsync{n_sync}_seed{seed}"
+                        config = _cell_config(
+                            base,
+                            f"sweep.parts.{part}.variants.{variant}"
+                            if part
+                            else f"sweep.variants.{variant}",
+                            (grid["changes"], overrides),
+                            name=name,
+                            seed=seed,
+                            num_workers=clients,
+                            n_sync=n_sync,
+                            n_push=None,
+                            n_fetch=None,
+                            warm_start=warm_start,
+                        )
+                        cell = Cell(name, config, clients, n_sync, seed, label, grid["label"])
+                        cells.append(cell)
     return cells
 
 
