@@ -34,8 +34,8 @@ plots/mnist5k/ have test error against steps per client and against bytes.
 
 Command:   python -m gasgd_tf.experiments.run --experiment=exp5
 Smoke:     python -m gasgd_tf.experiments.run --experiment=exp5 --config.smoke=True
-           (one 30-step cell per method and part, 11 cells: minutes, most of
-           it TensorFlow starting in each process)
+           (one 30-step cell per method and part, 11 cells: 8 minutes on
+           the shared machine here, almost all of it TensorFlow starting)
 Output:    runs/exp5/{[<part>_]<method>_clients*_nsync*_seed*/, summary.md,
            summary*.csv, plots/[<part>/]*.png}
 Expected:  (EXPERIMENTS.md, "Experiment 5"; seed 0) steps per client to 0.1

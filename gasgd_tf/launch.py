@@ -658,6 +658,11 @@ class LocalLauncher:
             },
             "steps_per_worker": [w.get("steps", 0) for w in workers],
             "worker_images_per_sec": [w.get("images_per_sec", 0.0) for w in workers],
+            # Counted in each worker's client (ParameterClient.bytes_*): payload streams.
+            "bytes_sent_per_worker": [w.get("bytes_sent", 0) for w in workers],
+            "bytes_received_per_worker": [w.get("bytes_received", 0) for w in workers],
+            # worker.local_steps=adaptive: the last H the server planned (0: fixed).
+            "local_steps_per_worker": [w.get("local_steps", 0) for w in workers],
             # Workers train side by side, so their own rates add up.
             "images_per_sec": sum(w.get("images_per_sec", 0.0) for w in workers),
             "wall_secs": wall,

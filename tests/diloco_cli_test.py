@@ -31,6 +31,10 @@ def test_the_diloco_configs_train_with_few_syncs(name, digits_data_dir, tmp_path
     else:  # One update per delta: 6 each at H = 25, more for a worker planned fewer steps.
         assert summary["server_version"] >= 12
     assert summary["test_accuracy"] > 0.8
+    # 6 or more pushes of 151,306 float32 values each, counted in the clients.
+    assert all(b > 6 * 4 * 151_306 for b in summary["bytes_sent_per_worker"])
+    if name == "async_diloco":
+        assert all(h >= 1 for h in summary["local_steps_per_worker"])  # Planned by the server.
     assert "warning" not in summary
     with open(os.path.join(workdir, "config.json")) as f:
         config = json.load(f)

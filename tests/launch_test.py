@@ -460,7 +460,15 @@ def _success_scripts(tmp_path, port):
         "ps": _ps_script(port),
         "worker": lambda flags: progress(
             f"worker_{flags['task_index']}",
-            {"step": 400, "steps": 400, "loss": 0.5, "images_per_sec": 100.0, "done": True},
+            {
+                "step": 400,
+                "steps": 400,
+                "loss": 0.5,
+                "images_per_sec": 100.0,
+                "done": True,
+                "bytes_sent": 1000,
+                "bytes_received": 2000,
+            },
         ),
         "eval": lambda flags: progress(
             "eval", {"accuracy": 0.75, "loss": 0.25, "version": 7, "examples": 359}
@@ -491,6 +499,9 @@ def test_run_succeeds_and_writes_summary(tmp_path, monkeypatch, restore_sigterm,
         "worker_1": {"mean": 0.5, "max": 2},
     }
     assert summary["images_per_sec"] == 200.0
+    assert summary["bytes_sent_per_worker"] == [1000, 1000]  # From each worker's progress file.
+    assert summary["bytes_received_per_worker"] == [2000, 2000]
+    assert summary["local_steps_per_worker"] == [0, 0]  # Fixed local steps.
     assert "warning" not in summary  # A run that learns carries none.
     assert (summary["server_version"], summary["updates_applied"], summary["pushes_rejected"]) == (
         7,

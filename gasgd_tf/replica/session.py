@@ -324,11 +324,12 @@ class ReplicaSession:
             self.stats.pushes += 1
             self.stats.version, self.stats.staleness = ack.version, ack.staleness
             self.stats.max_staleness = max(self.stats.max_staleness, ack.staleness)
+            if ack.local_steps:
+                self.stats.local_steps = ack.local_steps
             if ack.local_steps and ack.local_steps != self.schedule.n_push:
                 # Adaptive local steps: the next window counts from the step
                 # this push was taken at (settled before the next is taken).
                 self.schedule = self.schedule.replanned(ack.local_steps, self._pushed_step)
-                self.stats.local_steps = ack.local_steps
         if outcome.fetched is not None:
             self._assign(outcome.fetched)
             self.stats.fetches += 1
