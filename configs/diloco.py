@@ -9,7 +9,7 @@ per worker instead of the default run's 500: 50x fewer bytes.
 
 Command:   python -m gasgd_tf.main --config=configs/diloco.py
 Expected:  test accuracy 0.967 to 0.983 in 3 runs here (seeds 1-3; the default run:
-           0.972 to 0.986), 10 outer steps (BUILD_NOTES.md,
+           0.967 to 0.986), 10 outer steps (BUILD_NOTES.md,
            "Low-communication training").
 Runtime:   about 45 s on 2 CPU cores without a GPU (60-110 s while other jobs
            shared the cores).
