@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import assert_refused
 from replica_session_test import FakeClient, FakeVariables, StepCounter
 
 from gasgd_tf import config_base, recipes
@@ -178,10 +179,7 @@ def test_the_session_follows_the_local_steps_the_server_plans(overlap):
     ],
 )
 def test_bad_low_communication_settings_are_refused_naming_the_field(overrides, message):
-    config = config_base.get_base_config()
-    config.update_from_flattened_dict(overrides)
-    with pytest.raises(ValueError, match=message):
-        config_base.finalize(config)
+    assert_refused(overrides, message)
 
 
 def test_a_restarted_store_keeps_each_workers_planned_local_steps():

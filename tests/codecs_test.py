@@ -3,11 +3,12 @@
 import grpc
 import numpy as np
 import pytest
+from conftest import assert_refused
 from fuzz_test import FUZZ, SIZE, TIMEOUT, _call, _push_header, _unchanged, serve_target
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gasgd_tf import codecs, config_base, wire
+from gasgd_tf import codecs, wire
 from gasgd_tf.client import ParameterClient, RequestRejectedError
 from gasgd_tf.codecs import CodecSpec, ErrorFeedback
 from gasgd_tf.proto import parameter_service_pb2 as pb
@@ -219,10 +220,7 @@ def test_an_encoded_nan_is_refused_by_the_client_before_it_is_sent(serve):
     ],
 )
 def test_bad_codec_settings_are_refused_naming_the_field(overrides, message):
-    config = config_base.get_base_config()
-    config.update_from_flattened_dict(overrides)
-    with pytest.raises(ValueError, match=message):
-        config_base.finalize(config)
+    assert_refused(overrides, message)
 
 
 @pytest.mark.parametrize("codec, push", [("int4", "gradient"), ("topk", "delta")])

@@ -58,3 +58,13 @@ def digits_data_dir(tmp_path_factory):
         ml_collections.ConfigDict({"name": "sklearn_digits", "data_dir": str(data_dir)})
     )
     return str(data_dir)
+
+
+def assert_refused(overrides: dict, message: str) -> None:
+    """The base config with ``overrides`` fails ``finalize`` with an error matching ``message``."""
+    from gasgd_tf import config_base
+
+    config = config_base.get_base_config()
+    config.update_from_flattened_dict(overrides)
+    with pytest.raises(ValueError, match=message):
+        config_base.finalize(config)

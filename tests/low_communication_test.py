@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import assert_refused
 from worker_test import small_config
 
 import gasgd_tf
@@ -201,10 +202,7 @@ def test_the_cli_worker_pushes_deltas_with_their_samples(
     ],
 )
 def test_bad_push_settings_are_refused_naming_the_field(overrides, message):
-    config = config_base.get_base_config()
-    config.update_from_flattened_dict(overrides)
-    with pytest.raises(ValueError, match=message):
-        config_base.finalize(config)
+    assert_refused(overrides, message)
 
 
 def test_the_callback_refuses_an_unknown_push_kind():
