@@ -507,6 +507,9 @@ class LocalLauncher:
         # A polite kill (SIGTERM) of the launcher stops the run like Ctrl-C does.
         previous_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         previous_int = signal.getsignal(signal.SIGINT)
+        # Also when started with SIGINT ignored (a background job of a
+        # script, nohup): an explicit SIGINT must still stop the run.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             self._prepare_data()
             servers, address = self._start_servers()
