@@ -762,13 +762,7 @@ class ParameterStore:
                 self._round.closed + 1,
             )
         self._round.add(record.client_id, values, int(samples), self._clock())
-        self._pushes_taken += 1
-        self._write_mark()
-        record.pushes += 1
-        record.last_sequence = sequence
-        record.staleness.add(staleness)
-        self._staleness.add(staleness)
-        self._recent_staleness.append((record.client_id, staleness))
+        self._count_taken(record, sequence, staleness)
         self._close_round_if_ready()
         result = PushResult(self._version, staleness, local_steps=local_steps)
         record.last_result = result
@@ -782,9 +776,12 @@ class ParameterStore:
 
     def _close_round_if_ready(self) -> bool:
         """Rounds: applies the open round if it may close now; True if it did."""
-        if self._round is None or not self._round.ready(self._expected_members(), self._clock()):
+        if self._round is None:
             return False
-        missing = self._round.missing(self._expected_members())
+        expected = self._expected_members()
+        if not self._round.ready(expected, self._clock()):
+            return False
+        missing = self._round.missing(expected)
         if missing:
             log.warning(
                 "rounds: round %d closed at its deadline (%.0fs) without %s",
@@ -794,9 +791,7 @@ class ParameterStore:
             )
         average = self._round.take_average()
         finite = self._apply_locked("", average, 0)
-        self._version += 1
-        self._updates_applied += 1
-        self._write_mark()
+        self._count_update()
         self._changed.notify_all()
         if not finite:
             self._raise_diverged(f"applying round {self._round.closed}")
@@ -880,18 +875,27 @@ class ParameterStore:
         self, record: ClientRecord, sequence: int, staleness: int, local_steps: int = 0
     ) -> PushResult:
         """Bumps the version and the counters after an applied push; returns its result."""
+        self._count_update()
+        self._count_taken(record, sequence, staleness)
+        result = PushResult(self._version, staleness, local_steps=local_steps)
+        record.last_result = result
+        return result
+
+    def _count_update(self) -> None:
+        """One more update (a push, or a round) is in the parameters: a new version."""
         self._version += 1
         self._updates_applied += 1
+        self._write_mark()
+
+    def _count_taken(self, record: ClientRecord, sequence: int, staleness: int) -> None:
+        """The counters of one accepted push, applied at once or into the open round."""
         self._pushes_taken += 1
         self._write_mark()
-        result = PushResult(self._version, staleness, local_steps=local_steps)
         record.pushes += 1
         record.last_sequence = sequence
-        record.last_result = result
         record.staleness.add(staleness)
         self._staleness.add(staleness)
         self._recent_staleness.append((record.client_id, staleness))
-        return result
 
     def heartbeat(self, client_id: str) -> int:
         """Records that ``client_id`` is alive (between its pushes); returns the version."""
