@@ -37,7 +37,7 @@ import math
 
 import numpy as np
 
-from gasgd_tf.tensors import ValidationError
+from gasgd_tf.tensors import ValidationError, numpy_dtype
 
 CODECS = ("none", "int8", "int4", "topk")
 # Largest magnitude each quantized value may take.
@@ -213,7 +213,8 @@ def _encode_topk(values: np.ndarray, count: int) -> np.ndarray:
     else:
         indices = np.argpartition(np.abs(values), values.size - count)[values.size - count :]
         indices = np.sort(indices).astype(np.uint32)
-    return np.concatenate([indices.view(np.uint8), _to_bfloat16(values[indices]).view(np.uint8)])
+    kept = values[indices].astype(numpy_dtype("bfloat16"))  # The wire's bfloat16 (ml_dtypes).
+    return np.concatenate([indices.view(np.uint8), kept.view(np.uint8)])
 
 
 def _decode_topk(data: np.ndarray, spec: CodecSpec, out: np.ndarray) -> np.ndarray:
@@ -224,23 +225,12 @@ def _decode_topk(data: np.ndarray, spec: CodecSpec, out: np.ndarray) -> np.ndarr
             bad = int(indices[np.argmax(indices >= spec.size)])
             raise ValidationError(f"topk index {bad} is out of range for {spec.size} values")
         raise ValidationError("topk indices must be strictly increasing (none repeated)")
-    values = _from_bfloat16(data[4 * k :].view("<u2"))
+    values = data[4 * k :].view(numpy_dtype("bfloat16")).astype(np.float32)
     if not np.all(np.isfinite(values)):
         raise ValidationError("topk values include NaN or Inf")
     out[...] = 0
     out[indices] = values
     return out
-
-
-def _to_bfloat16(values: np.ndarray) -> np.ndarray:
-    """float32 to bfloat16 bits (uint16), rounded to nearest even."""
-    bits = values.astype(np.float32).view(np.uint32)
-    rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
-    return ((bits + rounding) >> 16).astype(np.uint16)
-
-
-def _from_bfloat16(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 class ErrorFeedback:
