@@ -218,6 +218,19 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.client.codec_block_size = 2048
     c.client.topk_fraction = 0.01
 
+    # Streaming fragment sync (Streaming DiLoCo, Douillard et al. 2025, arXiv
+    # 2501.18512; gasgd_tf/replica/streaming.py). fragments = F > 1: the
+    # model is cut into F fragments of about equal size (the sharding plan,
+    # gasgd_tf/fragments.py), and fragment f syncs alone every n_push steps,
+    # at step offset f * n_push / F: it pushes its delta, and its fetch is
+    # overlapped with the next overlap_steps local steps; the fetched values
+    # are then merged into the local ones as
+    # mix_alpha * local + (1 - mix_alpha) * fetched. Needs worker.push='delta'.
+    c.sync = ml_collections.ConfigDict()
+    c.sync.fragments = 1
+    c.sync.overlap_steps = 0
+    c.sync.mix_alpha = 0.5
+
     # Who may talk to the parameter service (gasgd_tf/security.py). A bearer
     # token from token_file, or from the environment variable token_env;
     # TLS with the server's PEM certificate and key, verified by clients
@@ -303,6 +316,7 @@ _POSITIVE_INTS = (
     "ps.keep_checkpoints",
     "ps.max_clients",
     "eval.batch_size",
+    "sync.fragments",
 )
 _NON_NEGATIVE_INTS = (
     "launcher.max_worker_restarts",
@@ -314,6 +328,7 @@ _NON_NEGATIVE_INTS = (
     "worker.cpu_threads",
     "ps.staleness_bound",
     "ps.dn_period",
+    "sync.overlap_steps",
 )
 _POSITIVE_FINITE = (
     "worker.learning_rate",
@@ -359,6 +374,7 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _check_optimizers,
         _check_staleness,
         _check_low_communication,
+        _check_streaming,
         _check_server,
         _check_transport_and_security,
         _check_step_delays,
@@ -608,6 +624,42 @@ def _check_low_communication(config: ml_collections.ConfigDict) -> None:
             "ps.staleness='delayed_nesterov' needs ps.optimizer='sgd' with ps.momentum > 0 "
             f"(the momentum it delays), got {ps.optimizer!r} with momentum {ps.momentum}",
         )
+
+
+def _check_streaming(config: ml_collections.ConfigDict) -> None:
+    """Streaming fragment sync (``sync.*``) and what it needs."""
+    sync = config.sync
+    _check(
+        isinstance(sync.mix_alpha, (int, float)) and 0 <= sync.mix_alpha <= 1,
+        f"sync.mix_alpha must be in [0, 1], got {sync.mix_alpha!r}",
+    )
+    if sync.fragments == 1:
+        return
+    needs = (
+        (config.worker.push == "delta", f"worker.push='delta', got {config.worker.push!r}"),
+        (
+            config.n_push == config.n_fetch,
+            f"n_push == n_fetch, got {config.n_push} and {config.n_fetch}",
+        ),
+        (
+            sync.fragments <= config.n_push,
+            f"at most n_push={config.n_push} fragments (one sync step each)",
+        ),
+        (
+            sync.overlap_steps < config.n_push,
+            f"sync.overlap_steps < n_push={config.n_push} "
+            "(a fragment's fetch lands before its next push)",
+        ),
+        (
+            config.ps.staleness == "none",
+            f"ps.staleness='none' (the policies count whole-model "
+            f"versions), got {config.ps.staleness!r}",
+        ),
+        (config.worker.local_steps == "fixed", "worker.local_steps='fixed'"),
+        (not config.worker.overlap, "worker.overlap=False (sync.overlap_steps overlaps it)"),
+    )
+    for ok, what in needs:
+        _check(ok, f"sync.fragments={sync.fragments} needs {what}")
 
 
 def _check_server(config: ml_collections.ConfigDict) -> None:

@@ -47,6 +47,7 @@ from gasgd_tf.data import pipeline
 from gasgd_tf.keras_sync import GradientSums, VariableSync
 from gasgd_tf.models import build_model
 from gasgd_tf.replica import DeltaTracker, ReplicaSession, SyncSchedule
+from gasgd_tf.replica.streaming import FragmentStream, StreamingPlan
 from gasgd_tf.summaries import MetricWriter
 from gasgd_tf.tensors import TensorSpec
 
@@ -361,12 +362,22 @@ class _WorkerRun:
 
     def _session(self, address: str) -> ReplicaSession:
         config = self.config
-        variables, take_update = self.sync, self.step_fn.take_update
-        if config.worker.push == "delta":  # theta_fetched - theta_local after the local steps.
+        client = connect(config, address, self.name)
+        variables, take_update, stream = self.sync, self.step_fn.take_update, None
+        if config.sync.fragments > 1:  # Streaming: each fragment's delta, on its own schedule.
+            take_update = None
+            plan = StreamingPlan(
+                config.sync.fragments,
+                config.n_push,
+                config.sync.overlap_steps,
+                config.sync.mix_alpha,
+            )
+            stream = FragmentStream(client, self.sync, plan, config.batch_size)
+        elif config.worker.push == "delta":  # theta_fetched - theta_local after the local steps.
             variables = DeltaTracker(self.sync)
             take_update = variables.take
         return ReplicaSession(
-            connect(config, address, self.name),
+            client,
             variables,
             SyncSchedule(config.n_push, config.n_fetch, config.num_steps),
             take_update,
@@ -375,6 +386,7 @@ class _WorkerRun:
             batch_size=config.batch_size,
             model_name=self.model.name,
             say=lambda line: print(line, flush=True),
+            stream=stream,
         )
 
     def _batches(self, start_step: int) -> Iterator:

@@ -32,6 +32,7 @@ import grpc
 import numpy as np
 
 from gasgd_tf import codecs, config_base, wire
+from gasgd_tf.fragments import Fragment
 from gasgd_tf.proto import parameter_service_pb2 as pb
 from gasgd_tf.proto import parameter_service_pb2_grpc as pb_grpc
 from gasgd_tf.security import Credentials
@@ -162,8 +163,10 @@ class ParameterClient:
             raise ValueError(f"push_codec={push_codec!r} needs push_dtype='float32'")
         self.push_codec = push_codec
         self._codec_args = (codec_block_size, topk_fraction)
-        # The sender's error feedback, made at the first encoded push (the size is known then).
+        # The sender's error feedback, made at the first encoded push (the
+        # size is known then); one more per fragment pushed.
         self._feedback: codecs.ErrorFeedback | None = None
+        self._fragment_feedback: dict[Fragment, codecs.ErrorFeedback] = {}
         self.address = address
         self.client_id = client_id
         self.timeout_secs = timeout_secs
@@ -343,7 +346,10 @@ class ParameterClient:
         return response.accepted, response.version
 
     def fetch(
-        self, read_only: bool = False, out: Sequence[np.ndarray] | None = None
+        self,
+        read_only: bool = False,
+        out: Sequence[np.ndarray] | None = None,
+        fragment: Fragment | None = None,
     ) -> tuple[int, tuple[TensorSpec, ...], np.ndarray | None]:
         """Returns (version, specs, flat float32 parameters) of one consistent snapshot.
 
@@ -354,11 +360,16 @@ class ParameterClient:
           out: Float32 arrays that laid end to end receive the parameters
             (a sharded client's places in its full buffer); then the
             returned buffer is None.
+          fragment: Fetch only this fragment of the parameters (their
+            values compact, the specs naming it; ``gasgd_tf.fragments``).
+            Needs the signature from an earlier register, initialize or
+            fetch.
         """
         request = pb.FetchRequest(
             client_id=self.client_id,
             read_only=read_only,
             dtype=wire.dtype_to_proto(self.fetch_dtype),
+            tensors=wire.specs_to_proto(self._fragment_specs(fragment)) if fragment else (),
         )
 
         def into_out(layout: FlatLayout) -> list[memoryview] | None:
@@ -383,6 +394,12 @@ class ParameterClient:
 
         version, specs, flat = self._call("Fetch", attempt)
         specs = with_dtype(specs, PARAMETER_DTYPE)
+        if fragment is not None and specs != self._fragment_specs(fragment):
+            raise RequestRejectedError(
+                f"Fetch from {self.address}: the reply names other tensors than the fragment "
+                "asked for",
+                grpc.StatusCode.INTERNAL,
+            )
         if flat is not None and out is not None:  # Arrived in half precision: convert.
             start = 0
             for part in out:
@@ -391,8 +408,15 @@ class ParameterClient:
             flat = None
         elif flat is not None and flat.dtype != np.float32:
             flat = flat.astype(np.float32)
-        self._specs = specs
+        if fragment is None:
+            self._specs = specs
         return version, specs, flat
+
+    def _fragment_specs(self, fragment: Fragment) -> tuple[TensorSpec, ...]:
+        """The float32 specs that name ``fragment`` of this client's signature."""
+        if not self._specs:
+            raise RuntimeError("a fragment before register, initialize or fetch: no signature")
+        return fragment.specs(self._specs)
 
     def push(
         self,
@@ -402,6 +426,7 @@ class ParameterClient:
         *,
         kind: str = "gradient",
         samples: int = 0,
+        fragment: Fragment | None = None,
     ) -> PushAck:
         """Pushes a flat float32 gradient (or parameter delta) computed from ``base_version``.
 
@@ -417,6 +442,9 @@ class ParameterClient:
           kind: "gradient" (the sum of raw gradients) or "delta"
             (theta_fetched - theta_local); the server applies one kind.
           samples: The training examples behind it (0: unknown).
+          fragment: ``grad`` holds only this fragment's values (compact); the
+            server updates only them. Encoded pushes keep one error
+            feedback residual per fragment.
         """
         if not self._specs:
             raise RuntimeError("push before register, initialize or fetch: no signature known")
@@ -424,7 +452,7 @@ class ParameterClient:
         wire_dtype = numpy_dtype(self.push_dtype)
         codec_fields = {}
         if self.push_codec != "none":  # Encoded once: a retry resends the same bytes.
-            payload, codec_fields = self._encode(parts)
+            payload, codec_fields = self._encode(parts, fragment)
         elif all(p.dtype == wire_dtype for p in parts):  # Already in the wire dtype.
             payload = [byte_view(np.ascontiguousarray(p)) for p in parts]
         else:  # One conversion; the result is what travels, so retries reuse it.
@@ -440,11 +468,16 @@ class ParameterClient:
             client_id=self.client_id,
             sequence=self._sequence,
             base_version=base_version,
-            tensors=wire.specs_to_proto(with_dtype(self._specs, self.push_dtype)),
+            tensors=wire.specs_to_proto(
+                with_dtype(
+                    self._fragment_specs(fragment) if fragment else self._specs, self.push_dtype
+                )
+            ),
             client_step=client_step,
             base_server_id=self._fetched_from,
             kind=wire.PUSH_KINDS[kind],
             samples=samples,
+            fragment=fragment is not None,
             **codec_fields,
         )
 
@@ -475,13 +508,20 @@ class ParameterClient:
             response.version, response.staleness, response.duplicate, response.local_steps
         )
 
-    def _encode(self, parts: list[np.ndarray]) -> tuple[list[memoryview], dict]:
+    def _encode(
+        self, parts: list[np.ndarray], fragment: Fragment | None
+    ) -> tuple[list[memoryview], dict]:
         """The push's payload in ``push_codec``, error feedback included, and its header fields."""
         flat = parts[0] if len(parts) == 1 else np.concatenate([p.ravel() for p in parts])
-        if self._feedback is None or self._feedback.spec.size != flat.size:
-            self._feedback = codecs.ErrorFeedback(self.push_codec, flat.size, *self._codec_args)
-        payload = self._feedback.encode(flat)
-        spec = self._feedback.spec
+        feedback = self._feedback if fragment is None else self._fragment_feedback.get(fragment)
+        if feedback is None or feedback.spec.size != flat.size:
+            feedback = codecs.ErrorFeedback(self.push_codec, flat.size, *self._codec_args)
+            if fragment is None:
+                self._feedback = feedback
+            else:
+                self._fragment_feedback[fragment] = feedback
+        payload = feedback.encode(flat)
+        spec = feedback.spec
         return [byte_view(payload)], {
             "codec": wire.PUSH_CODECS[spec.codec],
             "codec_block_size": spec.block_size,

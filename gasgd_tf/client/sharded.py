@@ -35,6 +35,7 @@ from gasgd_tf.client.client import (
     Registration,
     RequestRejectedError,
 )
+from gasgd_tf.fragments import Fragment
 from gasgd_tf.proto import parameter_service_pb2 as pb
 from gasgd_tf.tensors import (
     PARAMETER_DTYPE,
@@ -172,8 +173,23 @@ class ShardedClient:
         )
         return all(a for a, _ in results), tuple(v for _, v in results)
 
-    def fetch(self, read_only: bool = False) -> tuple[Version, tuple[TensorSpec, ...], np.ndarray]:
-        """(shard versions, full specs, full flat float32 parameters), each shard consistent."""
+    def _fragment_parts(self, fragment: Fragment) -> list[tuple[Fragment, tuple]]:
+        """For each shard: (its part of ``fragment`` in its own buffer, where those
+        values lie in the fragment's compact values)."""
+        plan = self._require_plan("a fragment transfer")
+        return [fragment.within(plan.runs(k)) for k in range(plan.num_shards)]
+
+    def fetch(
+        self, read_only: bool = False, fragment: Fragment | None = None
+    ) -> tuple[Version, tuple[TensorSpec, ...], np.ndarray]:
+        """(shard versions, full specs, full flat float32 parameters), each shard consistent.
+
+        With ``fragment`` (of the full buffer): only its values, compact, and
+        the specs naming it; each shard holding part of it sends that part,
+        and a shard holding none of it reports version 0.
+        """
+        if fragment is not None:
+            return self._fetch_fragment(read_only, fragment)
         plan = self._require_plan("fetch")
         flat = np.empty(plan.size, np.float32)
         results = self._each(lambda k, c: c.fetch(read_only, out=self._views(flat, k)))
@@ -186,6 +202,21 @@ class ShardedClient:
                 )
         return tuple(v for v, _, _ in results), plan.specs, flat
 
+    def _fetch_fragment(
+        self, read_only: bool, fragment: Fragment
+    ) -> tuple[Version, tuple[TensorSpec, ...], np.ndarray]:
+        parts = self._fragment_parts(fragment)
+        flat = np.empty(fragment.size, np.float32)
+
+        def fetch_one(k: int, c: ParameterClient) -> int:
+            local, compact = parts[k]
+            if not local.runs:
+                return 0
+            return c.fetch(read_only, out=[flat[a:b] for a, b in compact], fragment=local)[0]
+
+        versions = self._each(fetch_one)
+        return tuple(versions), fragment.specs(self.plan.specs), flat
+
     def push(
         self,
         grad: np.ndarray,
@@ -194,11 +225,14 @@ class ShardedClient:
         *,
         kind: str = "gradient",
         samples: int = 0,
+        fragment: Fragment | None = None,
     ) -> PushAck:
         """Pushes the full gradient: each shard its part, computed from its own base version.
 
         ``kind`` and ``samples`` as for ``ParameterClient.push`` (every shard
-        gets the same).
+        gets the same). With ``fragment`` (of the full buffer), ``grad`` is
+        its compact values and only the shards holding part of it are sent
+        their part.
 
         Returns:
           version: the smallest shard version after the push; staleness: the
@@ -217,7 +251,8 @@ class ShardedClient:
             with np.errstate(over="ignore"):
                 grad = grad.astype(numpy_dtype(dtype))
         try:
-            self._layout.check_finite(grad)
+            layout = self._layout if fragment is None else FlatLayout(fragment.specs(plan.specs))
+            layout.check_finite(grad)
         except ValidationError as e:
             hint = " (beyond float16's range: use bfloat16)" if dtype == "float16" else ""
             raise RequestRejectedError(
@@ -225,13 +260,21 @@ class ShardedClient:
             ) from None
         bases = self._bases(base_version, plan.num_shards)
 
-        def push_one(k: int, c: ParameterClient) -> PushAck:
+        parts = self._fragment_parts(fragment) if fragment is not None else None
+
+        def push_one(k: int, c: ParameterClient) -> PushAck | None:
+            if parts is not None and not parts[k][0].runs:
+                return None  # This shard holds none of the fragment.
             if client_step and client_step <= self._registered_steps[k]:
                 # Resumed after a restart: this shard applied this step before.
                 return PushAck(version=bases[k], staleness=0, duplicate=True)
-            return c.push(self._views(grad, k), bases[k], client_step, kind=kind, samples=samples)
+            if parts is None:
+                views, local = self._views(grad, k), None
+            else:
+                views, local = [grad[a:b] for a, b in parts[k][1]], parts[k][0]
+            return c.push(views, bases[k], client_step, kind=kind, samples=samples, fragment=local)
 
-        acks = self._each(push_one)
+        acks = [a for a in self._each(push_one) if a is not None]
         return PushAck(
             version=min(a.version for a in acks),
             staleness=max(a.staleness for a in acks),

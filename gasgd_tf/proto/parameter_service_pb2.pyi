@@ -57,7 +57,7 @@ class Chunk(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("push_dtypes", "max_chunk_bytes", "optimizer", "fetch_dtypes", "push_kinds", "aggregation", "push_codecs")
+    __slots__ = ("push_dtypes", "max_chunk_bytes", "optimizer", "fetch_dtypes", "push_kinds", "aggregation", "push_codecs", "fragments")
     PUSH_DTYPES_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class Capabilities(_message.Message):
     PUSH_KINDS_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     PUSH_CODECS_FIELD_NUMBER: _ClassVar[int]
+    FRAGMENTS_FIELD_NUMBER: _ClassVar[int]
     push_dtypes: _containers.RepeatedScalarFieldContainer[DType]
     max_chunk_bytes: int
     optimizer: str
@@ -72,7 +73,8 @@ class Capabilities(_message.Message):
     push_kinds: _containers.RepeatedScalarFieldContainer[PushKind]
     aggregation: str
     push_codecs: _containers.RepeatedScalarFieldContainer[PushCodec]
-    def __init__(self, push_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., max_chunk_bytes: _Optional[int] = ..., optimizer: _Optional[str] = ..., fetch_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., push_kinds: _Optional[_Iterable[_Union[PushKind, str]]] = ..., aggregation: _Optional[str] = ..., push_codecs: _Optional[_Iterable[_Union[PushCodec, str]]] = ...) -> None: ...
+    fragments: bool
+    def __init__(self, push_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., max_chunk_bytes: _Optional[int] = ..., optimizer: _Optional[str] = ..., fetch_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., push_kinds: _Optional[_Iterable[_Union[PushKind, str]]] = ..., aggregation: _Optional[str] = ..., push_codecs: _Optional[_Iterable[_Union[PushCodec, str]]] = ..., fragments: _Optional[bool] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("client_id", "tensors")
@@ -125,14 +127,16 @@ class InitializeResponse(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., version: _Optional[int] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
-    __slots__ = ("client_id", "read_only", "dtype")
+    __slots__ = ("client_id", "read_only", "dtype", "tensors")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     READ_ONLY_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     read_only: bool
     dtype: DType
-    def __init__(self, client_id: _Optional[str] = ..., read_only: _Optional[bool] = ..., dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+    tensors: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    def __init__(self, client_id: _Optional[str] = ..., read_only: _Optional[bool] = ..., dtype: _Optional[_Union[DType, str]] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
 
 class FetchHeader(_message.Message):
     __slots__ = ("version", "tensors", "total_bytes", "server_id")
@@ -155,7 +159,7 @@ class FetchResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[FetchHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
 
 class PushHeader(_message.Message):
-    __slots__ = ("client_id", "sequence", "base_version", "tensors", "client_step", "base_server_id", "kind", "samples", "codec", "codec_block_size", "codec_count")
+    __slots__ = ("client_id", "sequence", "base_version", "tensors", "client_step", "base_server_id", "kind", "samples", "codec", "codec_block_size", "codec_count", "fragment")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +171,7 @@ class PushHeader(_message.Message):
     CODEC_FIELD_NUMBER: _ClassVar[int]
     CODEC_BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     CODEC_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FRAGMENT_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     sequence: int
     base_version: int
@@ -178,7 +183,8 @@ class PushHeader(_message.Message):
     codec: PushCodec
     codec_block_size: int
     codec_count: int
-    def __init__(self, client_id: _Optional[str] = ..., sequence: _Optional[int] = ..., base_version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., client_step: _Optional[int] = ..., base_server_id: _Optional[str] = ..., kind: _Optional[_Union[PushKind, str]] = ..., samples: _Optional[int] = ..., codec: _Optional[_Union[PushCodec, str]] = ..., codec_block_size: _Optional[int] = ..., codec_count: _Optional[int] = ...) -> None: ...
+    fragment: bool
+    def __init__(self, client_id: _Optional[str] = ..., sequence: _Optional[int] = ..., base_version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., client_step: _Optional[int] = ..., base_server_id: _Optional[str] = ..., kind: _Optional[_Union[PushKind, str]] = ..., samples: _Optional[int] = ..., codec: _Optional[_Union[PushCodec, str]] = ..., codec_block_size: _Optional[int] = ..., codec_count: _Optional[int] = ..., fragment: _Optional[bool] = ...) -> None: ...
 
 class PushRequest(_message.Message):
     __slots__ = ("header", "chunk")

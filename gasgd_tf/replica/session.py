@@ -46,6 +46,7 @@ import numpy as np
 from gasgd_tf.client import (
     ParameterClient,
     RequestRejectedError,
+    ServerRestartedError,
     ServerUnavailableError,
     ShardedClient,
     Version,
@@ -53,6 +54,7 @@ from gasgd_tf.client import (
 )
 from gasgd_tf.replica.payload import Update
 from gasgd_tf.replica.schedule import Due, SyncSchedule
+from gasgd_tf.replica.streaming import FragmentStream, Landed
 from gasgd_tf.replica.transport import Fetched, Outcome, make_transport
 from gasgd_tf.tensors import TensorSpec, ValidationError, check_same_specs
 
@@ -128,6 +130,10 @@ class ReplicaSession:
       model_name: Names the model in a mismatch error.
       say: Where the session's lines for a person go (a lost push, say);
         default: a logging warning.
+      stream: Streaming fragment sync (``config.sync.fragments`` > 1): it
+        pushes, fetches and merges one fragment at a time on its own
+        schedule, in place of whole-model syncs (``take_update`` is then
+        unused: the stream takes each fragment's delta itself).
     """
 
     def __init__(
@@ -142,8 +148,10 @@ class ReplicaSession:
         batch_size: int = 0,
         model_name: str = "the model",
         say: Callable[[str], None] | None = None,
+        stream: FragmentStream | None = None,
     ):
         self.client = client
+        self.stream = stream
         self.variables = variables
         self.schedule = schedule
         self._take_update = take_update
@@ -208,11 +216,15 @@ class ReplicaSession:
             log.info("%s: initialization offer %s", self.name, "accepted" if accepted else "lost")
         self._assign(self._checked(self.client.fetch()))
         self._push_base = self._weights_version
+        if self.stream is not None:
+            self.stream.start(self.variables.read(), self._weights_version)
         return reg.last_step
 
     def resume_at(self, step: int) -> None:
         """Counts steps from ``step`` on: the schedule's origin after a resumed join."""
         self._step = self._pushed_step = step
+        if self.stream is not None:
+            self.stream.start(self.variables.read(), self._weights_version, step)
 
     def join_read_only(
         self,
@@ -286,14 +298,49 @@ class ReplicaSession:
         Returns:
           What fell due.
         """
+        if self.stream is not None:
+            return self._stream_step(step)
         due = self.schedule.due(step, self._step)
         self._step = max(step, self._step)
         if due:
             self._sync(step, due)
         return due
 
+    def _stream_step(self, step: int) -> Due:
+        """Streaming: lands the fragment syncs due, starts the ones falling due."""
+        previous, self._step = self._step, max(step, self._step)
+        last = self.schedule.num_steps is not None and step >= self.schedule.num_steps
+        self._book_stream(lambda: self.stream.after_step(step, previous, last))
+        return Due(push=bool(self.stream.plan.due(step, previous)) and not last)
+
+    def _book_stream(self, run: Callable[[], list[Landed]], recover: bool = True) -> None:
+        """Runs a stream call and counts what landed; recovers from a server restart."""
+        try:
+            landed = run()
+        except ServerRestartedError as e:
+            self.stream.abandon()
+            self.stats.pushes_lost += 1
+            if not recover:
+                self._say(f"{self.name}: the last push was lost to a server restart ({e})")
+                return
+            self._assign(self.client.fetch())
+            self.stream.start(self.variables.read(), self._weights_version, self._step)
+            self._say(
+                f"{self.name}: the server was restored to an earlier version ({e}); the "
+                f"fragment syncs in flight are lost; fetched version {self.stats.version}"
+            )
+            return
+        for sync in landed:
+            self._count_ack(sync.ack)
+            if sync.fetched_version is not None:
+                self.stats.fetches += 1
+                self.stats.version = version_number(sync.fetched_version)
+
     def finish(self) -> None:
         """Pushes what was computed since the last push, then waits for the sync in flight."""
+        if self.stream is not None:
+            self._book_stream(lambda: self.stream.finish(self._step), recover=False)
+            return
         if self._take_update is not None and self._step > self._pushed_step:
             self._sync(self._step, Due(push=True))
         self._settle(self.transport.result(wait=True), recover=False)
@@ -321,9 +368,7 @@ class ReplicaSession:
             return False
         if outcome.ack is not None:
             ack = outcome.ack
-            self.stats.pushes += 1
-            self.stats.version, self.stats.staleness = ack.version, ack.staleness
-            self.stats.max_staleness = max(self.stats.max_staleness, ack.staleness)
+            self._count_ack(ack)
             if ack.local_steps:
                 self.stats.local_steps = ack.local_steps
             if ack.local_steps and ack.local_steps != self.schedule.n_push:
@@ -350,6 +395,11 @@ class ReplicaSession:
         )
         return True
 
+    def _count_ack(self, ack) -> None:
+        self.stats.pushes += 1
+        self.stats.version, self.stats.staleness = ack.version, ack.staleness
+        self.stats.max_staleness = max(self.stats.max_staleness, ack.staleness)
+
     # -- Plain calls -------------------------------------------------------------
 
     def _assign(self, fetched: Fetched) -> None:
@@ -372,4 +422,6 @@ class ReplicaSession:
     def close(self) -> None:
         """Stops the transport and closes the client (heartbeats included)."""
         self.transport.close()
+        if self.stream is not None:
+            self.stream.close()
         self.client.close()

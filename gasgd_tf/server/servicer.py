@@ -11,6 +11,7 @@ import grpc
 import numpy as np
 
 from gasgd_tf import codecs, config_base, wire
+from gasgd_tf.fragments import Fragment
 from gasgd_tf.proto import parameter_service_pb2 as pb
 from gasgd_tf.proto import parameter_service_pb2_grpc as pb_grpc
 from gasgd_tf.server.admission import Gate, take_slot
@@ -286,6 +287,7 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
                     push_kinds=[wire.PUSH_KINDS[self._store.push_kind]],
                     aggregation=self._store.aggregation,
                     push_codecs=list(wire.PUSH_CODECS.values()),
+                    fragments=True,
                 ),
                 server_id=self._store.server_id,
             )
@@ -349,17 +351,25 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
     def _fetch(self, request, context):
         with self._errors(context, "Fetch"):
             dtype = wire.fetch_dtype_from_proto(request.dtype)
+            fragment = None
+            if request.tensors:
+                fragment = self._store.fragment_for(wire.specs_from_proto(request.tensors))
             snap = self._store.snapshot(
                 request.client_id,
                 read_only=request.read_only,
                 time_left=context.time_remaining(),
                 is_active=context.is_active,
+                fragment=fragment,
             )
-            flat = self._in_dtype(snap.version, snap.flat, dtype)
+            if fragment is None:
+                specs, flat = snap.specs, self._in_dtype(snap.version, snap.flat, dtype)
+            else:  # Gathered (and converted) per fetch: a fragment is a fraction of the model.
+                specs, flat = fragment.specs(snap.specs), fragment.gather(snap.flat)
+                flat = flat if dtype == PARAMETER_DTYPE else flat.astype(numpy_dtype(dtype))
         header = pb.FetchHeader(
             server_id=self._store.server_id,
             version=snap.version,
-            tensors=wire.specs_to_proto(with_dtype(snap.specs, dtype)),
+            tensors=wire.specs_to_proto(with_dtype(specs, dtype)),
             total_bytes=flat.nbytes,
         )
         yield from wire.encode_frames(pb.FetchResponse, header, flat, self._fetch_chunk_bytes)
@@ -383,10 +393,12 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
         slot = []  # When the slot was taken, once held: only a held slot is released.
         buffer = []  # The pooled gradient buffer, once taken (after the slot).
         codec = []  # The header's codec, once read (None: plain values).
+        fragment = []  # The fragment the header names (None: every parameter).
 
         def layout(header):
             specs = wire.specs_from_proto(header.tensors)
-            layout = self._store.layout_for(specs, initialize=False)  # Refuse before waiting.
+            layout, part = self._store.push_layout(specs, header.fragment)  # Refuse before waiting.
+            fragment.append(part)
             spec = _codec_spec(header, layout)
             codec.append(spec)
             slot.append(self._take_push_slot(context))
@@ -411,7 +423,7 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
                 # The store keeps no reference to the gradient: the buffer is
                 # free again once the push is applied.
                 grad = buffer[0] if grad is None else grad
-                return self._apply_push(header, grad, verified[0], codec[0])
+                return self._apply_push(header, grad, verified[0], codec[0], fragment[0])
         finally:
             if buffer:  # Back before the slot, so that buffers never outnumber slots.
                 self._grad_buffers.give_back(buffer[0])
@@ -419,7 +431,12 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
                 self._push_slots.release(slot[0])
 
     def _apply_push(
-        self, header, grad: np.ndarray, known_finite: bool, codec: codecs.CodecSpec | None
+        self,
+        header,
+        grad: np.ndarray,
+        known_finite: bool,
+        codec: codecs.CodecSpec | None,
+        fragment: Fragment | None,
     ) -> pb.PushResponse:
         if codec is not None:  # Decoded and checked before anything changes.
             grad = codecs.decode(grad, codec, np.empty(codec.size, np.float32))
@@ -435,6 +452,7 @@ class ParameterServicer(pb_grpc.ParameterServiceServicer):
             base_server_id=header.base_server_id,
             kind=wire.push_kind_name(header.kind),
             samples=header.samples,
+            fragment=fragment,
         )
         return pb.PushResponse(
             version=result.version,

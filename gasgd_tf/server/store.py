@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from gasgd_tf import config_base
+from gasgd_tf.fragments import Fragment, resolve
 from gasgd_tf.server import rounds as rounds_lib
 from gasgd_tf.server import staleness as staleness_lib
 from gasgd_tf.server.local_steps import LocalStepsPlanner
@@ -27,6 +28,7 @@ from gasgd_tf.tensors import (
     FlatLayout,
     TensorSpec,
     ValidationError,
+    all_finite,
     check_same_specs,
     common_dtype,
     with_dtype,
@@ -383,6 +385,7 @@ class ParameterStore:
         read_only: bool = False,
         time_left: float | None = None,
         is_active: Callable[[], bool] | None = None,
+        fragment: Fragment | None = None,
     ) -> Snapshot:
         """The current parameters as a consistent read-only copy.
 
@@ -396,6 +399,9 @@ class ParameterStore:
             the bound, and the log says so) rather than fail the worker.
           is_active: ``bounded``: False once the caller has gone (its RPC
             was cancelled): the wait ends without admitting it.
+          fragment: Rounds: the caller fetches only this fragment, so it
+            waits only for that fragment's round (None: for any round it
+            pushed into). The whole snapshot is returned all the same.
 
         Raises:
           NotInitializedError: Before initialization.
@@ -410,7 +416,8 @@ class ParameterStore:
             if training and self._admission is not None:
                 self._wait_for_admission(client_id, time_left, is_active)
             if training and self._round is not None:
-                self._wait_for_round(client_id, time_left, is_active)
+                key = rounds_lib.ANY if fragment is None else rounds_lib.key_of(fragment)
+                self._wait_for_round(client_id, key, time_left, is_active)
             if self._snapshot is None or self._snapshot.version != self._version:
                 # Let go of the old copy first: unless a fetch still streams
                 # it, its memory is free again before the new one is made.
@@ -499,11 +506,18 @@ class ParameterStore:
         self._changed.notify_all()
 
     def _wait_for_round(
-        self, client_id: str, time_left: float | None, is_active: Callable[[], bool] | None
+        self,
+        client_id: str,
+        key: object,
+        time_left: float | None,
+        is_active: Callable[[], bool] | None,
     ) -> None:
-        """Rounds: a worker that pushed into the open round waits (lock released) for its close."""
+        """Rounds: a worker that pushed into an open round (of ``key``) waits for its close.
+
+        The lock is released while it waits.
+        """
         give_up = None if time_left is None else time.monotonic() + time_left - DEADLINE_MARGIN_SECS
-        while client_id in self._round.members:
+        while self._round.is_member(client_id, key):
             if self._close_round_if_ready():
                 break
             if is_active is not None and not is_active():
@@ -514,7 +528,7 @@ class ParameterStore:
                     "deadline (waiting for %s); its next push will be late",
                     client_id,
                     self._version,
-                    ", ".join(self._round.missing(self._expected_members())) or "nobody",
+                    ", ".join(self._waited_for(client_id)) or "nobody",
                 )
                 return
             if self._expire_silent_locked():
@@ -632,6 +646,53 @@ class ParameterStore:
             layout = self._wire_layouts[dtype] = FlatLayout(with_dtype(self._layout.specs, dtype))
         return layout
 
+    def push_layout(
+        self, specs: Sequence[TensorSpec], fragment: bool = False
+    ) -> tuple[FlatLayout, Fragment | None]:
+        """The layout of a push's values and the fragment it names (None: every parameter).
+
+        Args:
+          specs: The push header's tensors.
+          fragment: The header says they name a fragment; else they must be
+            every tensor (a subset is a model mismatch).
+
+        Raises:
+          ValidationError: An empty or invalid signature, or one that is
+            neither the server's tensors nor (with ``fragment``) a fragment
+            of them.
+          NotInitializedError: A push before initialization.
+        """
+        if not fragment:
+            return self.layout_for(specs, initialize=False), None
+        if not specs:
+            raise ValidationError("no tensors in the header")
+        part = self.fragment_for(specs)
+        if part is None:
+            return self.layout_for(specs, initialize=False), None
+        return FlatLayout(specs), part  # One dtype for every tensor: checked here.
+
+    def fragment_for(self, specs: Sequence[TensorSpec]) -> Fragment | None:
+        """The fragment a push's or fetch's ``specs`` name; None for every parameter.
+
+        Raises:
+          ValidationError: Specs that name no fragment of the parameters.
+          NotInitializedError: Before initialization.
+        """
+        self._require_healthy()
+        fragment = resolve(self._layout, specs)
+        if fragment is not None:
+            self._check_fragments_allowed()
+        return fragment
+
+    def _check_fragments_allowed(self) -> None:
+        if self.staleness_config.policy != "none":
+            # Each of them counts versions or fetches of the whole model; with
+            # fragments every other fragment's update would count as staleness.
+            raise ValidationError(
+                f"fragment pushes and fetches need ps.staleness='none', not "
+                f"{self.staleness_config.policy!r}"
+            )
+
     def initialize(
         self, client_id: str, specs: Sequence[TensorSpec], flat: np.ndarray
     ) -> tuple[bool, int]:
@@ -671,6 +732,7 @@ class ParameterStore:
         base_server_id: str = "",
         kind: str = DEFAULT_PUSH_KIND,
         samples: int = 0,
+        fragment: Fragment | None = None,
     ) -> PushResult:
         """Validates and applies one gradient as one update (with rounds: into the open round).
 
@@ -691,6 +753,10 @@ class ParameterStore:
             theta_local); the store's optimizer applies either as a gradient.
           samples: The training examples behind the push (0: unknown); its
             weight in a round's average.
+          fragment: ``grad`` holds only this fragment's values (compact, see
+            ``gasgd_tf.fragments``), and only they are updated: one version.
+            With rounds it goes into that fragment's round. None: every
+            parameter.
 
         Raises:
           PushKindError: ``kind`` is not the store's ``push_kind``. Nothing
@@ -708,7 +774,7 @@ class ParameterStore:
                 f"this server applies {self.push_kind} pushes, not {kind} pushes: start every "
                 f"worker with the server's worker.push={self.push_kind!r}"
             )
-        self._check_push(client_id, sequence, grad, known_finite)
+        self._check_push(client_id, sequence, grad, known_finite, fragment)
         with self._lock:
             self._require_healthy()
             self._check_base(base_version, base_server_id)
@@ -728,8 +794,10 @@ class ParameterStore:
                 else 0
             )
             if self._round is not None:
-                return self._add_to_round(record, sequence, grad, staleness, samples, local_steps)
-            finite = self._apply_locked(client_id, grad, staleness)
+                return self._add_to_round(
+                    record, sequence, grad, staleness, samples, local_steps, fragment
+                )
+            finite = self._apply_locked(client_id, grad, staleness, fragment)
             result = self._count_applied(record, sequence, staleness, local_steps)
             if not finite:
                 self._raise_diverged(f"applying push {sequence} of {client_id!r}")
@@ -751,17 +819,22 @@ class ParameterStore:
         staleness: int,
         samples: int,
         local_steps: int,
+        fragment: Fragment | None,
     ) -> PushResult:
-        """Rounds: takes one push into the open round; closes it if it is complete."""
-        if staleness:
+        """Rounds: takes one push into its open round; closes it if it is complete."""
+        key = rounds_lib.key_of(fragment)
+        base = self._version - staleness
+        self._round.add(
+            record.client_id, values, int(samples), self._clock(), fragment, self._layout.size
+        )
+        if base < self._round.applied_version.get(key, 0):  # Computed before its last round.
             log.info(
                 "rounds: %s pushed from version %d into round %d (a late push, counted in the "
                 "open round)",
                 record.client_id,
-                self._version - staleness,
+                base,
                 self._round.closed + 1,
             )
-        self._round.add(record.client_id, values, int(samples), self._clock())
         self._count_taken(record, sequence, staleness)
         self._close_round_if_ready()
         result = PushResult(self._version, staleness, local_steps=local_steps)
@@ -774,28 +847,44 @@ class ParameterStore:
             c.client_id for c in self._clients.values() if c.active and c.trained and not c.expired
         ]
 
+    def _waited_for(self, client_id: str) -> list[str]:
+        """Rounds: who the open rounds ``client_id`` pushed into still miss."""
+        expected = self._expected_members()
+        return sorted(
+            {
+                c
+                for key in self._round.open_keys()
+                if self._round.is_member(client_id, key)
+                for c in self._round.missing(expected, key)
+            }
+        )
+
     def _close_round_if_ready(self) -> bool:
-        """Rounds: applies the open round if it may close now; True if it did."""
+        """Rounds: applies every open round that may close now; True if one did."""
         if self._round is None:
             return False
         expected = self._expected_members()
-        if not self._round.ready(expected, self._clock()):
-            return False
-        missing = self._round.missing(expected)
-        if missing:
-            log.warning(
-                "rounds: round %d closed at its deadline (%.0fs) without %s",
-                self._round.closed + 1,
-                self._round.timeout_secs,
-                ", ".join(missing),
-            )
-        average = self._round.take_average()
-        finite = self._apply_locked("", average, 0)
-        self._count_update()
-        self._changed.notify_all()
-        if not finite:
-            self._raise_diverged(f"applying round {self._round.closed}")
-        return True
+        closed = False
+        for key in self._round.open_keys():
+            if not self._round.ready(expected, self._clock(), key):
+                continue
+            missing = self._round.missing(expected, key)
+            if missing:
+                log.warning(
+                    "rounds: round %d closed at its deadline (%.0fs) without %s",
+                    self._round.closed + 1,
+                    self._round.timeout_secs,
+                    ", ".join(missing),
+                )
+            average, fragment = self._round.take_average(key)
+            finite = self._apply_locked("", average, 0, fragment)
+            self._count_update()
+            self._round.applied_version[key] = self._version
+            self._changed.notify_all()
+            closed = True
+            if not finite:
+                self._raise_diverged(f"applying round {self._round.closed}")
+        return closed
 
     def close_due_round(self) -> bool:
         """Rounds: closes the open round if its deadline has come (the server's timer)."""
@@ -803,20 +892,32 @@ class ParameterStore:
             return self._round is not None and self._close_round_if_ready()
 
     def _check_push(
-        self, client_id: str, sequence: int, grad: np.ndarray, known_finite: bool
+        self,
+        client_id: str,
+        sequence: int,
+        grad: np.ndarray,
+        known_finite: bool,
+        fragment: Fragment | None,
     ) -> None:
         """``push``'s checks that read no shared state: outside the lock (the layout is fixed)."""
         _check_client_id(client_id)
         if sequence < 1:
             raise ValidationError(f"push sequence must be >= 1, got {sequence}")
         self._require_healthy()
-        if grad.shape != (self._layout.size,) or grad.dtype != np.float32:
+        size = self._layout.size if fragment is None else fragment.size
+        if grad.shape != (size,) or grad.dtype != np.float32:
             raise ValidationError(
                 f"gradient has shape {grad.shape} and dtype {grad.dtype}, "
-                f"expected ({self._layout.size},) float32"
+                f"expected ({size},) float32"
             )
-        if not known_finite:
+        if fragment is not None:
+            self._check_fragments_allowed()
+        if known_finite:
+            return
+        if fragment is None:
             self._layout.check_finite(grad)
+        elif not all_finite(grad):  # Rare: the layout of the fragment names the tensor.
+            FlatLayout(fragment.specs(self._layout.specs)).check_finite(grad)
 
     def _check_base(self, base_version: int, base_server_id: str) -> None:
         """Refuses (and counts) a push computed from a version this start does not have."""
@@ -829,9 +930,13 @@ class ParameterStore:
                 "and push gradients computed from them"
             )
 
-    def _apply_locked(self, client_id: str, grad: np.ndarray, staleness: int) -> bool:
+    def _apply_locked(
+        self, client_id: str, grad: np.ndarray, staleness: int, fragment: Fragment | None = None
+    ) -> bool:
         """Applies ``grad`` per the staleness policy; False if a parameter became non-finite."""
         learning_rate = self._learning_rate(staleness)
+        if fragment is not None:
+            return self._apply_fragment(grad, fragment, learning_rate)
         if self.staleness_config.policy == "dc_asgd" and client_id in self._fetched:
             grad = staleness_lib.dc_compensate(
                 grad,
@@ -859,6 +964,25 @@ class ParameterStore:
                 )
             self._admission.finish(client_id)
             self._changed.notify_all()
+        return finite
+
+    def _apply_fragment(self, values: np.ndarray, fragment: Fragment, learning_rate: float) -> bool:
+        """One optimizer step on a fragment's parameters and slots (gathered, then put back).
+
+        Elementwise slots move with their parameters; any other (Adam's step
+        count) counts this as one step, as it counts a whole-model push.
+        """
+        params = fragment.gather(self._params)
+        slots = {
+            name: fragment.gather(slot) if slot.shape == self._params.shape else slot
+            for name, slot in self._slots.items()
+        }
+        with np.errstate(over="ignore", invalid="ignore"):  # Checked by the optimizer.
+            finite = self.optimizer.apply(params, values, slots, learning_rate, check_finite=True)
+        fragment.scatter(params, self._params)
+        for name, slot in self._slots.items():
+            if slot.shape == self._params.shape:
+                fragment.scatter(slots[name], slot)
         return finite
 
     def _write_mark(self) -> None:
@@ -1018,11 +1142,15 @@ class ParameterStore:
             raise RestoreError(
                 f"the saved round has {np.asarray(total).size} values, specs {layout.size}"
             )
-        if self._round is None and (state.meta.get("round") or {}).get("members"):
+        saved_round = state.meta.get("round") or {}
+        if self._round is None and (saved_round.get("members") or saved_round.get("fragments")):
+            dropped = set(saved_round.get("members") or ())
+            for fragment_round in saved_round.get("fragments") or ():
+                dropped.update(fragment_round["members"])
             log.warning(
                 "the checkpoint has an open round of %s, but this server applies each push "
                 "(ps.aggregation='each'): those pushes are dropped",
-                ", ".join(sorted(state.meta["round"]["members"])),
+                ", ".join(sorted(dropped)),
             )
         if set(saved_slots) != set(expected):
             raise RestoreError(
