@@ -1,7 +1,7 @@
 """Named training recipes that configs and experiments share: written once, here.
 
-``configs/default.py``, ``configs/diloco.py`` and ``configs/async_diloco.py``
-return these; the low-communication experiment (exp5) applies the same
+``configs/default.py``, ``configs/diloco.py``, ``configs/async_diloco.py`` and
+``configs/streaming_diloco.py`` return these; the low-communication experiment (exp5) applies the same
 functions to its own setting, so "DiLoCo" means one thing everywhere.
 """
 
@@ -19,6 +19,13 @@ DILOCO_LOCAL_STEPS = 50
 # The inner AdamW's learning rate on the digits CNN (BUILD_NOTES.md,
 # "Low-communication training": 0.002 against 0.001 and 0.005).
 DILOCO_INNER_LEARNING_RATE = 0.002
+# Streaming DiLoCo (Douillard et al. 2025, arXiv 2501.18512): F fragments,
+# each fetch overlapped with tau = H / 10 local steps, merged half and half,
+# outer gradients in 4 bits (here: int4 blockwise, gasgd_tf/codecs.py).
+STREAMING_FRAGMENTS = 4
+STREAMING_OVERLAP_STEPS = 5
+STREAMING_MIX_ALPHA = 0.5
+STREAMING_CODEC = "int4"
 
 
 def default_run() -> ml_collections.ConfigDict:
@@ -79,4 +86,25 @@ def async_diloco(
     config.ps.nesterov = False  # Delayed Nesterov is Nesterov by construction.
     config.ps.dn_period = 0  # The number of workers.
     config.worker.local_steps = "adaptive"
+    return config
+
+
+def streaming_diloco(
+    config: ml_collections.ConfigDict,
+    fragments: int = STREAMING_FRAGMENTS,
+    overlap_steps: int = STREAMING_OVERLAP_STEPS,
+    mix_alpha: float = STREAMING_MIX_ALPHA,
+    codec: str = STREAMING_CODEC,
+) -> ml_collections.ConfigDict:
+    """Makes ``config`` Streaming DiLoCo: ``diloco`` synced one fragment at a time.
+
+    Fragment f of F syncs at step offset f * H / F, its fetch overlapped
+    with ``overlap_steps`` local steps and merged with ``mix_alpha``; the
+    deltas travel in ``codec`` with error feedback. Returns the same config.
+    """
+    diloco(config)
+    config.sync.fragments = fragments
+    config.sync.overlap_steps = overlap_steps
+    config.sync.mix_alpha = mix_alpha
+    config.client.push_codec = codec
     return config
