@@ -26,6 +26,8 @@ STREAMING_FRAGMENTS = 4
 STREAMING_OVERLAP_STEPS = 5
 STREAMING_MIX_ALPHA = 0.5
 STREAMING_CODEC = "int4"
+# Parameters fetched in bfloat16: half the bytes, no loss measured (BUILD_NOTES.md).
+STREAMING_FETCH_DTYPE = "bfloat16"
 
 
 def default_run() -> ml_collections.ConfigDict:
@@ -100,11 +102,13 @@ def streaming_diloco(
 
     Fragment f of F syncs at step offset f * H / F, its fetch overlapped
     with ``overlap_steps`` local steps and merged with ``mix_alpha``; the
-    deltas travel in ``codec`` with error feedback. Returns the same config.
+    deltas travel in ``codec`` with error feedback, the parameters in
+    bfloat16. Returns the same config.
     """
     diloco(config)
     config.sync.fragments = fragments
     config.sync.overlap_steps = overlap_steps
     config.sync.mix_alpha = mix_alpha
     config.client.push_codec = codec
+    config.client.fetch_dtype = STREAMING_FETCH_DTYPE
     return config
