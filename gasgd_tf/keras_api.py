@@ -70,6 +70,7 @@ from gasgd_tf.replica import (
     SessionStats,
     SyncSchedule,
 )
+from gasgd_tf.replica.streaming import FragmentStream, StreamingPlan
 from gasgd_tf.security import Credentials
 from gasgd_tf.server import ParameterServer, ParameterStore, make_optimizer
 from gasgd_tf.server.rounds import RoundState
@@ -160,6 +161,20 @@ def _innermost(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimi
     return optimizer
 
 
+def _streaming_plan(
+    fragments, overlap_steps, mix_alpha, push: str, n_push: int, n_fetch: int, overlap: bool
+) -> StreamingPlan | None:
+    """The callback's streaming plan (None: whole-model syncs); ValueError naming what is wrong."""
+    if fragments == 1:
+        return None
+    if push != "delta" or n_push != n_fetch or overlap:
+        raise ValueError(
+            f"fragments={fragments} needs push='delta', n_push == n_fetch and overlap=False, "
+            f"got push={push!r}, n_push={n_push}, n_fetch={n_fetch}, overlap={overlap}"
+        )
+    return StreamingPlan(fragments, n_push, overlap_steps, mix_alpha)
+
+
 class AsyncSGD(keras.callbacks.Callback):
     """Makes ``model.fit`` an asynchronous SGD worker of a parameter server.
 
@@ -197,6 +212,15 @@ class AsyncSGD(keras.callbacks.Callback):
       push_codec: ``"none"``, ``"int8"``, ``"int4"`` or ``"topk"``: pushes
         travel encoded, with error feedback (``client.push_codec``; the
         block size and top-k share are the config's defaults).
+      fragments: Streaming fragment sync (``sync.fragments``; Streaming
+        DiLoCo): above 1, the model is cut into this many fragments and
+        fragment f syncs alone every ``n_push`` steps at offset
+        f * n_push / fragments. Needs ``push="delta"``, ``n_push ==
+        n_fetch`` and no ``overlap``.
+      overlap_steps: With fragments: local steps a fragment's fetch
+        overlaps before it is merged (``sync.overlap_steps``, < n_push).
+      mix_alpha: With fragments: the merge keeps ``mix_alpha`` of the
+        local values (``sync.mix_alpha``).
       shard_split_bytes: For a sharded server: the ``ps.shard_split_bytes``
         every other worker uses.
       server_optimizer: Local server only: its optimizer, ``"sgd"``,
@@ -267,6 +291,9 @@ class AsyncSGD(keras.callbacks.Callback):
         push_dtype: str = _DEFAULT.client.push_dtype,
         fetch_dtype: str = _DEFAULT.client.fetch_dtype,
         push_codec: str = _DEFAULT.client.push_codec,
+        fragments: int = _DEFAULT.sync.fragments,
+        overlap_steps: int = _DEFAULT.sync.overlap_steps,
+        mix_alpha: float = _DEFAULT.sync.mix_alpha,
         shard_split_bytes: int = _DEFAULT.ps.shard_split_bytes,
         server_optimizer: str | None = None,
         server_learning_rate: float | None = None,
@@ -301,6 +328,9 @@ class AsyncSGD(keras.callbacks.Callback):
         if push not in config_base.PUSH_KINDS:
             raise ValueError(f"push must be one of {config_base.PUSH_KINDS}, got {push!r}")
         self.push = push
+        self._streaming = _streaming_plan(
+            fragments, overlap_steps, mix_alpha, push, self.n_push, self.n_fetch, self.overlap
+        )
         self._client_args = _client_arguments(
             timeout_secs,
             retry_secs,
@@ -488,13 +518,16 @@ class AsyncSGD(keras.callbacks.Callback):
     def _open_session(self, variables: list) -> ReplicaSession:
         """Connects, joins (register, offer the weights, fetch) and starts heartbeats."""
         weights = VariableSync(variables)
-        if self.push == "delta":  # The model's own optimizer is the inner one.
+        client = make_client(self._address, self.client_id, **self._client_args)
+        stream = None
+        if self._streaming is not None:  # Each fragment's delta, on its own schedule.
+            stream, take_update = FragmentStream(client, weights, self._streaming), None
+        elif self.push == "delta":  # The model's own optimizer is the inner one.
             weights = DeltaTracker(weights)
             take_update = weights.take
         else:
             self._sums = GradientSums(variables)
             take_update = self._sums.take
-        client = make_client(self._address, self.client_id, **self._client_args)
         session = ReplicaSession(
             client,
             weights,
@@ -503,6 +536,7 @@ class AsyncSGD(keras.callbacks.Callback):
             overlap=self.overlap,
             push_kind=self.push,
             model_name=f"model {self.model.name!r}",
+            stream=stream,
         )
         self._session, self._stats = session, session.stats
         # client_step goes on from an earlier fit, whose steps counted from 0 too.

@@ -549,3 +549,40 @@ def test_the_callback_pushes_int8_with_error_feedback(serve):
     assert sync.pushes == store.version == 20
     with pytest.raises(ValueError, match="push_codec must be one of"):
         gasgd_tf.AsyncSGD(server.address, push_codec="zip")
+
+
+def test_the_callback_streams_fragments_and_loses_no_local_step(serve):
+    # One worker, outer SGD with learning rate 1: the server's fragment
+    # becomes anchor - (anchor - local) = local at every push, so after the
+    # last pushes of every fragment the server holds exactly the model's
+    # weights, whatever the merges did in between.
+    store = ParameterStore(SGD(learning_rate=1.0), push_kind="delta")
+    server = serve(store)
+    model = dense_net("stream_net", seed=7)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    sync = gasgd_tf.AsyncSGD(
+        server.address,
+        n_push=4,
+        n_fetch=4,
+        push="delta",
+        fragments=2,
+        overlap_steps=1,
+        verbose=False,
+    )
+    history = model.fit(regression_data(20), epochs=2, callbacks=[sync], verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < 0.5 * losses[0], losses
+    # 40 steps, 2 fragments every 4 steps: about 20 fragment syncs, each one version.
+    assert sync.pushes == store.version >= 18
+    flat = np.concatenate([w.numpy().ravel() for w in model.trainable_variables])
+    np.testing.assert_allclose(store.snapshot().flat, flat, atol=1e-6)
+
+
+def test_the_callback_refuses_fragments_without_delta_pushes(serve):
+    server = serve(ParameterStore(SGD(learning_rate=1.0)))
+    with pytest.raises(ValueError, match="fragments=2 needs push='delta'"):
+        gasgd_tf.AsyncSGD(server.address, n_push=4, n_fetch=4, fragments=2)
+    with pytest.raises(ValueError, match="overlap_steps must be in"):
+        gasgd_tf.AsyncSGD(
+            server.address, n_push=4, n_fetch=4, push="delta", fragments=2, overlap_steps=4
+        )
