@@ -203,7 +203,7 @@ def test_a_bad_argument_is_one_error_line_and_status_2(name, nothing_runs, capsy
     [
         (
             ["--only=cycle,nope"],
-            "argument --only: unknown 'nope'; choose from codec_speed, cycle, apply",
+            "argument --only: unknown 'nope'; choose from codec_speed, scale_table, cycle, apply",
         ),
         (["--quick=1"], "argument --quick: ignored explicit argument '1'"),
     ],
