@@ -195,5 +195,12 @@ def plan(signature: Sequence[TensorSpec], count: int) -> tuple[Fragment, ...]:
       ValueError: More fragments than the model can be cut into.
     """
     share = max(1, sum(s.nbytes for s in signature) // count)
-    cut = sharding.make_plan(signature, count, split_bytes=share)
+    try:
+        cut = sharding.make_plan(signature, count, split_bytes=share)
+    except ValueError:
+        size = sum(s.size for s in signature)
+        raise ValueError(
+            f"a model of {len(signature)} tensors and {size} values cannot be cut into "
+            f"{count} fragments: use fewer (sync.fragments)"
+        ) from None
     return tuple(Fragment.of(cut.runs(k)) for k in range(count))

@@ -80,7 +80,9 @@ class ShardedClient:
         self.client_id = client_id
         self.split_bytes = split_bytes
         self.clients = [ParameterClient(a, client_id, **client_args) for a in addresses]
-        self._pool = futures.ThreadPoolExecutor(len(addresses), thread_name_prefix="shard")
+        # Two calls may be under way at once (a streaming push and a fetch,
+        # which may wait for its round): a thread per shard for each.
+        self._pool = futures.ThreadPoolExecutor(2 * len(addresses), thread_name_prefix="shard")
         self.plan: sharding.ShardPlan | None = None
         self._layout: FlatLayout | None = None
         # Each shard's last applied step of this client at registration: a

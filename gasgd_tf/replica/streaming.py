@@ -21,6 +21,20 @@ push and a fetch name only the fragment's tensors, and with
 ``ps.aggregation='round'`` each fragment has its own rounds. The delta of
 fragment f is theta_f as last fetched (its anchor) minus theta_f now.
 
+When a merge happens: at the end of the first step at least tau steps after
+the push at which the fetched values have arrived, and at the latest before
+that fragment's next push (which waits for them). The paper's workers
+all-reduce in lockstep, so its merge is always at t + tau; here a worker can
+be out of phase with the others (it joined late, or a round closed at its
+deadline without it), and then its fetch of fragment f waits for the
+others' next push of f while they wait for its push of another fragment.
+Waiting for the merge at exactly t + tau would stall both until the round
+deadline, every period; merging when the values arrive lets both go on
+(measured: BUILD_NOTES.md, "Streaming fragment sync"). Pushes go out in
+order on one thread (a client's push sequence must not be reordered) and
+fetches on another, so a fetch waiting for its round never holds a push
+back.
+
 TF-free: the replica's weights are read and assigned through ``Variables``.
 """
 
@@ -84,8 +98,24 @@ class StreamingPlan:
 
 @dataclasses.dataclass
 class _InFlight:
-    future: futures.Future
-    lands_at: int  # The step after which its values are merged.
+    push: futures.Future
+    fetch: futures.Future | None
+    lands_at: int  # The first step after which its values may be merged.
+
+    def done(self) -> bool:
+        return self.push.done() and (self.fetch is None or self.fetch.done())
+
+
+class _Inline(futures.Executor):
+    """Runs each call in the caller's thread at once (``FragmentStream(inline=True)``)."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 (delivered through the future, as a pool does)
+            future.set_exception(e)
+        return future
 
 
 @dataclasses.dataclass
@@ -107,9 +137,14 @@ class FragmentStream:
       variables: The replica's weights (read, assign, specs).
       plan: The streaming schedule.
       batch_size: Examples per step, for each push's sample count.
+      inline: Run each push and fetch in the caller's thread when it is
+        started (no overlap): the merges then happen exactly tau steps
+        after the push, which is what tests of the schedule want.
     """
 
-    def __init__(self, client, variables, plan: StreamingPlan, batch_size: int = 0):
+    def __init__(
+        self, client, variables, plan: StreamingPlan, batch_size: int = 0, inline: bool = False
+    ):
         self.client = client
         self.variables = variables
         self.plan = plan
@@ -119,7 +154,12 @@ class FragmentStream:
         self._bases: list[object] = [0] * plan.fragments
         self._pushed_step = [0] * plan.fragments
         self._in_flight: dict[int, _InFlight] = {}
-        self._pool = futures.ThreadPoolExecutor(1, thread_name_prefix="fragment-sync")
+        if inline:
+            self._pushes: futures.Executor = _Inline()
+            self._fetches: futures.Executor = self._pushes
+        else:
+            self._pushes = futures.ThreadPoolExecutor(1, thread_name_prefix="fragment-push")
+            self._fetches = futures.ThreadPoolExecutor(1, thread_name_prefix="fragment-fetch")
 
     def start(self, flat: np.ndarray, version: object, step: int = 0) -> None:
         """Takes the replica's freshly fetched weights as every fragment's anchor."""
@@ -128,13 +168,18 @@ class FragmentStream:
         self._pushed_step = [step] * self.plan.fragments
 
     def after_step(self, step: int, previous: int, last: bool = False) -> list[Landed]:
-        """Merges the syncs due to land, then starts those falling due (not at the last step)."""
-        landed = [
-            self._land(f) for f, sync in sorted(self._in_flight.items()) if sync.lands_at <= step
-        ]
+        """Starts the syncs falling due (not at the last step), then merges those that may land.
+
+        A sync may land once ``overlap_steps`` steps have passed since its
+        push and its values have arrived (see the module docstring).
+        """
+        landed = []
         if not last:
             for f in self.plan.due(step, previous):
                 landed.extend(self._start(f, step, fetch=True))
+        for f, sync in sorted(self._in_flight.items()):
+            if sync.lands_at <= step and sync.done():
+                landed.append(self._land(f))
         return landed
 
     def finish(self, step: int) -> list[Landed]:
@@ -153,21 +198,25 @@ class FragmentStream:
         samples = (step - self._pushed_step[f]) * self.batch_size
         self._pushed_step[f] = step
         base = self._bases[f]
-        future = self._pool.submit(self._sync, fragment, delta, base, step, samples, fetch)
-        self._in_flight[f] = _InFlight(future, step + self.plan.overlap_steps)
+        push = self._pushes.submit(
+            self.client.push, delta, base, step, kind="delta", samples=samples, fragment=fragment
+        )
+        fetched = self._fetches.submit(self._fetch_after, push, fragment) if fetch else None
+        self._in_flight[f] = _InFlight(push, fetched, step + self.plan.overlap_steps)
         return landed
 
-    def _sync(self, fragment, delta, base, step, samples, fetch):
-        ack = self.client.push(delta, base, step, kind="delta", samples=samples, fragment=fragment)
-        fetched = self.client.fetch(fragment=fragment) if fetch else None
-        return ack, fetched
+    def _fetch_after(self, push: futures.Future, fragment: Fragment):
+        """Fetches ``fragment`` once its push is applied (not at all if the push failed)."""
+        push.result()
+        return self.client.fetch(fragment=fragment)
 
     def _land(self, f: int) -> Landed:
         """Waits for fragment ``f``'s sync and merges what it fetched (errors propagate)."""
         sync = self._in_flight.pop(f)
-        ack, fetched = sync.future.result()
-        if fetched is None:
+        ack = sync.push.result()
+        if sync.fetch is None:
             return Landed(ack)
+        fetched = sync.fetch.result()
         version, _, values = fetched
         fragment = self.fragments[f]
         local = self.variables.read()
@@ -182,13 +231,17 @@ class FragmentStream:
     def abandon(self) -> None:
         """Drops the syncs in flight (after a lost push: the caller fetches everything anew)."""
         for sync in self._in_flight.values():
-            sync.future.cancel()
-            try:
-                sync.future.result()
-            except Exception:  # noqa: BLE001 (already reported by whoever landed it)
-                pass
+            for future in (sync.push, sync.fetch):
+                if future is None:
+                    continue
+                future.cancel()
+                try:
+                    future.result()
+                except Exception:  # noqa: BLE001 (already reported by whoever landed it)
+                    pass
         self._in_flight.clear()
 
     def close(self) -> None:
         self.abandon()
-        self._pool.shutdown(wait=True)
+        self._pushes.shutdown(wait=True)
+        self._fetches.shutdown(wait=True)
