@@ -222,10 +222,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     # 2501.18512; gasgd_tf/replica/streaming.py). fragments = F > 1: the
     # model is cut into F fragments of about equal size (the sharding plan,
     # gasgd_tf/fragments.py), and fragment f syncs alone every n_push steps,
-    # at step offset f * n_push / F: it pushes its delta, and its fetch is
-    # overlapped with the next overlap_steps local steps; the fetched values
-    # are then merged into the local ones as
-    # mix_alpha * local + (1 - mix_alpha) * fetched. Needs worker.push='delta'.
+    # at step offset f * n_push / F: it pushes its delta and fetches the
+    # fragment in the background; the fetched values are merged into the
+    # local ones as mix_alpha * local + (1 - mix_alpha) * fetched once they
+    # have arrived and at least overlap_steps local steps have passed (at the
+    # latest before that fragment's next push). Needs worker.push='delta'.
     c.sync = ml_collections.ConfigDict()
     c.sync.fragments = 1
     c.sync.overlap_steps = 0
