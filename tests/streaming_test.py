@@ -1,9 +1,6 @@
 """Streaming fragment sync (gasgd_tf/replica/streaming.py): the schedule, the stream against a
 fake client, a ReplicaSession over a real server, the config's refusals and a CLI run."""
 
-import json
-import os
-import re
 import threading
 
 import grpc
@@ -438,44 +435,3 @@ def test_each_need_of_streaming_is_refused_in_one_line_naming_sync_fragments(ove
 )
 def test_bad_streaming_values_are_refused_naming_the_field(overrides, message):
     assert_refused({**STREAMING, **overrides}, message)
-
-
-# -- The command line ----------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_the_diloco_config_streams_four_fragments_end_to_end(digits_data_dir, tmp_path):
-    from main_test import run_main
-
-    from gasgd_tf import layout
-
-    workdir = str(tmp_path / "streaming")
-    result = run_main(
-        "--config=configs/diloco.py",
-        f"--workdir={workdir}",
-        f"--config.data.data_dir={digits_data_dir}",
-        "--config.num_steps=100",
-        "--config.n_sync=20",
-        "--config.sync.fragments=4",
-        "--config.sync.overlap_steps=5",
-        "--config.eval.every_secs=1",
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    with open(layout.summary_path(workdir)) as f:
-        summary = json.load(f)
-    assert summary["steps_per_worker"] == [100, 100]
-    assert summary["test_accuracy"] > 0.5  # Chance: 0.1.
-    assert "warning" not in summary
-    # 5 rounds of each of 4 fragments (4 syncs in the run and the remainder at its end),
-    # each round one update of its fragment: with both workers in every round, 20 updates.
-    # A worker that starts late (TensorFlow's warm-up on a loaded machine) misses the
-    # first rounds, which the other closes alone: then up to 2 x 20.
-    joined = []
-    for k in range(2):
-        with open(os.path.join(workdir, "logs", f"worker_{k}.log")) as f:
-            joined += re.findall(r"joined at version (\d+)", f.read())
-    assert len(joined) == 2, joined
-    if joined == ["0", "0"]:
-        assert summary["server_version"] == 4 * 5
-    else:
-        assert 4 * 5 < summary["server_version"] <= 2 * 4 * 5
