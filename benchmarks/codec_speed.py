@@ -7,7 +7,8 @@ with error feedback (``ErrorFeedback.encode``: add the residual, encode,
 decode, keep the new residual), the median of ``--repeats`` runs. numpy
 runs these on one core. Issue 16's target: encode + decode at least 2 GB/s
 per core, so that on 10 GbE (1.25 GB/s) a codec costs less than the bytes
-it saves.
+it saves. The report records the 1-minute load average before and after the
+run: on a shared machine other jobs slow these numbers down.
 
 Usage:
   python -m benchmarks.codec_speed [--quick] [--size=7700000] [--repeats=5]
@@ -16,6 +17,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import os
 
 import numpy as np
 
@@ -37,6 +39,7 @@ def _times(repeats: int, fn) -> list[float]:
 def run(quick: bool = False, size: int = 7_700_000, repeats: int = 5) -> dict:
     if quick:
         size, repeats = min(size, 1_000_000), 2
+    load_before = os.getloadavg()[0]
     values = np.random.default_rng(0).standard_normal(size).astype(np.float32)
     out = np.empty_like(values)
     rows = {}
@@ -58,14 +61,17 @@ def run(quick: bool = False, size: int = 7_700_000, repeats: int = 5) -> dict:
         "machine": common.machine_info(),
         "command": f"python -m benchmarks.codec_speed --size={size} --repeats={repeats}",
         "size": size,
+        "load_average": [load_before, os.getloadavg()[0]],
         "rows": rows,
     }
 
 
 def markdown(report: dict) -> str:
+    load = report.get("load_average")
+    loaded = f", load average {load[0]:.1f} before, {load[1]:.1f} after" if load else ""
     lines = [
         f"`{report['command']}` ({report['machine']['date'][:10]}, "
-        f"{report['machine'].get('cpu_model', '?')})",
+        f"{report['machine'].get('cpu_model', '?')}{loaded})",
         "",
         "| codec | float32 bytes / sent bytes | encode GB/s | decode GB/s | encode + decode GB/s "
         f"(target {TARGET_GBPS}) | sender with error feedback GB/s |",

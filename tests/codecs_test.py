@@ -13,7 +13,7 @@ from gasgd_tf.client import ParameterClient, RequestRejectedError
 from gasgd_tf.codecs import CodecSpec, ErrorFeedback
 from gasgd_tf.proto import parameter_service_pb2 as pb
 from gasgd_tf.server import SGD, ParameterStore
-from gasgd_tf.tensors import TensorSpec, ValidationError
+from gasgd_tf.tensors import TensorSpec, ValidationError, numpy_dtype
 
 RNG = np.random.default_rng(0)
 
@@ -75,6 +75,124 @@ def test_error_feedback_loses_nothing_in_the_sum(codec):
         given_sum += values
         decoded_sum += codecs.decode(feedback.encode(values), feedback.spec, out)
     np.testing.assert_allclose(decoded_sum + feedback.residual, given_sum, atol=2e-5)
+
+
+def reference_payload(values, spec):
+    """The documented byte layout, written plainly (whole arrays, no pieces, strided packing)."""
+    if spec.codec == "topk":
+        magnitudes = np.abs(values)
+        order = np.lexsort((np.arange(values.size), -magnitudes))  # Largest first, ties: lowest.
+        indices = np.sort(order[: spec.count]).astype("<u4")
+        kept = values[indices].astype(numpy_dtype("bfloat16"))
+        return np.concatenate([indices.view(np.uint8), kept.view(np.uint8)])
+    levels = np.float32(codecs.LEVELS[spec.codec])
+    rows = np.zeros(spec.blocks * spec.block_size, np.float32)
+    rows[: values.size] = values
+    rows = rows.reshape(spec.blocks, spec.block_size)
+    scales = (np.maximum(rows.max(axis=1), -rows.min(axis=1)) / levels).astype("<f4")
+    inverse = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales > 0)
+    q = np.rint(rows * inverse[:, None]).astype(np.int8).reshape(-1)[: values.size]
+    if spec.codec == "int8":
+        return np.concatenate([scales.view(np.uint8), q.view(np.uint8)])
+    nibbles = np.append((q + 8).astype(np.uint8), [8] * (values.size % 2)).astype(np.uint8)
+    packed = nibbles[0::2] | (nibbles[1::2] << 4)
+    return np.concatenate([scales.view(np.uint8), packed])
+
+
+@pytest.mark.parametrize("codec", ["int8", "int4"])
+@pytest.mark.parametrize("size, block_size", [(1, 1), (7, 3), (1000, 7), (4097, 64), (5000, 5000)])
+def test_blockwise_bytes_match_the_documented_layout_across_pieces(
+    monkeypatch, codec, size, block_size
+):
+    # Small pieces: many piece boundaries, odd blocks (int4 pieces must start on a byte).
+    monkeypatch.setattr(codecs, "PIECE_VALUES", 32)
+    values = RNG.standard_normal(size).astype(np.float32) * np.float32(3.0)
+    values[::5] = np.round(values[::5])  # Ties at half a step do occur: half to even.
+    spec = spec_for(codec, size, block_size=block_size)
+    payload = codecs.encode(values, spec)
+    np.testing.assert_array_equal(payload, reference_payload(values, spec))
+    # Decoding is value * its block's scale, nibble - 8 for int4, bit for bit.
+    decoded = codecs.decode(payload, spec, np.empty(size, np.float32))
+    scales = payload[: 4 * spec.blocks].view("<f4")
+    body = payload[4 * spec.blocks :]
+    if codec == "int8":
+        q = body.view(np.int8)
+    else:
+        q = np.stack([body & 0x0F, body >> 4], axis=1).reshape(-1)[:size].astype(np.int8) - 8
+    expected = q * np.repeat(scales, block_size)[:size]
+    np.testing.assert_array_equal(decoded.view(np.uint32), expected.view(np.uint32))
+
+
+def test_int4_nibbles_are_value_plus_8_even_index_low():
+    spec = CodecSpec("int4", 3, block_size=3)
+    payload = codecs.encode(np.array([7.0, -7.0, 1.0], np.float32), spec)
+    assert payload[:4].view("<f4")[0] == 1.0
+    assert list(payload[4:]) == [15 | (1 << 4), 9 | (8 << 4)]  # 7+8, -7+8; 1+8, pad 0+8.
+
+
+@pytest.mark.parametrize("sampled", [True, False])
+def test_topk_chooses_exactly_the_largest_ties_to_the_lowest_positions(monkeypatch, sampled):
+    # Large enough for the sampled threshold; without it, the whole array is partitioned.
+    if not sampled:
+        monkeypatch.setattr(codecs, "TOPK_SAMPLED_FROM", 1 << 40)
+    size = 1 << 19
+    values = RNG.standard_normal(size).astype(np.float32)
+    values[RNG.integers(0, size, 2000)] = 0.5  # Many ties, some at the k-th magnitude.
+    values[RNG.integers(0, size, 2000)] = -0.5
+    for fraction in (1e-5, 0.001, 0.01, 0.3):
+        spec = spec_for("topk", size, fraction=fraction)
+        np.testing.assert_array_equal(
+            codecs.encode(values, spec), reference_payload(values, spec), err_msg=str(fraction)
+        )
+
+
+def test_topk_is_exact_when_the_sample_misleads_it():
+    # Every sampled position holds a large value, the rest small: the sample's
+    # threshold lets too few through, and the whole array is partitioned.
+    size = 1 << 19
+    values = RNG.standard_normal(size).astype(np.float32)
+    values[codecs._sample_positions(size)] = 100.0 + np.arange(codecs.TOPK_SAMPLE)
+    spec = spec_for("topk", size, fraction=0.2)
+    assert codecs._topk_candidates(values, spec.count) is None
+    np.testing.assert_array_equal(codecs.encode(values, spec), reference_payload(values, spec))
+
+
+def test_topk_of_a_sparse_gradient_picks_zeros_by_position():
+    values = np.zeros(1 << 19, np.float32)
+    values[[5, 70_000, 400_000]] = [1.0, -2.0, 3.0]
+    spec = CodecSpec("topk", values.size, count=6)
+    indices = codecs.encode(values, spec)[:24].view("<u4")
+    np.testing.assert_array_equal(indices, [0, 1, 2, 5, 70_000, 400_000])
+
+
+@pytest.mark.parametrize("codec", ENCODED)
+@pytest.mark.parametrize("size", [5003, 1 << 19])
+def test_error_feedback_keeps_exactly_what_decoding_lost(codec, size):
+    # The residual is computed while encoding; it must equal decoding the
+    # payload and subtracting, bit for bit.
+    feedback = ErrorFeedback(codec, size, block_size=256, topk_fraction=0.01)
+    out = np.empty(size, np.float32)
+    for _ in range(3):
+        values = RNG.standard_normal(size).astype(np.float32)
+        corrected = feedback.residual + values
+        payload = feedback.encode(values)
+        np.testing.assert_array_equal(payload, codecs.encode(corrected, feedback.spec))
+        expected = corrected - codecs.decode(payload, feedback.spec, out)
+        np.testing.assert_array_equal(feedback.residual.view(np.uint32), expected.view(np.uint32))
+
+
+@pytest.mark.parametrize("codec", ENCODED)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_nan_or_inf_is_refused_and_the_residual_is_kept(codec, bad):
+    size = 1 << 19  # Top-k's sampled path: every NaN and Inf must still be found.
+    feedback = ErrorFeedback(codec, size, block_size=2048, topk_fraction=0.01)
+    feedback.encode(RNG.standard_normal(size).astype(np.float32))
+    residual = feedback.residual.copy()
+    values = RNG.standard_normal(size).astype(np.float32)
+    values[size // 3] = bad
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        feedback.encode(values)
+    np.testing.assert_array_equal(feedback.residual, residual)
 
 
 def _payload(codec, size=SIZE):
