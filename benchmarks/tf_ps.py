@@ -47,6 +47,24 @@ and closing, which can race with other programs. Other load on the machine
 slows cells down: ``cores_busy`` (CPU time / wall time while timed) and
 ``load_before`` (1-minute load average) are recorded to spot it.
 
+Training mode (``train_to_accuracy``, for B7 in ``benchmarks/slow_link.py``):
+the same strategy *trains* a gasgd_tf config's model on its offline data
+set, as the gasgd_tf run would: the config's model and initial weights
+(``gasgd_tf.worker.build``, seeded by ``config.seed``), its input pipeline
+(``gasgd_tf.data.pipeline.train_dataset``, each worker shuffling with its own
+seed, taken from the clock because PSS gives ``dataset_fn`` no worker
+index), ``num_workers`` workers, ``batch_size`` per step, ``num_workers x
+num_steps`` steps in all, and Keras SGD with the config's *server* learning
+rate, momentum and Nesterov flag: at ``n_sync = 1`` that is the update
+Downpour's server applies to each pushed gradient, here applied to the
+variables on the ps. Every ``eval_every_steps`` scheduled steps the
+coordinator ``join()``s, reads the variables from the ps and evaluates the
+whole test split; that pause is *excluded* from the training clock (the
+drain before it is counted). One step per worker runs first, untimed (it
+traces the step and makes the first transfers). The ps and the workers
+listen on fixed ports, so that a shaped namespace (``benchmarks/network.py``)
+can filter the ps's port; ``command_prefix`` runs the child inside it.
+
 Usage:
 
   .venv/bin/python -m benchmarks.tf_ps [--quick]
@@ -58,9 +76,11 @@ import argparse
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from benchmarks import common
@@ -158,14 +178,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_cluster(num_workers: int, threads: int):
-    """In-process servers of 1 ps and ``num_workers`` workers; returns (strategy, coordinator)."""
+def _start_cluster(
+    num_workers: int, threads: int, ps_port: int | None = None, worker_ports: list | None = None
+):
+    """In-process servers of 1 ps and ``num_workers`` workers; returns (strategy, coordinator).
+
+    Ports: the given ones (a shaped namespace filters the ps's), else free ones.
+    """
     import tensorflow as tf
 
+    worker_ports = worker_ports or [_free_port() for _ in range(num_workers)]
     cluster = tf.train.ClusterSpec(
         {
-            "worker": [f"127.0.0.1:{_free_port()}" for _ in range(num_workers)],
-            "ps": [f"127.0.0.1:{_free_port()}"],
+            "worker": [f"127.0.0.1:{port}" for port in worker_ports],
+            "ps": [f"127.0.0.1:{ps_port or _free_port()}"],
         }
     )
     worker_config = tf.compat.v1.ConfigProto(
@@ -186,14 +212,17 @@ def _start_cluster(num_workers: int, threads: int):
     return strategy, tf.distribute.coordinator.ClusterCoordinator(strategy)
 
 
-def _train_step(strategy, coordinator, model, optimizer, batch_size: int):
-    """The per-worker dataset's iterator and the step to schedule on it: (step, iterator)."""
+def _train_step(strategy, coordinator, model, optimizer, batch_size: int, dataset_fn=None):
+    """The per-worker dataset's iterator and the step to schedule on it: (step, iterator).
+
+    ``dataset_fn``: makes each worker's endless batches; None: random images.
+    """
     import keras
     import tensorflow as tf
 
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-    def dataset_fn() -> tf.data.Dataset:
+    def random_images() -> tf.data.Dataset:
         # Runs on each worker: a fixed pool of random images, repeated forever.
         images = tf.random.stateless_uniform((_POOL_IMAGES, *_IMAGE_SHAPE), seed=(1, 2))
         labels = tf.random.stateless_uniform(
@@ -206,7 +235,7 @@ def _train_step(strategy, coordinator, model, optimizer, batch_size: int):
             .prefetch(tf.data.AUTOTUNE)
         )
 
-    iterator = iter(coordinator.create_per_worker_dataset(dataset_fn))
+    iterator = iter(coordinator.create_per_worker_dataset(dataset_fn or random_images))
 
     @tf.function
     def step(iterator):
@@ -290,6 +319,191 @@ def _run_cell(cell: dict) -> dict:
     )
 
 
+# -- Training mode: test accuracy over wall-clock time (B7) -------------------------
+
+
+def train_to_accuracy(
+    config_json: str,
+    *,
+    ps_port: int,
+    worker_ports: list[int],
+    eval_every_steps: int,
+    deadline_s: float,
+    command_prefix: list[str] | tuple[str, ...] = (),
+    say=print,
+) -> dict:
+    """Trains the config's model with PSS in a fresh subprocess; returns accuracy over time.
+
+    Args:
+      config_json: A resolved gasgd_tf config (``config_base.to_json``).
+      ps_port: The ps task's port on 127.0.0.1 (the one a shaped link filters).
+      worker_ports: One port per worker task.
+      eval_every_steps: Scheduled steps (over all workers) between evaluations.
+      deadline_s: Training stops after this many seconds of training clock
+        plus pauses (the result says ``timed_out``); the child is killed 120 s later.
+      command_prefix: Runs the child inside it (``Namespace.command([])``).
+      say: Where the child's progress lines go.
+
+    Returns:
+      ``_run_training``'s result: ``params``, ``series`` (dicts of ``t``, the
+      training clock in s; ``steps``; ``accuracy``; ``loss``), ``final_accuracy``,
+      ``steps_done``, ``train_s``, ``eval_pause_s``, ``setup_s``, ``timed_out``.
+
+    Raises:
+      RuntimeError: The child failed, or printed no result.
+    """
+    spec = dict(
+        config_json=config_json,
+        ps_port=ps_port,
+        worker_ports=list(worker_ports),
+        eval_every_steps=eval_every_steps,
+        deadline_s=deadline_s,
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", GRPC_FAIL_FAST="use_caller")
+    env["PYTHONUNBUFFERED"] = "1"
+    cmd = [*command_prefix, sys.executable, "-m", "benchmarks.tf_ps", "--train=" + json.dumps(spec)]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=_REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,  # Its own group: a timeout kills all of it.
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=_forward, args=(proc, lines, say), daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=deadline_s + 120.0)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    reader.join(timeout=10)
+    for line in reversed(lines):
+        if proc.returncode == 0 and line.startswith(_RESULT_TAG):
+            return json.loads(line[len(_RESULT_TAG) :])
+    tail = "\n".join(lines[-30:])
+    raise RuntimeError(f"tf_ps training failed (exit {proc.returncode}):\n{tail}")
+
+
+def _forward(proc: subprocess.Popen, lines: list[str], say) -> None:
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        if not line.startswith(_RESULT_TAG):
+            say(line.rstrip("\n"))
+
+
+def _config_dataset_fn(config):
+    """``dataset_fn`` of the config's training data, as a gasgd_tf worker reads it.
+
+    PSS calls it on every worker with no worker index, so it cannot seed
+    each worker's shuffle as gasgd_tf does (``seed * 1000 + index``). With
+    no seed (and no global seed: ``_run_training`` clears it) every
+    worker's iterator shuffles in its own random order instead.
+
+    Raises:
+      ValueError: The config augments its images (that needs an integer seed).
+    """
+    from gasgd_tf.data import pipeline
+
+    if any(config.data[key] for key in ("resize", "pad", "crop", "flip")):
+        raise ValueError("tf_ps training: data augmentation needs a per-worker seed; PSS has none")
+
+    import tensorflow as tf
+
+    @tf.autograph.experimental.do_not_convert  # Plain tf.data calls; spares AutoGraph's warnings.
+    def dataset_fn():
+        return pipeline.train_dataset(config.data, config.batch_size, seed=None)
+
+    return dataset_fn
+
+
+def _run_training(spec: dict) -> dict:
+    """The subprocess side of ``train_to_accuracy``: builds the cluster, trains, evaluates."""
+    import tensorflow as tf
+
+    from gasgd_tf import config_base
+
+    with open(spec["config_json"]) as f:
+        config = config_base.from_json(f.read())
+    threads = int(config.worker.cpu_threads)
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+    import keras
+
+    from gasgd_tf import evaluation, worker
+    from gasgd_tf.data import pipeline
+
+    setup_start = time.perf_counter()
+    strategy, coordinator = _start_cluster(
+        config.num_workers, threads, spec["ps_port"], spec["worker_ports"]
+    )
+    with strategy.scope():  # On the ps, as the module docstring says.
+        model = worker.build(config)
+        ps = config.ps
+        optimizer = keras.optimizers.SGD(
+            ps.learning_rate, momentum=ps.momentum, nesterov=ps.nesterov
+        )
+        optimizer.build(model.trainable_variables)
+    local = worker.build(config)  # The coordinator's copy, for evaluation.
+    tf.random.set_seed(None)  # worker.build set it; see _config_dataset_fn.
+    evaluate = evaluation.Evaluator(
+        local, pipeline.eval_dataset(config.data, config.eval.batch_size)
+    )
+    step, iterator = _train_step(
+        strategy, coordinator, model, optimizer, config.batch_size, _config_dataset_fn(config)
+    )
+
+    def run_steps(n: int) -> None:
+        for _ in range(n):
+            coordinator.schedule(step, args=(iterator,))
+        coordinator.join()
+
+    total = config.num_workers * config.num_steps
+    run_steps(config.num_workers)  # Untimed: traces the step, first transfers.
+    setup_s = time.perf_counter() - setup_start
+    clock = paused = 0.0
+    series: list[dict] = []
+
+    def evaluate_now(done: int) -> float:
+        start = time.perf_counter()
+        for mine, theirs in zip(local.trainable_variables, model.trainable_variables):
+            mine.assign(theirs.numpy())  # Read from the ps.
+        accuracy, loss, _, _ = evaluate()
+        series.append(dict(t=clock, steps=done, accuracy=accuracy, loss=loss))
+        print(f"tf: step {done}/{total}, {clock:.1f} s, test accuracy {accuracy:.4f}", flush=True)
+        return time.perf_counter() - start
+
+    done = config.num_workers
+    paused += evaluate_now(done)
+    timed_out = False
+    while done < total:
+        n = min(spec["eval_every_steps"], total - done)
+        clock += timed(lambda n=n: run_steps(n))
+        done += n
+        paused += evaluate_now(done)
+        if clock + paused > spec["deadline_s"]:
+            timed_out = done < total
+            break
+    return dict(
+        params=int(model.count_params()),
+        series=series,
+        final_accuracy=series[-1]["accuracy"],
+        steps_done=done,
+        steps_total=total,
+        train_s=clock,
+        eval_pause_s=paused,
+        setup_s=setup_s,
+        timed_out=timed_out,
+        variables_on=model.trainable_variables[0].value.device,
+        tensorflow=tf.__version__,
+        keras=keras.__version__,
+    )
+
+
 def run(quick: bool = False) -> dict:
     """Measures the default grid (each cell in its own subprocess); returns the report."""
     start = time.perf_counter()
@@ -331,10 +545,10 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cell_or_run(quick: bool, cell: str | None) -> dict | None:
-    if cell is None:
+def _cell_or_run(quick: bool, cell: str | None, train: str | None) -> dict | None:
+    if cell is None and train is None:
         return run(quick=quick)
-    result = _run_cell(json.loads(cell))
+    result = _run_cell(json.loads(cell)) if cell else _run_training(json.loads(train))
     print(_RESULT_TAG + json.dumps(result), flush=True)
     # The servers' and coordinator's threads may keep a normal exit
     # waiting forever; the result is out, so leave at once.
@@ -344,6 +558,8 @@ def _cell_or_run(quick: bool, cell: str | None) -> dict | None:
 def _flags(parser: argparse.ArgumentParser) -> None:
     # One cell in this process, started by ``measure``; internal.
     parser.add_argument("--cell", metavar="JSON", help=argparse.SUPPRESS)
+    # One training run in this process, started by ``train_to_accuracy``; internal.
+    parser.add_argument("--train", metavar="JSON", help=argparse.SUPPRESS)
 
 
 def main(argv: list[str] | None = None) -> None:
