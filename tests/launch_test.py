@@ -939,3 +939,37 @@ def test_a_real_server_killed_mid_run_is_restarted_from_its_checkpoint(
     log = (tmp_path / "logs" / "ps_0.log").read_text()
     assert "parameter server: restored version 3 from" in log
     assert not any(_alive(pid) for pid in _launcher_pids(launcher))
+
+
+@linux_only
+def test_a_server_stops_on_a_burst_of_sigterms(tmp_path):
+    # A dying launcher and a cleanup may both send SIGTERM, at nearly the same
+    # moment. The server's handler once took a lock (Event.set); a second
+    # signal arriving while the first handler held it waited for ever.
+    port_file = tmp_path / "ps.port"
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gasgd_tf.main",
+            "--config=configs/default.py",
+            "--role=ps",
+            "--ps_address=127.0.0.1:0",
+            f"--workdir={tmp_path / 'run'}",
+            f"--port_file={port_file}",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert _wait_for(port_file.exists, 60), "the server never listened"
+        for _ in range(50):
+            server.send_signal(signal.SIGTERM)
+        out, _ = server.communicate(timeout=30)
+    finally:
+        server.kill()
+        server.wait()
+    assert server.returncode == 0, out[-2000:]
+    assert "parameter server stopped at version 0" in out

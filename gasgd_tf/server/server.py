@@ -24,6 +24,8 @@ from gasgd_tf.summaries import MetricWriter
 
 log = logging.getLogger(__name__)
 _PS = config_base.defaults().ps  # Thread and slot counts of `ps.*`.
+# How often the `ps` role looks whether a stop signal came (its handler only records it).
+STOP_POLL_SECS = 0.2
 
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", wire.GRPC_MESSAGE_LIMIT),
@@ -298,10 +300,18 @@ def run(
         flush=True,
     )
 
-    stopping = threading.Event()
+    # The handlers only record the signal. They used to call Event.set, which
+    # takes the event's lock: a second SIGTERM arriving while the first
+    # handler held that lock ran its handler in the same thread, waited for
+    # the lock for ever, and the server never stopped (found by the
+    # launcher-SIGKILL test in a fresh clone; py-spy showed the nested
+    # handlers). time.sleep is interrupted by a signal, runs its handler,
+    # and sleeps on.
+    received: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stopping.set())
-    stopping.wait()
+        signal.signal(sig, lambda signum, _frame: received.append(signum))
+    while not received:
+        time.sleep(STOP_POLL_SECS)
     server.stop(grace=2.0)
     summaries.stop()
     writer.close()
