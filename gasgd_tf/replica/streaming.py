@@ -113,7 +113,7 @@ class _Inline(futures.Executor):
         future = futures.Future()
         try:
             future.set_result(fn(*args, **kwargs))
-        except BaseException as e:  # noqa: BLE001 (delivered through the future, as a pool does)
+        except Exception as e:  # noqa: BLE001 (delivered through the future, as a pool does)
             future.set_exception(e)
         return future
 
@@ -129,8 +129,9 @@ class Landed:
 class FragmentStream:
     """Pushes, fetches and merges one fragment at a time (see the module docstring).
 
-    Not thread-safe: one replica's training loop calls it; its transfers run
-    on one background thread, in the order they were started.
+    Not thread-safe: one replica's training loop calls it. Its pushes run on
+    one background thread in the order they were started, its fetches on
+    another.
 
     Args:
       client: A ParameterClient or ShardedClient (fragment pushes and fetches).
