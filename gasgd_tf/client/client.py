@@ -365,11 +365,12 @@ class ParameterClient:
             Needs the signature from an earlier register, initialize or
             fetch.
         """
+        wanted = self._fragment_specs(fragment) if fragment is not None else None
         request = pb.FetchRequest(
             client_id=self.client_id,
             read_only=read_only,
             dtype=wire.dtype_to_proto(self.fetch_dtype),
-            tensors=wire.specs_to_proto(self._fragment_specs(fragment)) if fragment else (),
+            tensors=wire.specs_to_proto(wanted) if wanted else (),
         )
 
         def into_out(layout: FlatLayout) -> list[memoryview] | None:
@@ -394,7 +395,7 @@ class ParameterClient:
 
         version, specs, flat = self._call("Fetch", attempt)
         specs = with_dtype(specs, PARAMETER_DTYPE)
-        if fragment is not None and specs != self._fragment_specs(fragment):
+        if wanted is not None and specs != wanted:
             raise RequestRejectedError(
                 f"Fetch from {self.address}: the reply names other tensors than the fragment "
                 "asked for",
